@@ -1,0 +1,57 @@
+r"""Pretrain (and later evaluate) a self-supervised image model.
+
+  python main.py --config=configs/patchformer.py:tiny --workdir=/tmp/pf_tiny
+  python main.py --config=configs/patchformer.py --workdir=gs://B/pf \
+      --config.data.data_dir=gs://B/tensorflow_datasets --distributed
+
+Overrides: --config.KEY=VALUE (e.g. --config.total_steps=500). Running the
+same command again with the same --workdir resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, optionally with a variant: configs/FILE.py:VARIANT.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where metrics and checkpoints go.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False,
+    'Call jax.distributed.initialize() (auto-detected on Cloud TPU pods).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0, for multi-process runs '
+    'outside a TPU pod (with --num_processes and --process_id).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\' index.')
+
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  import jax  # after flag parsing, so that --help stays fast
+  if _COORDINATOR.value is not None:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif _DISTRIBUTED.value:
+    jax.distributed.initialize()
+
+  from ssl_jax import checkpoint, config_lib, train
+  from ssl_jax.data import pipeline
+  logging.set_verbosity(logging.INFO)
+  try:
+    train.run(_CONFIG.value, _WORKDIR.value)
+  except (config_lib.ConfigError, pipeline.DataError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except (checkpoint.CheckpointError, train.NonFiniteLossError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

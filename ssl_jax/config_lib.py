@@ -1,0 +1,221 @@
+"""Checks a whole config before anything compiles.
+
+Configs are locked (`ml_collections`): an unknown key or a value of the wrong
+type is rejected by the flag parser. `validate` then checks every value that
+could be impossible, and raises `ConfigError` with one line that names the
+key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import ml_collections
+
+from ssl_jax import objectives
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key."""
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+  value = config
+  for part in key.split('.'):
+    value = value[part]
+  return value
+
+
+def _require(config, key: str, ok: Callable[[Any], bool], allowed: str) -> Any:
+  try:
+    value = _get(config, key)
+  except (KeyError, AttributeError):
+    raise ConfigError(f'config.{key} is missing; it must be {allowed}') from None
+  try:
+    good = ok(value)
+  except TypeError:
+    good = False
+  if not good:
+    raise ConfigError(f'config.{key}={value!r} is not allowed: must be {allowed}')
+  return value
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def positive_int(config, key):
+  return _require(config, key, lambda v: _is_int(v) and v > 0, 'an integer > 0')
+
+
+def _unit_interval(config, key, *, open_: bool):
+  if open_:
+    return _require(config, key, lambda v: _is_number(v) and 0 < v < 1,
+                    'a number in (0, 1)')
+  return _require(config, key, lambda v: _is_number(v) and 0 <= v <= 1,
+                  'a number in [0, 1]')
+
+
+def _range_pair(config, key, lo_bound=0.0):
+  return _require(
+      config, key,
+      lambda v: len(v) == 2 and all(map(_is_number, v)) and lo_bound <= v[0] <= v[1],
+      f'a pair (lo, hi) with {lo_bound} <= lo <= hi')
+
+
+def one_of(config, key, allowed):
+  return _require(config, key, lambda v: v in allowed,
+                  'one of ' + ', '.join(repr(a) for a in allowed))
+
+
+def validate_common(config: ml_collections.ConfigDict, num_devices: int,
+                    num_processes: int = 1) -> None:
+  """The keys every objective shares: steps, batch, data, optimizer, mesh."""
+  one_of(config, 'objective', sorted(objectives.REGISTRY))
+  _require(config, 'seed', _is_int, 'an integer')
+  total = positive_int(config, 'total_steps')
+  batch = positive_int(config, 'batch_size')
+  one_of(config, 'compute_dtype', ('float32', 'bfloat16'))
+  _require(config, 'data.name', lambda v: isinstance(v, str) and v,
+           "a tfds dataset name, 'ssl_jax_shapes' or 'folder'")
+  if config.data.name == 'folder':
+    _require(config, 'data.data_dir', lambda v: isinstance(v, str) and v,
+             "the folder's root path (ROOT/<class_name>/*.png|jpg) when data.name='folder'")
+  _require(config, 'data.split', lambda v: isinstance(v, str) and v, 'a split name')
+  positive_int(config, 'data.image_size')
+  _require(config, 'data.min_area', lambda v: _is_number(v) and 0 < v <= 1,
+           'a number in (0, 1]')
+  _require(config, 'data.flip', lambda v: isinstance(v, bool), 'True or False')
+
+  o = 'optimizer.'
+  _require(config, o + 'lr', lambda v: _is_number(v) and v > 0, 'a number > 0')
+  _require(config, o + 'weight_decay', lambda v: _is_number(v) and v >= 0, 'a number >= 0')
+  for b in ('b1', 'b2'):
+    _require(config, o + b, lambda v: _is_number(v) and 0 <= v < 1, 'a number in [0, 1)')
+  _require(config, o + 'eps', lambda v: _is_number(v) and v > 0, 'a number > 0')
+  _require(config, o + 'warmup_steps', lambda v: _is_int(v) and 0 <= v < total,
+           f'an integer in [0, total_steps={total})')
+  one_of(config, o + 'schedule', ('cosine', 'constant'))
+  _require(config, o + 'grad_clip_norm', lambda v: v is None or (_is_number(v) and v >= 0),
+           'None or a number >= 0 (0 or None: no clipping)')
+
+  one_of(config, 'sharding.rule', ('replicate', 'fsdp'))
+  fsdp = _require(config, 'sharding.fsdp_axis_size',
+                  lambda v: _is_int(v) and v > 0 and num_devices % v == 0,
+                  f'an integer > 0 that divides the {num_devices} devices')
+  positive_int(config, 'sharding.fsdp_min_size')
+  if config.sharding.rule == 'replicate' and fsdp != 1:
+    raise ConfigError(f"config.sharding.fsdp_axis_size={fsdp} is not allowed with "
+                      "sharding.rule='replicate': must be 1 (or set sharding.rule='fsdp')")
+  _require(config, 'batch_size', lambda v: v % num_devices == 0,
+           f'divisible by the number of devices ({num_devices})')
+  _require(config, 'batch_size', lambda v: v % num_processes == 0,
+           f'divisible by the number of processes ({num_processes})')
+  del batch
+
+  positive_int(config, 'log_every')
+  positive_int(config, 'checkpoint.every')
+  positive_int(config, 'checkpoint.keep')
+
+
+def validate_patchformer(config: ml_collections.ConfigDict) -> None:
+  """PatchFormer's keys: patches, masks, augmentations, targets, model."""
+  p = 'patchformer.'
+  size = config.data.image_size
+  patch = _require(config, p + 'patch_size',
+                   lambda v: _is_int(v) and v > 0 and size % v == 0,
+                   f'a positive integer that divides data.image_size={size}')
+  grid = size // patch
+  if grid * grid < 2:
+    raise ConfigError(f'config.{p}patch_size={patch} leaves one patch in a {size}x{size} '
+                      'image: need at least 2 patches to mask')
+  _unit_interval(config, p + 'mask_ratio', open_=True)
+  _require(config, p + 'mask_block',
+           lambda v: _is_int(v) and v > 0 and grid % v == 0 and (grid // v) ** 2 >= 2,
+           f'a positive integer that divides the {grid}x{grid} patch grid '
+           'and leaves at least 2 blocks')
+  _require(config, p + 'jitter_crop', lambda v: _is_int(v) and 0 < v <= patch,
+           f'an integer in [1, patch_size={patch}]')
+  a = p + 'augment.'
+  _require(config, a + 'brightness', lambda v: _is_number(v) and 0 <= v <= 1,
+           'a number in [0, 1]')
+  _require(config, a + 'hue', lambda v: _is_number(v) and 0 <= v <= 0.5,
+           'a number in [0, 0.5] (fraction of a full turn)')
+  _range_pair(config, a + 'saturation')
+  _range_pair(config, a + 'contrast')
+  _unit_interval(config, a + 'flip_prob', open_=False)
+  _unit_interval(config, a + 'gray_prob', open_=False)
+  lo = _require(config, a + 'min_bits', lambda v: _is_int(v) and 1 <= v <= 8,
+                'an integer in [1, 8]')
+  _require(config, a + 'max_bits', lambda v: _is_int(v) and lo <= v <= 8,
+           f'an integer in [min_bits={lo}, 8]')
+  t = p + 'target.'
+  crop = _require(config, t + 'crop', lambda v: _is_int(v) and 0 < v <= patch,
+                  f'an integer in [1, patch_size={patch}]')
+  _require(config, t + 'size',
+           lambda v: _is_int(v) and v >= 2 and v & (v - 1) == 0 and crop % v == 0,
+           f'a power of two >= 2 that divides target.crop={crop}')
+  _require(config, t + 'bits', lambda v: _is_int(v) and 1 <= v <= 8, 'an integer in [1, 8]')
+  _require(config, t + 'label_noise', lambda v: _is_number(v) and 0 <= v < 1,
+           'a number in [0, 1)')
+  m = p + 'model.'
+  _require(config, m + 'stage_sizes',
+           lambda v: len(v) >= 1 and all(_is_int(s) and s > 0 for s in v),
+           'a non-empty tuple of positive integers')
+  for k in ('resnet_width', 'stem_width', 'num_layers', 'mlp_ratio', 'decoder_width',
+            'decoder_blocks'):
+    positive_int(config, m + k)
+  width = positive_int(config, m + 'width')
+  for k in ('heads', 'pool_heads'):
+    _require(config, m + k, lambda v: _is_int(v) and v > 0 and width % v == 0,
+             f'a positive integer that divides model.width={width}')
+  _require(config, m + 'remat', lambda v: isinstance(v, bool), 'True or False')
+
+
+VALIDATORS = {'patchformer': validate_patchformer}
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int,
+             num_processes: int = 1) -> None:
+  """Raises ConfigError on the first impossible value."""
+  validate_common(config, num_devices, num_processes)
+  VALIDATORS[config.objective](config)
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  """A stable JSON form of the config, saved next to checkpoints."""
+  return json.dumps(config.to_dict(), sort_keys=True, default=list)
+
+
+# Keys that may change when a run resumes: they change neither the state's
+# structure nor the values a step computes.
+RESUMABLE_KEYS = ('total_steps', 'log_every', 'checkpoint.every', 'checkpoint.keep',
+                  'data.data_dir', 'sharding.rule', 'sharding.fsdp_axis_size',
+                  'sharding.fsdp_min_size')
+
+
+def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def incompatible_keys(saved: dict, current: dict) -> list[str]:
+  """Keys whose values differ between a checkpoint's config and this run's,
+  other than RESUMABLE_KEYS."""
+  a, b = flatten(saved), flatten(current)
+  keys = sorted(set(a) | set(b))
+  return [k for k in keys if a.get(k, '<missing>') != b.get(k, '<missing>')
+          and k not in RESUMABLE_KEYS]
+
+
+__all__ = ['ConfigError', 'validate', 'to_json', 'incompatible_keys']

@@ -1,0 +1,91 @@
+"""Metric writers: TensorBoard and console through clu, plus metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from clu import metric_writers
+from clu.metric_writers import interface
+
+
+class JsonlWriter(interface.MetricWriter):
+  """Appends one JSON object per written step to a file: {"step": s, ...}.
+
+  On resume from step `resume_step`, lines of later steps (written by the run
+  that was interrupted, and about to be recomputed identically) are dropped,
+  as is a line torn by a kill, so the file holds each step once.
+  """
+
+  def __init__(self, path: str, resume_step: int | None = None):
+    self._path = path
+    if resume_step is not None and os.path.exists(path):
+      self._truncate_after(resume_step)
+    self._file = open(path, 'a', encoding='utf-8')
+    self._pending: dict[int, dict[str, Any]] = {}
+
+  def _truncate_after(self, step: int) -> None:
+    kept = []
+    with open(self._path, encoding='utf-8') as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if record.get('step', math.inf) <= step:
+          kept.append(json.dumps(record))
+    tmp = self._path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      f.write(''.join(k + '\n' for k in kept))
+    os.replace(tmp, self._path)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    record = self._pending.setdefault(int(step), {'step': int(step)})
+    record.update({k: float(np.asarray(v)) for k, v in scalars.items()})
+
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self) -> None:
+    for step in sorted(self._pending):
+      self._file.write(json.dumps(self._pending[step]) + '\n')
+    self._pending.clear()
+    self._file.flush()
+    os.fsync(self._file.fileno())
+
+  def close(self) -> None:
+    self.flush()
+    self._file.close()
+
+
+def make_writer(workdir: str, resume_step: int | None) -> metric_writers.MetricWriter:
+  """TensorBoard event files + metrics.jsonl in `workdir` (process 0 only),
+  and the log on every process."""
+  if jax.process_index() > 0:
+    return metric_writers.LoggingWriter()
+  return metric_writers.MultiWriter([
+      metric_writers.SummaryWriter(workdir),
+      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), resume_step),
+  ])

@@ -1,0 +1,1 @@
+"""Backbones and heads. Losses live in ssl_jax.objectives, not here."""

@@ -1,0 +1,81 @@
+"""Heads on top of a backbone: attention pooling and an upsampling decoder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+class AttentionPool(nn.Module):
+  """Pools a set of context vectors into one vector per query.
+
+  PatchFormer 2.1: "attention-pooled context vectors" decode the missing
+  patches; each query is the position embedding of the patch to decode and
+  attends over the transformer's outputs for the visible patches. A
+  residual MLP follows the attention, as in a transformer block.
+  """
+  heads: int
+  mlp_ratio: int = 4
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, queries: jax.Array, context: jax.Array) -> jax.Array:
+    kv = nn.LayerNorm(dtype=self.dtype, name='context_norm')(context)
+    q = nn.LayerNorm(dtype=self.dtype, name='query_norm')(queries)
+    x = queries + nn.MultiHeadDotProductAttention(
+        num_heads=self.heads, dtype=self.dtype, name='attention')(q, kv)
+    y = nn.LayerNorm(dtype=self.dtype, name='mlp_norm')(x)
+    d = x.shape[-1]
+    y = nn.Dense(d, dtype=self.dtype)(
+        nn.gelu(nn.Dense(d * self.mlp_ratio, dtype=self.dtype)(y)))
+    return x + y
+
+
+class ResidualBlock(nn.Module):
+  """norm -> ReLU -> 3x3 conv, twice, plus the identity (pre-activation)."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    y = nn.Conv(c, (3, 3), dtype=self.dtype)(nn.relu(nn.LayerNorm(dtype=self.dtype)(x)))
+    y = nn.Conv(c, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(
+        nn.relu(nn.LayerNorm(dtype=self.dtype)(y)))
+    return x + y
+
+
+class UpsamplingDecoder(nn.Module):
+  """Decodes a vector into [size, size, classes] logits.
+
+  "A regular residual upsampling decoder" (PatchFormer 2.1): a linear map to
+  a 2x2 feature map, then (nearest x2 upsampling + residual blocks) until
+  `size`, then a 1x1 convolution to per-pixel logits.
+  """
+  size: int
+  classes: int
+  width: int = 256
+  blocks_per_scale: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    lead = x.shape[:-1]
+    x = nn.Dense(2 * 2 * self.width, dtype=self.dtype, name='to_map')(
+        x.reshape(-1, x.shape[-1]))
+    x = x.reshape(-1, 2, 2, self.width)
+    res = 2
+    while True:
+      for _ in range(self.blocks_per_scale):
+        x = ResidualBlock(self.dtype)(x)
+      if res == self.size:
+        break
+      x = jax.image.resize(x, (x.shape[0], 2 * res, 2 * res, self.width), 'nearest')
+      res *= 2
+    x = nn.relu(nn.LayerNorm(dtype=self.dtype)(x))
+    x = nn.Conv(self.classes, (1, 1), dtype=self.dtype, name='logits')(x)
+    return x.reshape(lead + x.shape[1:])

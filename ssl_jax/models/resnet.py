@@ -1,0 +1,72 @@
+"""ResNet stacks for patch encoders.
+
+PatchFormer's "ResNet-41" (Figure 1) is "a customized version of the first 3
+stacks of ResNet-50". Our reading (Figure 2 is lost in the text we have):
+
+* stem: one 3x3 convolution at stride 1 and no max-pool, because a 16x16
+  patch is too small for ResNet-50's 7x7/2 convolution and 3x3/2 pool;
+* stacks 1-3 of ResNet-50: 3, 4 and 6 bottleneck blocks of widths 64, 128,
+  256 (x4 expansion: 256, 512, 1024 output channels), strides 1, 2, 2;
+* global average pooling, then a linear projection to the transformer width.
+
+That is 1 + 3 * 13 + 1 = 41 weight layers. Normalisation is LayerNorm over
+channels instead of BatchNorm, as CPC v2 (Henaff et al., 2019) does for its
+patch encoder: batch statistics across patches of one image let a model
+cheat on a patch-prediction task.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+class Bottleneck(nn.Module):
+  """ResNet v1 bottleneck: 1x1 -> 3x3 (strided) -> 1x1 (x4), residual."""
+  width: int
+  strides: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    conv = lambda f, k, s=1, name=None: nn.Conv(
+        f, (k, k), (s, s), use_bias=False, dtype=self.dtype, name=name)
+    norm = lambda name=None, **kw: nn.LayerNorm(dtype=self.dtype, name=name, **kw)
+    y = nn.relu(norm()(conv(self.width, 1)(x)))
+    y = nn.relu(norm()(conv(self.width, 3, self.strides)(y)))
+    # Zero-initialised last scale: each block starts as the identity.
+    y = norm(scale_init=nn.initializers.zeros)(conv(self.width * 4, 1)(y))
+    if x.shape[-1] != self.width * 4 or self.strides != 1:
+      x = norm(name='proj_norm')(conv(self.width * 4, 1, self.strides, 'proj')(x))
+    return nn.relu(x + y)
+
+
+class ResNetStacks(nn.Module):
+  """A 3x3 stem and the bottleneck stacks of ResNet-50, globally pooled.
+
+  Input: images [..., H, W, C] with any leading dims. Output: [..., features].
+  """
+  stage_sizes: Sequence[int] = (3, 4, 6)
+  width: int = 64
+  stem_width: int = 64
+  strides: Sequence[int] = (1, 2, 2)
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    lead = x.shape[:-3]
+    x = x.reshape((-1,) + x.shape[-3:]).astype(self.dtype)
+    x = nn.Conv(self.stem_width, (3, 3), use_bias=False, dtype=self.dtype,
+                name='stem')(x)
+    x = nn.relu(nn.LayerNorm(dtype=self.dtype, name='stem_norm')(x))
+    for i, (blocks, stride) in enumerate(zip(self.stage_sizes, self.strides)):
+      for j in range(blocks):
+        x = Bottleneck(self.width * 2**i, stride if j == 0 else 1,
+                       dtype=self.dtype, name=f'stack{i + 1}_block{j + 1}')(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return x.reshape(lead + x.shape[-1:])

@@ -1,0 +1,292 @@
+"""The loop: mesh, data, state, step, checkpoints, metrics.
+
+It knows nothing about any paper: the objective (ssl_jax.objectives) gives
+init / loss / represent, and everything else is generic. A run is a pure
+function of its config: the step's key is fold_in(seed, step) and the data
+stream is a function of (seed, global example index), both restored from a
+checkpoint, so a resumed run computes exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from ssl_jax import checkpoint as ckpt_lib
+from ssl_jax import config_lib, metrics as metrics_lib, objectives, optim
+from ssl_jax import sharding as sharding_lib
+from ssl_jax import step as step_lib
+from ssl_jax.data import pipeline
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradient became NaN or Inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What `run` leaves behind, for callers and tests."""
+  workdir: str
+  first_step: int        # the step this invocation started from
+  last_step: int         # the step it stopped at
+  preempted: bool
+  state: Any = None
+
+
+class _Preemption:
+  """Turns SIGTERM (how a TPU VM is preempted) into a flag the loop polls."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    def handler(signum, frame):
+      del frame
+      logging.warning('signal %d received: saving a checkpoint, then exiting', signum)
+      self.requested = True
+    try:
+      self._previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. some notebooks): no handler
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
+
+
+def dtype_of(config) -> Any:
+  return jnp.bfloat16 if config.compute_dtype == 'bfloat16' else jnp.float32
+
+
+def build_source(config: ml_collections.ConfigDict):
+  return pipeline.make_source(config.data.name, data_dir=config.data.data_dir,
+                              split=config.data.split)
+
+
+def global_batches(config, source, mesh, start_step: int) -> Iterator[dict[str, jax.Array]]:
+  """The training stream from `start_step` on, as global sharded jax.Arrays."""
+  ds = pipeline.make_dataset(
+      source, seed=config.seed, global_batch_size=config.batch_size,
+      start_step=start_step, image_size=config.data.image_size, train=True,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      min_area=config.data.min_area, flip=config.data.flip)
+  sharding = sharding_lib.batch_sharding(mesh)
+  for local in ds.as_numpy_iterator():
+    yield {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+           for k, v in local.items() if k in ('image', 'label', 'valid')}
+
+
+def abstract_batch(config, source) -> dict[str, jax.ShapeDtypeStruct]:
+  del source
+  b, s = config.batch_size, config.data.image_size
+  return {'image': jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32),
+          'label': jax.ShapeDtypeStruct((b,), jnp.int32),
+          'valid': jax.ShapeDtypeStruct((b,), jnp.bool_)}
+
+
+class Trainer:
+  """Everything a run needs, built once from the config (no compilation)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, devices=None):
+    num_devices = len(devices) if devices is not None else jax.device_count()
+    config_lib.validate(config, num_devices, jax.process_count())
+    self.config = config
+    self.mesh = sharding_lib.make_mesh(config.sharding.fsdp_axis_size, devices)
+    self.objective = objectives.build(config, dtype_of(config))
+    self.tx = optim.make_optimizer(config)
+    self.lr_schedule = optim.schedule(config)
+    self.batch_sharding = sharding_lib.batch_sharding(mesh=self.mesh)
+    self.replicated = sharding_lib.replicated(self.mesh)
+
+  def _init_fn(self):
+    one = {'image': jnp.zeros((1, self.config.data.image_size,
+                               self.config.data.image_size, 3), jnp.float32)}
+    return lambda: step_lib.init_state(self.objective, self.tx, self.config.seed, one)
+
+  def abstract_state(self) -> Any:
+    """The state's shapes, dtypes and shardings, without computing it."""
+    shapes = jax.eval_shape(self._init_fn())
+    shardings = sharding_lib.state_shardings(
+        shapes, self.mesh, self.config.sharding.rule, self.config.sharding.fsdp_min_size)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, shardings)
+
+  def init_state(self, abstract) -> Any:
+    """The initial state, created directly in its shardings."""
+    shardings = jax.tree.map(lambda a: a.sharding, abstract)
+    return jax.jit(self._init_fn(), out_shardings=shardings)()
+
+  def compile_step(self, abstract, batch_shapes):
+    """The compiled train step and its FLOPs per step (from XLA's cost analysis)."""
+    shardings = jax.tree.map(lambda a: a.sharding, abstract)
+    jitted = step_lib.jit_train_step(
+        step_lib.make_train_step(self.objective, self.tx, self.lr_schedule, self.config.seed),
+        shardings, self.batch_sharding, self.replicated)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
+             for k, v in batch_shapes.items()}
+    compiled = jitted.lower(abstract, batch).compile()
+    return compiled, step_flops(compiled, self.mesh.size)
+
+
+def step_flops(compiled, num_devices: int) -> float | None:
+  """Model FLOPs of one step for all devices, from the compiled computation."""
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # some backends do not implement it
+    return None
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  flops = (analysis or {}).get('flops')
+  # XLA reports the cost of the per-device (SPMD-partitioned) program.
+  return float(flops) * num_devices if flops else None
+
+
+def _meta(config, step: int) -> dict[str, Any]:
+  return {'step': step,
+          'config': json.loads(config_lib.to_json(config)),
+          'data': {'next_index': step * config.batch_size, 'seed': config.seed,
+                   'batch_size': config.batch_size}}
+
+
+def _check_compatible(config, meta: dict[str, Any], directory: str, step: int) -> None:
+  saved = meta.get('config', {})
+  current = json.loads(config_lib.to_json(config))
+  bad = config_lib.incompatible_keys(saved, current)
+  if bad:
+    shown = ', '.join(f'{k} (checkpoint: {config_lib.flatten(saved).get(k, "<missing>")!r}, '
+                      f'now: {config_lib.flatten(current).get(k, "<missing>")!r})'
+                      for k in bad[:5])
+    more = f' and {len(bad) - 5} more' if len(bad) > 5 else ''
+    raise ckpt_lib.CheckpointError(
+        f'checkpoint {step} in {directory} was written by an incompatible config: '
+        f'{shown}{more}. Resume with the same values, or use a new --workdir.')
+  if meta['data']['next_index'] != step * config.batch_size:
+    raise ckpt_lib.CheckpointError(
+        f'checkpoint {step} in {directory}: data position {meta["data"]["next_index"]} '
+        f'does not match step {step} x batch {config.batch_size}')
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
+        stop_after: int | None = None) -> RunResult:
+  """Trains from scratch or resumes from the latest checkpoint in `workdir`.
+
+  `stop_after`: return after this many steps of this invocation (tests).
+  """
+  trainer = Trainer(config, devices)
+  source = build_source(config)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep)
+  abstract = trainer.abstract_state()
+
+  start = checkpointer.latest_step()
+  if start is not None:
+    meta = checkpointer.restore_meta(start)
+    _check_compatible(config, meta, checkpointer.directory, start)
+    if meta['config'].get('total_steps') != config.total_steps:
+      logging.warning('total_steps changed from %s to %s: the learning-rate '
+                      'schedule after step %d differs from the original run',
+                      meta['config'].get('total_steps'), config.total_steps, start)
+    state = checkpointer.restore_state(start, abstract)
+    logging.info('resumed from checkpoint %d in %s', start, checkpointer.directory)
+  else:
+    start = 0
+    state = trainer.init_state(abstract)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+      f.write(json.dumps(json.loads(config_lib.to_json(config)), indent=2))
+
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+  logging.info('%s: %.2fM parameters, mesh %s', config.objective, num_params / 1e6,
+               dict(trainer.mesh.shape))
+  compiled, flops = trainer.compile_step(abstract, abstract_batch(config, source))
+  writer = metrics_lib.make_writer(workdir, resume_step=start)
+  if start == 0:
+    writer.write_hparams({'num_params': num_params})
+
+  result = RunResult(workdir, start, start, preempted=False)
+  batches = global_batches(config, source, trainer.mesh, start)
+  total = config.total_steps
+  pending = None  # (step number, metrics) of the last dispatched step, unchecked
+  last_log_time, last_log_step = time.perf_counter(), start
+
+  def check(item) -> dict[str, float]:
+    step, metrics = item
+    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not (np.isfinite(host['loss']) and np.isfinite(host['grad_norm'])):
+      raise NonFiniteLossError(
+          f'non-finite loss {host["loss"]} (grad norm {host["grad_norm"]}) at step '
+          f'{step}; the last good checkpoint in {checkpointer.directory} is intact. '
+          'Try a lower optimizer.lr, optimizer.grad_clip_norm, or float32 compute.')
+    return host
+
+  def log(step: int, host: dict[str, float]):
+    nonlocal last_log_time, last_log_step
+    now = time.perf_counter()
+    dt = (now - last_log_time) / max(step - last_log_step, 1)
+    last_log_time, last_log_step = now, step
+    scalars = dict(host, step_time=dt, examples_per_sec=config.batch_size / dt)
+    if flops:
+      scalars['tflops_per_sec'] = flops / dt / 1e12
+    writer.write_scalars(step, scalars)
+    logging.info('step %d/%d | loss %.4f | lr %.2e | %.1f ex/s | %.0f ms/step | ETA %s',
+                 step, total, host['loss'], host['learning_rate'],
+                 config.batch_size / dt, dt * 1e3, _format_eta(dt * (total - step)))
+
+  try:
+    with _Preemption() as preemption:
+      for step in range(start + 1, total + 1):
+        state, metrics = compiled(state, next(batches))
+        previous, pending = pending, (step, metrics)
+        if previous is not None:
+          host = check(previous)
+          if previous[0] % config.log_every == 0:
+            log(previous[0], host)
+        at_checkpoint = step % config.checkpoint.every == 0 or step == total
+        stopping = (preemption.requested or checkpointer.reached_preemption(step)
+                    or (stop_after is not None and step - start >= stop_after))
+        if at_checkpoint or stopping:
+          host = check(pending)
+          if step % config.log_every == 0 or step == total:
+            log(step, host)
+          pending = None
+          checkpointer.save(step, state, _meta(config, step))
+          writer.flush()
+        result.last_step = step
+        if stopping:
+          result.preempted = preemption.requested
+          break
+      if pending is not None:  # unreachable: the last step always checkpoints
+        check(pending)
+  finally:
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+  result.state = state
+  if result.preempted:
+    logging.warning('stopped at step %d on a preemption signal; the checkpoint is '
+                    'saved: run the same command again to resume', result.last_step)
+  if jax.process_index() == 0:
+    logging.info('done at step %d. metrics: %s (TensorBoard: tensorboard --logdir %s); '
+                 'checkpoints: %s', result.last_step, os.path.join(workdir, 'metrics.jsonl'),
+                 workdir, checkpointer.directory)
+  return result

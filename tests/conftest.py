@@ -1,0 +1,49 @@
+"""Shared fixtures. Eight fake CPU devices, set before jax is imported, so
+multi-device behaviour is tested on a laptop."""
+
+import os
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def small_config(**overrides):
+  """The `tiny` config shrunk further so that it compiles in seconds: 32x32
+  images, a 4x4 patch grid, unblocked masks, one stack, one transformer
+  layer. Steps and checkpoints are set by each test."""
+  from configs import patchformer
+  c = patchformer.get_config('tiny')
+  c.data.image_size = 32
+  c.batch_size = 16
+  c.total_steps = 6
+  c.log_every = 1
+  c.checkpoint.every = 3
+  c.optimizer.warmup_steps = 2
+  c.patchformer.mask_block = 1
+  c.patchformer.model.update(dict(stage_sizes=(1,), resnet_width=8, stem_width=8,
+                                  width=32, num_layers=1, heads=2, pool_heads=2,
+                                  decoder_width=8))
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """The built-in dataset, built once per test session."""
+  from ssl_jax.data import shapes
+  path = str(tmp_path_factory.mktemp('tfds'))
+  shapes.prepare(path)
+  return path

@@ -1,0 +1,75 @@
+"""Bad configs stop the run before anything compiles, with one clear line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, small_config
+
+from configs import patchformer
+from ssl_jax import config_lib
+
+
+def test_paper_and_tiny_configs_are_valid():
+  config_lib.validate(patchformer.get_config(), num_devices=32, num_processes=4)
+  config_lib.validate(patchformer.get_config('tiny'), num_devices=8)
+
+
+def test_paper_values():
+  c = patchformer.get_config()
+  assert (c.data.image_size, c.patchformer.patch_size, c.batch_size, c.total_steps) == (
+      224, 16, 128, 300_000)
+  m = c.patchformer.model
+  assert (m.width, m.num_layers, m.heads, m.mlp_ratio, tuple(m.stage_sizes)) == (
+      1024, 10, 16, 4, (3, 4, 6))
+  assert (c.optimizer.lr, c.optimizer.weight_decay, c.patchformer.mask_ratio) == (
+      2e-4, 1e-3, 0.6)
+  assert (c.patchformer.target.bits, c.patchformer.target.size,
+          c.patchformer.target.label_noise) == (2, 8, 0.01)
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('patchformer.mask_ratio', 1.5, 'config.patchformer.mask_ratio=1.5 is not allowed: must be a number in (0, 1)'),
+    ('patchformer.mask_ratio', 0.0, 'patchformer.mask_ratio=0.0'),
+    ('patchformer.patch_size', 7, 'must be a positive integer that divides data.image_size=32'),
+    ('batch_size', 12, 'config.batch_size=12 is not allowed: must be divisible by the number of devices (8)'),
+    ('patchformer.mask_block', 3, 'patchformer.mask_block=3'),
+    ('patchformer.target.size', 3, 'a power of two'),
+    ('patchformer.model.heads', 5, 'divides model.width=32'),
+    ('optimizer.warmup_steps', 10, 'an integer in [0, total_steps=6)'),
+    ('optimizer.lr', -1.0, 'config.optimizer.lr=-1.0'),
+    ('compute_dtype', 'float16', "one of 'float32', 'bfloat16'"),
+    ('sharding.fsdp_axis_size', 3, 'divides the 8 devices'),
+    ('patchformer.augment.max_bits', 1, 'patchformer.augment.max_bits=1'),
+    ('total_steps', 0, 'config.total_steps=0 is not allowed: must be an integer > 0'),
+])
+def test_bad_values(key, value, message):
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(small_config(**{key: value}), num_devices=8)
+  assert message in str(e.value)
+  assert '\n' not in str(e.value)
+
+
+def test_unknown_variant():
+  with pytest.raises(ValueError, match="unknown variant 'huge'.*allowed: '', 'tiny'"):
+    patchformer.get_config('huge')
+
+
+def _main(*args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args],
+                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def test_cli_rejects_unknown_key_wrong_type_and_bad_value(tmp_path):
+  base = ['--config=configs/patchformer.py:tiny', f'--workdir={tmp_path}/w']
+  unknown = _main(*base, '--config.patchformer.mask_ratoi=0.5')
+  assert unknown.returncode != 0 and 'mask_ratoi' in unknown.stderr
+  wrong_type = _main(*base, '--config.batch_size=abc')
+  assert wrong_type.returncode != 0 and 'batch_size' in wrong_type.stderr
+  bad = _main(*base, '--config.patchformer.mask_ratio=1.5')
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines()[-1] == (
+      'error: config.patchformer.mask_ratio=1.5 is not allowed: must be a number in (0, 1)')
+  assert not os.path.exists(f'{tmp_path}/w/checkpoints')  # nothing started

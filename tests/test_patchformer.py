@@ -1,0 +1,117 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import small_config
+
+from ssl_jax import augment, objectives
+from ssl_jax.models import heads, resnet, transformer
+from ssl_jax.objectives import patchformer as pf
+
+
+def test_patchify_row_major():
+  img = jnp.arange(4 * 4).reshape(1, 4, 4, 1).astype(jnp.float32)
+  p = pf.patchify(img, 2)
+  chex.assert_shape(p, (1, 4, 2, 2, 1))
+  np.testing.assert_array_equal(p[0, 1, :, :, 0], [[2, 3], [6, 7]])
+  np.testing.assert_array_equal(p[0, 2, :, :, 0], [[8, 9], [12, 13]])
+
+
+def test_targets_are_most_significant_bits_of_subsampled_gray():
+  # A 16x16 patch whose luma is constant within each 2x2 cell.
+  rng = np.random.RandomState(0)
+  cells = rng.rand(8, 8).astype(np.float32)
+  gray = np.kron(cells, np.ones((2, 2), np.float32))
+  patch = np.repeat(gray[..., None], 3, -1)[None]  # R=G=B -> luma = value
+  t = np.asarray(pf.patch_targets(jnp.asarray(patch), crop=16, size=8, bits=2))
+  np.testing.assert_array_equal(t[0], np.minimum(np.floor(cells * 4), 3))
+  # Centre crop 8 of 16 without subsampling.
+  t = np.asarray(pf.patch_targets(jnp.asarray(patch), crop=8, size=8, bits=2))
+  np.testing.assert_array_equal(t[0], np.minimum(np.floor(gray[4:12, 4:12] * 4), 3))
+  # Edges: 0 -> level 0, 1 -> the top level.
+  assert pf.patch_targets(jnp.ones((1, 4, 4, 3)), 4, 2, 2).max() == 3
+  assert pf.patch_targets(jnp.zeros((1, 4, 4, 3)), 4, 2, 2).max() == 0
+
+
+def test_soft_label_noise():
+  logits = jnp.log(jnp.array([[0.7, 0.1, 0.1, 0.1]]))
+  got = pf.soft_label_cross_entropy(logits, jnp.array([0]), 0.01)
+  soft = np.array([0.99 + 0.0025, 0.0025, 0.0025, 0.0025])
+  np.testing.assert_allclose(got, -(soft * np.log([0.7, 0.1, 0.1, 0.1])).sum(), rtol=1e-5)
+
+
+def test_augment_range_and_independence():
+  x = jax.random.uniform(jax.random.key(0), (6, 5, 8, 8, 3))
+  y = augment.augment_patches(jax.random.key(1), x, augment.PatchAugment())
+  chex.assert_shape(y, x.shape)
+  assert float(y.min()) >= -1 and float(y.max()) <= 1
+  # Same input patch, different draws per patch.
+  same = jnp.broadcast_to(x[:1, :1], x.shape)
+  z = augment.augment_patches(jax.random.key(1), same, augment.PatchAugment())
+  assert len({np.asarray(p).tobytes() for p in z.reshape(30, -1)}) == 30
+
+
+def test_quantize_levels():
+  x = jnp.linspace(0, 1, 101)
+  assert len(np.unique(np.asarray(augment.quantize(x, 2)))) == 4
+  np.testing.assert_allclose(augment.quantize(x, 8), x, atol=1 / 510 + 1e-6)
+
+
+def test_random_crops_stay_inside_patch():
+  patches = jnp.arange(2 * 16 * 16).reshape(1, 2, 16, 16, 1).astype(jnp.float32)
+  crops = augment.random_crops(jax.random.key(0), patches, 14)
+  chex.assert_shape(crops, (1, 2, 14, 14, 1))
+  for i in range(2):
+    assert set(np.asarray(crops[0, i]).ravel()) <= set(np.asarray(patches[0, i]).ravel())
+
+
+def test_module_shapes():
+  key = jax.random.key(0)
+  x = jnp.zeros((2, 3, 14, 14, 3))
+  net = resnet.ResNetStacks(stage_sizes=(1, 1, 1), width=8, stem_width=8)
+  out, _ = net.init_with_output(key, x)
+  chex.assert_shape(out, (2, 3, 128))  # width 8 * 2**2 * 4 (expansion)
+  pos = transformer.FactorizedPosEmbed((4, 5), 6)
+  emb, variables = pos.init_with_output(key, jnp.array([[0, 6, 19]]))
+  v = variables['params']
+  np.testing.assert_allclose(emb[0, 1], v['row'][1] + v['col'][1])
+  np.testing.assert_allclose(emb[0, 2], v['row'][3] + v['col'][4])
+  pool = heads.AttentionPool(heads=2)
+  pooled, _ = pool.init_with_output(key, jnp.zeros((2, 7, 16)), jnp.ones((2, 3, 16)))
+  chex.assert_shape(pooled, (2, 7, 16))
+  dec = heads.UpsamplingDecoder(size=8, classes=4, width=8)
+  logits, _ = dec.init_with_output(key, jnp.zeros((2, 7, 16)))
+  chex.assert_shape(logits, (2, 7, 8, 8, 4))
+
+
+@pytest.fixture(scope='module')
+def small_objective():
+  config = small_config()
+  obj = objectives.build(config, jnp.float32)
+  batch = {'image': jax.random.uniform(jax.random.key(0), (4, 32, 32, 3))}
+  return obj, obj.init(jax.random.key(0), batch), batch
+
+
+def test_loss_starts_near_uniform(small_objective):
+  obj, params, batch = small_objective
+  loss, metrics = obj.loss(params, batch, jax.random.key(1))
+  assert abs(float(loss) - np.log(4)) < 0.3
+  assert 0 <= float(metrics['pixel_accuracy']) <= 1
+
+
+def test_padded_examples_do_not_count(small_objective):
+  obj, params, batch = small_objective
+  valid = jnp.array([True, True, False, False])
+  loss_all, _ = obj.loss(params, dict(batch, valid=valid), jax.random.key(1), train=False)
+  other = dict(batch, image=batch['image'].at[2:].set(0.5), valid=valid)
+  loss_other, _ = obj.loss(params, other, jax.random.key(1), train=False)
+  np.testing.assert_allclose(loss_all, loss_other, rtol=1e-6)
+
+
+def test_named_representations(small_objective):
+  obj, params, batch = small_objective
+  reps = obj.represent(params, batch)
+  assert {'attention_pool', 'tokens', 'patch_embed', 'layer_1'} <= set(reps)
+  for v in reps.values():
+    chex.assert_shape(v, (4, 32))
