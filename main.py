@@ -43,6 +43,7 @@ def main(argv):
   from ssl_jax import checkpoint, config_lib, train
   from ssl_jax.data import pipeline
   logging.set_verbosity(logging.INFO)
+  train.quiet_library_logs()
   try:
     train.run(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, pipeline.DataError) as e:

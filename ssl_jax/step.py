@@ -46,8 +46,8 @@ def make_train_step(objective, tx: optax.GradientTransformation,
     (loss, metrics), grads = grad_fn(state.params, batch, rng, train=True)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                   param_norm=optax.global_norm(params),
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(params),
                    learning_rate=lr_schedule(state.step))
     return TrainState(state.step + 1, params, opt_state), metrics
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as pylogging
 import os
 import signal
 import time
@@ -65,6 +66,25 @@ class _Preemption:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+class _LibraryInfoFilter(pylogging.Filter):
+  """Drops INFO records that libraries (orbax, clu, tensorflow) send through
+  absl, so the console shows the run's own progress; warnings pass."""
+
+  _QUIET = (f'{os.sep}orbax{os.sep}', f'{os.sep}clu{os.sep}',
+            f'{os.sep}tensorflow{os.sep}', f'{os.sep}etils{os.sep}')
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or not any(
+        q in record.pathname for q in self._QUIET)
+
+
+def quiet_library_logs() -> None:
+  """Installs the filter above on absl's logger (idempotent)."""
+  absl_logger = pylogging.getLogger('absl')
+  if not any(isinstance(f, _LibraryInfoFilter) for f in absl_logger.filters):
+    absl_logger.addFilter(_LibraryInfoFilter())
 
 
 def _format_eta(seconds: float) -> str:

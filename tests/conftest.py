@@ -21,6 +21,7 @@ def small_config(**overrides):
   layer. Steps and checkpoints are set by each test."""
   from configs import patchformer
   c = patchformer.get_config('tiny')
+  c.data.name = 'ssl_jax_shapes/small'
   c.data.image_size = 32
   c.batch_size = 16
   c.total_steps = 6
@@ -45,5 +46,5 @@ def data_dir(tmp_path_factory):
   """The built-in dataset, built once per test session."""
   from ssl_jax.data import shapes
   path = str(tmp_path_factory.mktemp('tfds'))
-  shapes.prepare(path)
+  shapes.prepare(path, 'small')
   return path

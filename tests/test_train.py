@@ -1,0 +1,159 @@
+"""The loop end to end on the CPU: metrics, checkpoints, exact resume after
+SIGTERM and kill -9, 8 devices == 1 device, NaN and bad-checkpoint errors."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT, small_config
+
+from ssl_jax import checkpoint as ckpt_lib
+from ssl_jax import train
+
+STEPS, EVERY = 30, 5
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def losses(workdir):
+  return {r['step']: r['loss'] for r in read_metrics(workdir)}
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, data_dir):
+  """An uninterrupted 8-device run of STEPS steps."""
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  config = small_config(**{'data.data_dir': data_dir, 'total_steps': STEPS,
+                           'checkpoint.every': EVERY})
+  result = train.run(config, workdir)
+  return config, workdir, result
+
+
+def test_run_writes_metrics_events_and_checkpoints(reference):
+  config, workdir, result = reference
+  assert (result.first_step, result.last_step, result.preempted) == (0, STEPS, False)
+  records = read_metrics(workdir)
+  assert [r['step'] for r in records] == list(range(1, STEPS + 1))
+  for key in ('loss', 'learning_rate', 'grad_norm', 'examples_per_sec', 'step_time',
+              'tflops_per_sec', 'pixel_accuracy'):
+    assert np.isfinite(records[-1][key]), key
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+  kept = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')))
+  assert kept == [20, 25, 30]  # every 5, the last 3 kept
+  assert json.load(open(os.path.join(workdir, 'config.json')))['total_steps'] == STEPS
+  assert records[-1]['loss'] < records[0]['loss']
+
+
+def test_one_device_matches_eight(reference, tmp_path):
+  config, workdir, result = reference
+  one = train.run(config, str(tmp_path), devices=jax.devices()[:1])
+  assert one.last_step == STEPS
+  ref, got = losses(workdir), losses(str(tmp_path))
+  np.testing.assert_allclose([got[s] for s in sorted(ref)], [ref[s] for s in sorted(ref)],
+                             rtol=1e-4)
+  for a, b in zip(jax.tree.leaves(one.state.params), jax.tree.leaves(result.state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-3)
+
+
+def _launch(workdir, data_dir):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, 'tests', '_run_small.py'), workdir, data_dir,
+       str(STEPS), str(EVERY)], env=env, cwd=ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_checkpoint_after(workdir, step, proc, timeout=240):
+  directory = os.path.join(workdir, 'checkpoints')
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if os.path.isdir(directory) and any(
+        d.isdigit() and int(d) > step for d in os.listdir(directory)):
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f'run ended early:\n{proc.stdout.read()}')
+    time.sleep(0.02)
+  raise AssertionError('no checkpoint appeared in time')
+
+
+def test_sigterm_then_kill9_resume_gives_identical_losses(reference, data_dir, tmp_path):
+  _, ref_dir, _ = reference
+  workdir = str(tmp_path / 'w')
+  # 1. SIGTERM (preemption): saves a checkpoint and exits cleanly.
+  proc = _launch(workdir, data_dir)
+  _wait_for_checkpoint_after(workdir, 0, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  stopped = ckpt_lib.Checkpointer(workdir, keep=3)
+  first_stop = stopped.latest_step()
+  stopped.close()
+  assert 0 < first_stop < STEPS, out
+  # 2. Resume, then kill -9 right after the next checkpoint lands.
+  proc = _launch(workdir, data_dir)
+  _wait_for_checkpoint_after(workdir, first_stop, proc)
+  proc.kill()
+  proc.wait()
+  # 3. Resume to the end.
+  proc = _launch(workdir, data_dir)
+  out, _ = proc.communicate(timeout=240)
+  assert proc.returncode == 0, out
+  assert 'resumed from checkpoint' in out
+  records = read_metrics(workdir)
+  assert [r['step'] for r in records] == list(range(1, STEPS + 1))  # each step once
+  ref = losses(ref_dir)
+  assert {r['step']: r['loss'] for r in records} == ref  # bit-identical
+
+
+def test_nan_stops_with_step_and_keeps_last_good_checkpoint(reference, data_dir,
+                                                            tmp_path, monkeypatch):
+  config = small_config(**{'data.data_dir': data_dir, 'total_steps': 12,
+                           'checkpoint.every': 4})
+  real = train.global_batches
+
+  def poisoned(config, source, mesh, start_step):
+    for step, batch in enumerate(real(config, source, mesh, start_step), start_step + 1):
+      if step == 7:
+        batch = dict(batch, image=batch['image'] * np.nan)
+      yield batch
+
+  monkeypatch.setattr(train, 'global_batches', poisoned)
+  with pytest.raises(train.NonFiniteLossError, match='at step 7'):
+    train.run(config, str(tmp_path))
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path), keep=3)
+  assert checkpointer.all_steps() == [4]
+  state = checkpointer.restore_state(4, train.Trainer(config).abstract_state())
+  checkpointer.close()
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_incompatible_config_and_unreadable_checkpoint(reference, tmp_path):
+  config, ref_dir, _ = reference
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(ref_dir, workdir)
+  wider = small_config(**{'data.data_dir': config.data.data_dir, 'total_steps': STEPS + 5,
+                          'checkpoint.every': EVERY, 'patchformer.model.width': 64})
+  with pytest.raises(ckpt_lib.CheckpointError,
+                     match=r'incompatible config: patchformer.model.width \(checkpoint: 32, now: 64\)'):
+    train.run(wider, workdir)
+  # Corrupt the latest checkpoint's array data: a clear error, nothing deleted.
+  latest = os.path.join(workdir, 'checkpoints', str(STEPS))
+  for root, _, files in os.walk(os.path.join(latest, 'state')):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'garbage')
+  longer = small_config(**{'data.data_dir': config.data.data_dir, 'total_steps': STEPS + 5,
+                           'checkpoint.every': EVERY})
+  with pytest.raises(ckpt_lib.CheckpointError, match=f'checkpoint {STEPS} .* unreadable'):
+    train.run(longer, workdir)
+  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))) == [20, 25, 30]
