@@ -41,12 +41,11 @@ def main(argv):
     jax.distributed.initialize()
 
   from ssl_jax import checkpoint, config_lib, train
-  from ssl_jax.data import pipeline
   logging.set_verbosity(logging.INFO)
   train.quiet_library_logs()
   try:
     train.run(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, pipeline.DataError) as e:
+  except (config_lib.ConfigError, train.DataError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except (checkpoint.CheckpointError, train.NonFiniteLossError) as e:

@@ -31,6 +31,10 @@ from ssl_jax import step as step_lib
 from ssl_jax.data import pipeline
 
 
+class DataError(ValueError):
+  """The dataset cannot be opened (unknown, not prepared, no such split...)."""
+
+
 class NonFiniteLossError(FloatingPointError):
   """The loss or gradient became NaN or Inf; the last good checkpoint is kept."""
 
@@ -73,7 +77,8 @@ class _LibraryInfoFilter(pylogging.Filter):
   absl, so the console shows the run's own progress; warnings pass."""
 
   _QUIET = (f'{os.sep}orbax{os.sep}', f'{os.sep}clu{os.sep}',
-            f'{os.sep}tensorflow{os.sep}', f'{os.sep}etils{os.sep}')
+            f'{os.sep}tensorflow{os.sep}', f'{os.sep}tensorflow_datasets{os.sep}',
+            f'{os.sep}etils{os.sep}', f'{os.sep}jax{os.sep}')
 
   def filter(self, record: pylogging.LogRecord) -> bool:
     return record.levelno >= pylogging.WARNING or not any(
@@ -99,8 +104,12 @@ def dtype_of(config) -> Any:
 
 
 def build_source(config: ml_collections.ConfigDict):
-  return pipeline.make_source(config.data.name, data_dir=config.data.data_dir,
-                              split=config.data.split)
+  """Opens config.data; a dataset that cannot be used raises DataError."""
+  try:
+    return pipeline.make_source(config.data.name, data_dir=config.data.data_dir,
+                                split=config.data.split)
+  except ValueError as e:
+    raise DataError(f'config.data.name={config.data.name!r}: {e}') from e
 
 
 def global_batches(config, source, mesh, start_step: int) -> Iterator[dict[str, jax.Array]]:
@@ -279,14 +288,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
         previous, pending = pending, (step, metrics)
         if previous is not None:
           host = check(previous)
-          if previous[0] % config.log_every == 0:
+          if previous[0] % config.log_every == 0 or previous[0] == 1:
             log(previous[0], host)
         at_checkpoint = step % config.checkpoint.every == 0 or step == total
         stopping = (preemption.requested or checkpointer.reached_preemption(step)
                     or (stop_after is not None and step - start >= stop_after))
         if at_checkpoint or stopping:
           host = check(pending)
-          if step % config.log_every == 0 or step == total:
+          if step % config.log_every == 0 or step in (1, total):
             log(step, host)
           pending = None
           checkpointer.save(step, state, _meta(config, step))

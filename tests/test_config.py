@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ROOT, small_config
@@ -73,3 +74,14 @@ def test_cli_rejects_unknown_key_wrong_type_and_bad_value(tmp_path):
   assert bad.stderr.strip().splitlines()[-1] == (
       'error: config.patchformer.mask_ratio=1.5 is not allowed: must be a number in (0, 1)')
   assert not os.path.exists(f'{tmp_path}/w/checkpoints')  # nothing started
+
+
+def test_cli_unprepared_dataset_says_how_to_prepare_it(tmp_path):
+  start = time.time()
+  out = _main('--config=configs/patchformer.py:tiny', f'--workdir={tmp_path}/w',
+              f'--config.data.data_dir={tmp_path}/tfds', '--config.data.name=mnist')
+  assert out.returncode == 2
+  assert "error: config.data.name='mnist':" in out.stderr
+  assert f'tfds build mnist --data_dir={tmp_path}/tfds --file_format=array_record' in out.stderr
+  assert time.time() - start < 120  # no download attempted
+  assert not os.path.exists(f'{tmp_path}/tfds/downloads/mnist')

@@ -1,0 +1,115 @@
+"""PatchFormer train-step throughput against this machine's matmul peak.
+
+  python benchmarks/patchformer_step.py [--steps 10] [--sizes tiny,mid]
+
+Prints, in one run: the measured float32 matmul peak (best of several square
+sizes), then for each size the compiled train step's examples/s, model
+TFLOP/s (XLA cost analysis of the compiled step / measured step time), that
+as a fraction of the measured peak, and the input pipeline's time per batch
+relative to the step's (below 1: the pipeline never makes the step wait).
+Figures are noisy on a shared machine: compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import patchformer  # noqa: E402
+from ssl_jax import train  # noqa: E402
+from ssl_jax.data import pipeline  # noqa: E402
+
+
+def matmul_peak(sizes=(1024, 2048, 3072), repeats=5) -> float:
+  """Best float32 matmul FLOP/s over a few square sizes."""
+  best = 0.0
+  for n in sizes:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    for _ in range(repeats):
+      t = time.perf_counter()
+      f(a).block_until_ready()
+      best = max(best, 2 * n**3 / (time.perf_counter() - t))
+  return best
+
+
+def config_for(size: str, data_dir: str):
+  c = patchformer.get_config('tiny')
+  c.data.data_dir = data_dir
+  if size == 'mid':
+    # 128x128 images, 16x16 patches (8x8 grid), ResNet-41's depth at a
+    # quarter of its width, a 4-layer 512-wide transformer.
+    c.data.image_size = 128
+    c.batch_size = 32
+    c.patchformer.patch_size = 16
+    c.patchformer.jitter_crop = 14
+    c.patchformer.target.update(dict(crop=16, size=8))
+    c.patchformer.model.update(dict(stage_sizes=(3, 4, 6), resnet_width=16,
+                                    stem_width=16, width=512, num_layers=4,
+                                    heads=8, pool_heads=8, decoder_width=64))
+  return c
+
+
+def time_step(config, steps: int):
+  trainer = train.Trainer(config)
+  abstract = trainer.abstract_state()
+  state = trainer.init_state(abstract)
+  compiled, flops = trainer.compile_step(abstract, train.abstract_batch(config, None))
+  b, s = config.batch_size, config.data.image_size
+  batch = jax.device_put({
+      'image': jnp.asarray(np.random.RandomState(0).rand(b, s, s, 3), jnp.float32),
+      'label': jnp.zeros((b,), jnp.int32), 'valid': jnp.ones((b,), bool)},
+      trainer.batch_sharding)
+  for _ in range(2):
+    state, m = compiled(state, batch)
+  jax.block_until_ready(m)
+  t = time.perf_counter()
+  for _ in range(steps):
+    state, m = compiled(state, batch)
+  jax.block_until_ready(m)
+  return (time.perf_counter() - t) / steps, flops
+
+
+def time_pipeline(config, batches: int) -> float:
+  source = train.build_source(config)
+  ds = pipeline.make_dataset(
+      source, seed=0, global_batch_size=config.batch_size, start_step=0,
+      image_size=config.data.image_size, train=True, min_area=config.data.min_area)
+  return 1.0 / pipeline.measure_throughput(ds, batches)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--steps', type=int, default=10)
+  parser.add_argument('--sizes', default='tiny,mid')
+  parser.add_argument('--data_dir', default=None,
+                      help='tfds data_dir for ssl_jax_shapes (default: a temp dir)')
+  args = parser.parse_args()
+  data_dir = args.data_dir or os.path.join(tempfile.gettempdir(), 'ssl_jax_tfds')
+  peak = matmul_peak()
+  print(f'devices: {jax.device_count()} x {jax.devices()[0].device_kind}')
+  print(f'measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s')
+  header = (f'{"size":<6}{"batch":>6}{"ms/step":>10}{"ex/s":>9}{"GFLOP/step":>12}'
+            f'{"TFLOP/s":>9}{"% peak":>8}{"input ms/batch":>16}{"input/step":>12}')
+  print(header)
+  for size in args.sizes.split(','):
+    config = config_for(size, data_dir)
+    dt, flops = time_step(config, args.steps)
+    input_dt = time_pipeline(config, max(args.steps, 10))
+    print(f'{size:<6}{config.batch_size:>6}{dt * 1e3:>10.1f}{config.batch_size / dt:>9.1f}'
+          f'{flops / 1e9:>12.2f}{flops / dt / 1e12:>9.4f}{100 * flops / dt / peak:>7.1f}%'
+          f'{input_dt * 1e3:>16.1f}{input_dt / dt:>12.2f}')
+
+
+if __name__ == '__main__':
+  main()

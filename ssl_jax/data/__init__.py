@@ -1,0 +1,29 @@
+"""Input data: the built-in shapes dataset and the index-based pipeline."""
+
+from ssl_jax.data.pipeline import DataError
+from ssl_jax.data.pipeline import example_ids
+from ssl_jax.data.pipeline import FolderSource
+from ssl_jax.data.pipeline import iterate_numpy
+from ssl_jax.data.pipeline import make_dataset
+from ssl_jax.data.pipeline import make_source
+from ssl_jax.data.pipeline import measure_throughput
+from ssl_jax.data.pipeline import Source
+from ssl_jax.data.pipeline import TfdsSource
+from ssl_jax.data.shapes import CLASS_NAMES
+from ssl_jax.data.shapes import prepare as prepare_shapes
+from ssl_jax.data.shapes import render
+
+__all__ = [
+    'CLASS_NAMES',
+    'DataError',
+    'FolderSource',
+    'Source',
+    'TfdsSource',
+    'example_ids',
+    'iterate_numpy',
+    'make_dataset',
+    'make_source',
+    'measure_throughput',
+    'prepare_shapes',
+    'render',
+]

@@ -1,0 +1,661 @@
+"""Sources and the deterministic, index-based tf.data input pipeline.
+
+Why index-based
+---------------
+The input stream is a *pure function of (seed, global example index)*. The
+example at global index ``g = step * global_batch + j`` (``0 <= j <
+global_batch``) is
+
+* epoch ``e = g // N`` and position ``p = g % N`` (``N`` examples),
+* example id ``k = perm_e(p)`` where ``perm_e`` is a pseudo-random
+  permutation of ``[0, N)`` that depends only on ``(seed, e)``
+  (``tf.random.experimental.index_shuffle``; nothing is materialised),
+* augmented with stateless random ops keyed by ``(seed, g)``.
+
+There is no iterator state, no shuffle buffer and no stateful RNG, so resuming
+after preemption at step ``s`` is exact and free: build the dataset with
+``start_step=s`` and it yields precisely the batches ``s, s+1, ...`` the
+interrupted run would have seen, without replaying (or checkpointing) the
+stream. The same property makes multi-host input trivially consistent:
+process ``pi`` of ``pc`` produces, for every step, the contiguous slice
+``j in [pi * B / pc, (pi + 1) * B / pc)`` of the global batch, so the global
+batch is the same whatever the number of processes.
+
+Random access needs a *source*: something that maps an example id to a
+decoded image and a label.
+
+* :class:`TfdsSource` -- any TFDS dataset prepared in ArrayRecord format
+  (``tfds build NAME --data_dir=DIR --file_format=array_record``). Raw
+  records are read in batches by ``array_record``'s data source inside a
+  ``tf.numpy_function``; they are parsed and decoded by TF ops in a parallel
+  map. TFRecord-prepared datasets are rejected (no random access), and
+  nothing is ever downloaded or built implicitly.
+* The built-in ``ssl_jax_shapes`` dataset (:mod:`ssl_jax.data.shapes`): a
+  :class:`TfdsSource` that is built on the machine if missing.
+* :class:`FolderSource` -- a folder of images ``ROOT/<class>/*.png|jpg|jpeg``.
+
+Use :func:`make_source` and :func:`make_dataset`; iterate with
+:func:`iterate_numpy` (or ``tfds.as_numpy``) to get numpy batches.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import os
+import time
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from array_record.python import array_record_data_source
+
+from ssl_jax.data import shapes
+
+AUTOTUNE = tf.data.AUTOTUNE
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+SHAPES_NAMES = ('shapes', shapes.SslJaxShapes.name)
+FOLDER_KIND = 'folder'
+FOLDER_SPLITS = ('train', 'validation', 'test')
+
+# Independent random streams derived from the user seed.
+_SHUFFLE_STREAM = 1
+_AUGMENT_STREAM = 2
+# Inception-style random resized crop.
+_ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
+_CROP_MAX_ATTEMPTS = 10
+
+
+class DataError(ValueError):
+  """A dataset that cannot be read as asked (missing, wrong format, ...).
+
+  The message says what to do about it.
+  """
+
+
+# ----------------------------------------------------------------------------
+# Sources.
+# ----------------------------------------------------------------------------
+
+
+class Source(abc.ABC):
+  """Random access to the examples of one split.
+
+  Reading is split in two stages so that tf.data can run the expensive part
+  in parallel: :meth:`fetch` maps a batch of example ids to light per-example
+  handles (serialized records, file paths...), and :meth:`parse` turns one
+  handle into ``(image, label)`` where ``image`` is either an encoded image
+  (a scalar ``tf.string``: JPEG, PNG, ...) or a ``uint8 [h, w, c]`` tensor,
+  and ``label`` is an ``int32`` scalar (``-1`` when unlabelled).
+  """
+
+  name: str
+  split: str
+  num_examples: int
+  num_classes: int | None
+
+  @abc.abstractmethod
+  def fetch(self, ids: tf.Tensor) -> dict[str, tf.Tensor]:
+    """int64 [n] example ids -> dict of [n] per-example handles."""
+
+  @abc.abstractmethod
+  def parse(self, handle: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """One example's handles -> (encoded or uint8 image, int32 label)."""
+
+  def get(self, example_id: int) -> tuple[np.ndarray, int]:
+    """Example ``example_id`` as (uint8 [h, w, 3] array, label); eager."""
+    handle = self.fetch(tf.constant([example_id], tf.int64))
+    image, label = self.parse({k: v[0] for k, v in handle.items()})
+    return _to_uint8_rgb(image).numpy(), int(label)
+
+  def __repr__(self) -> str:
+    return (f'{type(self).__name__}(name={self.name!r}, split={self.split!r}, '
+            f'num_examples={self.num_examples}, '
+            f'num_classes={self.num_classes})')
+
+
+class TfdsSource(Source):
+  """A TFDS dataset prepared in ArrayRecord format, read by random access."""
+
+  def __init__(self, builder: tfds.core.DatasetBuilder, split: str, *,
+               image_key: str | None = None, label_key: str | None = None):
+    self.name = builder.info.full_name
+    self.split = split
+    self._check_readable(builder)
+    split_info = _tfds_split_info(builder, split)
+    self._image_key, self._label_key = _tfds_keys(builder, image_key,
+                                                  label_key)
+    self._features = _partial_features(builder.info.features,
+                                       [self._image_key, self._label_key])
+    self._records = array_record_data_source.ArrayRecordDataSource(
+        list(split_info.file_instructions))
+    self._parallel_reads = '://' in os.fspath(builder.data_dir)
+    self.num_examples = len(self._records)
+    self.num_classes = _num_classes(builder.info.features, self._label_key)
+
+  @staticmethod
+  def _check_readable(builder: tfds.core.DatasetBuilder) -> None:
+    file_format = builder.info.file_format
+    if file_format != tfds.core.FileFormat.ARRAY_RECORD:
+      command = _tfds_build_command(builder.name,
+                                    os.fspath(builder.data_dir_root))
+      raise DataError(
+          f'Dataset {builder.info.full_name} in {builder.data_dir} is stored '
+          f'as {file_format.value if file_format else "unknown format"}, '
+          'which has no random access. Rebuild it in ArrayRecord format '
+          f'(after moving the old copy away): {command}')
+
+  def fetch(self, ids: tf.Tensor) -> dict[str, tf.Tensor]:
+    records = tf.numpy_function(self._read_records, [ids], tf.string,
+                                stateful=False, name='read_array_records')
+    records.set_shape(ids.shape)
+    return {'record': records}
+
+  def _read_records(self, ids: np.ndarray) -> np.ndarray:
+    if self._parallel_reads:
+      # One thread per shard touched: hides the latency of remote storage.
+      records = self._records.__getitems__(ids.tolist())
+    else:
+      # Local files: a plain loop is ~3x faster than spinning up a thread
+      # pool per call; tf.data runs several of these calls concurrently (the
+      # reader releases the GIL).
+      records = [self._records[i] for i in ids.tolist()]
+    out = np.empty(len(records), dtype=object)
+    out[:] = records
+    return out
+
+  def parse(self, handle):
+    decoders = {}
+    if isinstance(self._features[self._image_key], tfds.features.Image):
+      decoders[self._image_key] = tfds.decode.SkipDecoding()
+    example = self._features.deserialize_example(handle['record'],
+                                                 decoders=decoders)
+    if self._label_key is None:
+      label = tf.constant(-1, tf.int32)
+    else:
+      label = tf.cast(example[self._label_key], tf.int32)
+    return example[self._image_key], label
+
+
+class FolderSource(Source):
+  """Images in ``ROOT/<class_name>/...`` (class names sorted -> labels).
+
+  Splits: if ``ROOT/train`` (or ``ROOT/validation``, ``ROOT/test``) is a
+  directory, each of those is a split laid out as ``ROOT/<split>/<class>/``
+  and the classes are the union over splits (so labels agree across
+  splits). Otherwise the whole of ``ROOT`` is the ``train`` split. Images are
+  ``*.png``, ``*.jpg``, ``*.jpeg`` (any case) anywhere below a class folder,
+  sorted by path. ``gs://`` roots work (listing uses ``tf.io.gfile``).
+  """
+
+  def __init__(self, root: str, split: str):
+    root = os.fspath(root).rstrip('/')
+    if not tf.io.gfile.isdir(root):
+      raise DataError(f'Image folder {root!r} does not exist or is not a '
+                      'directory.')
+    split_dirs = _folder_split_dirs(root)
+    if split not in split_dirs:
+      raise DataError(f'Split {split!r} not found in image folder {root!r}; '
+                      f'available splits: {sorted(split_dirs)}. (Use '
+                      f'{root}/<split>/<class>/ for several splits; a flat '
+                      f'{root}/<class>/ folder is the train split.)')
+    class_names = sorted(set().union(
+        *(_subdirs(d) for d in split_dirs.values())))
+    if not class_names:
+      raise DataError(f'Image folder {root!r} has no class folders; expected '
+                      f'{split_dirs[split]}/<class_name>/<image files>.')
+    paths, labels = _list_images(split_dirs[split], class_names)
+    if not paths:
+      raise DataError(f'No {"/".join(IMAGE_EXTENSIONS)} images found under '
+                      f'{split_dirs[split]}/<class_name>/.')
+    self.name = f'{FOLDER_KIND}:{root}'
+    self.split = split
+    self.class_names = class_names
+    self.num_examples = len(paths)
+    self.num_classes = len(class_names)
+    self._paths = tf.constant(paths, tf.string)
+    self._labels = tf.constant(labels, tf.int32)
+
+  def fetch(self, ids):
+    return {'path': tf.gather(self._paths, ids),
+            'label': tf.gather(self._labels, ids)}
+
+  def parse(self, handle):
+    return tf.io.read_file(handle['path']), handle['label']
+
+
+def _subdirs(path: str) -> list[str]:
+  return [name.rstrip('/') for name in tf.io.gfile.listdir(path)
+          if tf.io.gfile.isdir(os.path.join(path, name))]
+
+
+def _folder_split_dirs(root: str) -> dict[str, str]:
+  subdirs = set(_subdirs(root))
+  split_dirs = {s: os.path.join(root, s) for s in FOLDER_SPLITS
+                if s in subdirs}
+  return split_dirs or {'train': root}
+
+
+def _list_images(split_dir: str,
+                 class_names: list[str]) -> tuple[list[str], list[int]]:
+  paths, labels = [], []
+  for label, name in enumerate(class_names):
+    class_dir = os.path.join(split_dir, name)
+    if not tf.io.gfile.isdir(class_dir):
+      continue
+    found = []
+    for dirpath, _, filenames in tf.io.gfile.walk(class_dir):
+      found += [os.path.join(dirpath, f) for f in filenames
+                if f.lower().endswith(IMAGE_EXTENSIONS)]
+    found.sort()
+    paths += found
+    labels += [label] * len(found)
+  return paths, labels
+
+
+def _tfds_build_command(name: str, data_dir: str) -> str:
+  return (f'tfds build {name} --data_dir={data_dir} '
+          '--file_format=array_record')
+
+
+def _not_prepared_error(builder: tfds.core.DatasetBuilder,
+                        data_dir: str) -> DataError:
+  message = (
+      f'Dataset {builder.info.full_name!r} is not prepared in data_dir '
+      f'{data_dir!r} (this pipeline never downloads or builds datasets '
+      'implicitly). Prepare it in ArrayRecord format (random access is '
+      f'required) with:\n  {_tfds_build_command(builder.name, data_dir)}')
+  if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
+    manual_dir = os.path.join(data_dir, 'downloads', 'manual')
+    message += (f'\n{builder.name} needs files downloaded by hand first, '
+                f'placed in {manual_dir}/ (for ImageNet: '
+                'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar). TFDS '
+                'says: ' +
+                ' '.join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split()))
+  return DataError(message)
+
+
+def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DataError(
+        f'Unknown dataset {name!r}: it is neither a TFDS dataset (see '
+        f'tfds.list_builders()) prepared in {data_dir!r}, nor '
+        f'{SHAPES_NAMES[1]!r}, nor {FOLDER_KIND!r}.') from e
+
+
+def _tfds_split_info(builder, split: str):
+  available = sorted(builder.info.splits.keys())
+  for part in split.split('+'):
+    if part.split('[', 1)[0].strip() not in available:
+      raise DataError(
+          f'Split {part!r} is not available for {builder.info.full_name} in '
+          f'{builder.data_dir}. Available splits: {available}.')
+  try:
+    return builder.info.splits[split]
+  except (KeyError, ValueError) as e:  # E.g. a bad slice.
+    raise DataError(f'Invalid split {split!r} for {builder.info.full_name} '
+                    f'(available splits: {available}): {e}') from e
+
+
+def _tfds_keys(builder, image_key, label_key) -> tuple[str, str | None]:
+  features = builder.info.features
+  supervised = builder.info.supervised_keys
+  if (isinstance(supervised, tuple) and len(supervised) == 2
+      and all(isinstance(k, str) for k in supervised)):
+    default_image, default_label = supervised
+  else:
+    default_image = 'image'
+    default_label = 'label' if 'label' in features else None
+  image_key = image_key or default_image
+  label_key = label_key or default_label
+  if image_key not in features:
+    raise DataError(f'{builder.info.full_name} has no image feature '
+                    f'{image_key!r}; features: {list(features.keys())}. Pass '
+                    'image_key=... to make_source.')
+  if label_key is not None and label_key not in features:
+    raise DataError(f'{builder.info.full_name} has no label feature '
+                    f'{label_key!r}; features: {list(features.keys())}.')
+  return image_key, label_key
+
+
+def _partial_features(features, keys) -> tfds.features.FeaturesDict:
+  """The FeaturesDict of just ``keys``: other features are never decoded."""
+  return tfds.features.FeaturesDict({k: features[k] for k in keys if k})
+
+
+def _num_classes(features, label_key: str | None) -> int | None:
+  if label_key is None:
+    return None
+  feature = features[label_key]
+  return feature.num_classes if isinstance(
+      feature, tfds.features.ClassLabel) else None
+
+
+def _shapes_builder(name: str, data_dir: str | None):
+  name = name.split(':', 1)[0]  # Only one version exists.
+  config = name.split('/', 1)[1] if '/' in name else 'default'
+  configs = [c.name for c in shapes.SslJaxShapes.BUILDER_CONFIGS]
+  if config not in configs:
+    raise DataError(f'Unknown {shapes.SslJaxShapes.name} config {config!r}; '
+                    f'available: {configs}.')
+  data_dir = data_dir or tfds.core.constants.DATA_DIR
+  try:
+    return shapes.prepare(data_dir, config)
+  except ValueError as e:  # Prepared in another file format.
+    raise DataError(str(e)) from e
+
+
+def make_source(kind_or_name: str, *, data_dir: str | None, split: str,
+                image_key: str | None = None,
+                label_key: str | None = None) -> Source:
+  """Opens a random-access source.
+
+  Args:
+    kind_or_name: ``'folder'`` (``data_dir`` is the image folder root),
+      ``'shapes'`` / ``'ssl_jax_shapes[/small]'`` (built-in dataset, built
+      into ``data_dir`` if missing), or any TFDS name (``'imagenet2012'``,
+      ``'mnist:3.0.1'``, ``'cifar10'``...) prepared in ArrayRecord format in
+      ``data_dir`` (a local path or ``gs://``).
+    data_dir: as above; ``None`` means the TFDS default data dir.
+    split: a split name; TFDS sources accept TFDS slicing
+      (``'train[:90%]'``).
+    image_key, label_key: TFDS feature names; default to the dataset's
+      supervised keys (else ``'image'`` / ``'label'``).
+
+  Raises:
+    DataError (a ValueError): with instructions, if the dataset is unknown,
+      not prepared, not in ArrayRecord format, or lacks the split.
+  """
+  _hide_accelerators_from_tf()
+  if kind_or_name == FOLDER_KIND:
+    if not data_dir:
+      raise DataError("make_source('folder', ...) needs data_dir=ROOT.")
+    return FolderSource(data_dir, split)
+  base_name = kind_or_name.split('/', 1)[0].split(':', 1)[0]
+  if base_name in SHAPES_NAMES:
+    name = shapes.SslJaxShapes.name + kind_or_name[len(base_name):]
+    builder = _shapes_builder(name, data_dir)
+  else:
+    builder = _tfds_builder(kind_or_name, data_dir)
+    if not builder.is_prepared():
+      raise _not_prepared_error(builder, os.fspath(builder.data_dir_root))
+  return TfdsSource(builder, split, image_key=image_key, label_key=label_key)
+
+
+# ----------------------------------------------------------------------------
+# Index arithmetic: which example, with which random key, at global index g.
+# ----------------------------------------------------------------------------
+
+
+def _stream_key(seed: int, stream: int) -> tf.Tensor:
+  """A [2] int64 stateless key for one named random stream of ``seed``."""
+  return tf.constant([seed, stream], tf.int64)
+
+
+def _example_ids(g: tf.Tensor, seed: int, num_examples: int) -> tf.Tensor:
+  """int64 [n] global indices -> example ids (a new permutation per epoch)."""
+  n = tf.constant(num_examples, tf.int64)
+  epoch, position = g // n, g % n
+  # Per-epoch key (two words hashed from the seed, epoch). The raw op is used
+  # because `tf.random.experimental.index_shuffle` mis-pads batched [n, 2]
+  # seeds into [n + 1, 2] (it pads the first axis) instead of [n, 3].
+  seed_words = tf.random.stateless_uniform(
+      [2], _stream_key(seed, _SHUFFLE_STREAM), minval=None, maxval=None,
+      dtype=tf.int64)
+  keys = tf.concat(
+      [tf.broadcast_to(seed_words, [tf.size(epoch), 2]), epoch[:, None]], -1)
+  return tf.raw_ops.RandomIndexShuffle(
+      index=position, seed=keys,
+      max_index=tf.broadcast_to(n - 1, tf.shape(position)), rounds=4)
+
+
+def example_ids(seed: int, num_examples: int,
+                global_indices: np.ndarray) -> np.ndarray:
+  """The example ids that training reads at ``global_indices`` (int64)."""
+  g = tf.constant(np.asarray(global_indices, np.int64).reshape(-1))
+  return _example_ids(g, seed, num_examples).numpy()
+
+
+def _augment_keys(g: tf.Tensor, seed: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """Scalar global index -> (crop key, flip key), each [2] int64."""
+  key = tf.random.experimental.stateless_fold_in(
+      _stream_key(seed, _AUGMENT_STREAM), g)
+  keys = tf.random.experimental.stateless_split(key, 2)
+  return keys[0], keys[1]
+
+
+def _local_batch_size(global_batch_size: int, process_index: int,
+                      process_count: int) -> int:
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise DataError(f'Bad process_index={process_index} / '
+                    f'process_count={process_count}.')
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise DataError(f'global_batch_size={global_batch_size} must be a '
+                    f'positive multiple of process_count={process_count}.')
+  return global_batch_size // process_count
+
+
+def _step_indices(step: tf.Tensor, global_batch_size: int, local_batch: int,
+                  process_index: int) -> tf.Tensor:
+  """This process's global indices g for one step: int64 [local_batch]."""
+  first = step * global_batch_size + process_index * local_batch
+  return first + tf.range(local_batch, dtype=tf.int64)
+
+
+# ----------------------------------------------------------------------------
+# Image decoding, cropping and resizing (per example, TF ops).
+# ----------------------------------------------------------------------------
+
+
+def _to_uint8_rgb(image: tf.Tensor) -> tf.Tensor:
+  """Encoded string or uint8 [h, w, 1|3] -> uint8 [h, w, 3]."""
+  if image.dtype == tf.string:
+    image = tf.io.decode_image(image, channels=3, expand_animations=False)
+  elif image.dtype != tf.uint8:
+    raise DataError(f'Expected uint8 or encoded images, got {image.dtype}.')
+  elif image.shape[-1] == 1:
+    image = tf.image.grayscale_to_rgb(image)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _sample_crop(shape: tf.Tensor, key: tf.Tensor,
+                 min_area: float) -> tuple[tf.Tensor, tf.Tensor]:
+  """Inception crop window (begin [3], size [3]) for an image of ``shape``."""
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape,
+      bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+      seed=key,
+      min_object_covered=0.0,
+      aspect_ratio_range=_ASPECT_RATIO_RANGE,
+      area_range=(min_area, 1.0),
+      max_attempts=_CROP_MAX_ATTEMPTS,
+      use_image_if_no_bounding_boxes=True)
+  return begin, size
+
+
+def _decode_and_random_crop(image: tf.Tensor, key: tf.Tensor,
+                            min_area: float) -> tf.Tensor:
+  """Random resized crop window of an encoded or decoded image (uint8)."""
+
+  def crop_decoded():
+    decoded = _to_uint8_rgb(image)
+    begin, size = _sample_crop(tf.shape(decoded), key, min_area)
+    return tf.slice(decoded, begin, size)
+
+  if image.dtype != tf.string:
+    return crop_decoded()
+
+  def crop_jpeg():  # Decodes only the window: much faster for large JPEGs.
+    shape = tf.image.extract_jpeg_shape(image)
+    begin, size = _sample_crop(shape, key, min_area)
+    window = tf.stack([begin[0], begin[1], size[0], size[1]])
+    return tf.image.decode_and_crop_jpeg(image, window, channels=3)
+
+  return tf.cond(tf.io.is_jpeg(image), crop_jpeg, crop_decoded)
+
+
+def _resize(image: tf.Tensor, height, width) -> tf.Tensor:
+  """uint8 [h, w, 3] -> float32 [height, width, 3] in [0, 255], bilinear.
+
+  Anti-aliased when shrinking (no aliasing on large images); plain bilinear
+  otherwise, which is identical when enlarging and about 2-3x faster. An
+  unchanged size is an exact copy.
+  """
+  size = tf.stack([height, width])
+  shrinks = tf.reduce_any(size < tf.shape(image)[:2])
+  return tf.cond(
+      shrinks,
+      lambda: tf.image.resize(image, size, method='bilinear', antialias=True),
+      lambda: tf.image.resize(image, size, method='bilinear'))
+
+
+def _center_crop(image: tf.Tensor, image_size: int,
+                 crop_fraction: float) -> tf.Tensor:
+  """Resize the shorter side to image_size / crop_fraction, centre crop."""
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = round(image_size / crop_fraction) / tf.reduce_min(shape)
+  new_shape = tf.cast(tf.round(shape * scale), tf.int32)
+  image = _resize(image, new_shape[0], new_shape[1])
+  offset = (new_shape - image_size) // 2
+  return tf.slice(image, [offset[0], offset[1], 0], [image_size, image_size, 3])
+
+
+def _train_image(image, g, *, seed, image_size, min_area, flip) -> tf.Tensor:
+  crop_key, flip_key = _augment_keys(g, seed)
+  image = _decode_and_random_crop(image, crop_key, min_area)
+  image = _resize(image, image_size, image_size)
+  if flip:
+    image = tf.image.stateless_random_flip_left_right(image, flip_key)
+  return image
+
+
+def _eval_image(image, *, image_size, crop_fraction) -> tf.Tensor:
+  return _center_crop(_to_uint8_rgb(image), image_size, crop_fraction)
+
+
+# ----------------------------------------------------------------------------
+# The dataset.
+# ----------------------------------------------------------------------------
+
+
+def _index_batches(source: Source, *, seed: int, global_batch_size: int,
+                   local_batch: int, start_step: int, train: bool,
+                   process_index: int) -> tf.data.Dataset:
+  """Per step: {'index': g, 'id': example id, 'valid'} for this process."""
+  num = source.num_examples
+  if train:
+    steps = tf.data.Dataset.counter(start_step)
+  else:
+    steps = tf.data.Dataset.range(start_step,
+                                  math.ceil(num / global_batch_size))
+
+  def ids_for_step(step):
+    g = _step_indices(step, global_batch_size, local_batch, process_index)
+    if train:
+      return {'index': g, 'id': _example_ids(g, seed, num),
+              'valid': tf.ones_like(g, tf.bool)}
+    return {'index': g, 'id': g % num, 'valid': g < num}
+
+  return steps.map(ids_for_step)
+
+
+def make_dataset(source: Source, *, seed: int, global_batch_size: int,
+                 start_step: int, image_size: int, train: bool,
+                 process_index: int = 0, process_count: int = 1,
+                 min_area: float = 0.08, flip: bool = True,
+                 eval_crop_fraction: float = 1.0) -> tf.data.Dataset:
+  """This process's batches, a pure function of (seed, global index).
+
+  Args:
+    source: from :func:`make_source`.
+    seed: 0 <= seed < 2**63; fixes the epoch permutations and augmentations.
+    global_batch_size: examples per step over all processes.
+    start_step: first step to produce (resume from a checkpoint at this step).
+    image_size: output height and width.
+    train: True: infinite stream of shuffled, augmented examples (Inception
+      random resized crop, area in [min_area, 1], aspect ratio in [3/4, 4/3],
+      then an optional random horizontal flip). False: one pass over the split
+      in order, resized so the shorter side is ``image_size /
+      eval_crop_fraction``, centre-cropped; the last batch is padded by
+      repeating examples from the start, marked ``valid=False``.
+    process_index, process_count: this process handles the contiguous slice
+      ``[process_index * B / process_count, (process_index + 1) * B /
+      process_count)`` of every global batch.
+    min_area, flip: training augmentation parameters.
+    eval_crop_fraction: fraction of the resized image kept by the eval
+      centre crop (1.0: no border cropped; ImageNet convention: 0.875).
+
+  Returns:
+    Batches ``{'image': float32 [b, S, S, 3] in [0, 1], 'label': int32 [b],
+    'index': int64 [b] (global index g), 'valid': bool [b]}`` with
+    ``b = global_batch_size // process_count``.
+  """
+  _hide_accelerators_from_tf()
+  if not 0 <= seed < 2**63:
+    raise DataError(f'seed must be in [0, 2**63), got {seed}.')
+  if start_step < 0:
+    raise DataError(f'start_step must be >= 0, got {start_step}.')
+  if source.num_examples < 1:
+    raise DataError(f'{source!r} has no examples.')
+  if not 0.0 < min_area <= 1.0 or not 0.0 < eval_crop_fraction <= 1.0:
+    raise DataError('min_area and eval_crop_fraction must be in (0, 1].')
+  local_batch = _local_batch_size(global_batch_size, process_index,
+                                  process_count)
+  ds = _index_batches(source, seed=seed, global_batch_size=global_batch_size,
+                      local_batch=local_batch, start_step=start_step,
+                      train=train, process_index=process_index)
+  # Batched random-access reads (one Python call per step), then
+  # per-example parsing, decoding and augmentation in parallel.
+  ds = ds.map(lambda b: {**b, **source.fetch(b['id'])},
+              num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.unbatch()
+
+  def preprocess(example):
+    image, label = source.parse(example)
+    if train:
+      image = _train_image(image, example['index'], seed=seed,
+                           image_size=image_size, min_area=min_area, flip=flip)
+    else:
+      image = _eval_image(image, image_size=image_size,
+                          crop_fraction=eval_crop_fraction)
+    image = tf.clip_by_value(image / 255.0, 0.0, 1.0)
+    image = tf.ensure_shape(image, [image_size, image_size, 3])
+    return {'image': image, 'label': label, 'index': example['index'],
+            'valid': example['valid']}
+
+  ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  options = tf.data.Options()
+  options.deterministic = True
+  ds = ds.with_options(options)
+  return ds.prefetch(AUTOTUNE)
+
+
+def iterate_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+  """Iterates numpy batches (same as ``tfds.as_numpy(ds)``)."""
+  return ds.as_numpy_iterator()
+
+
+def measure_throughput(ds: tf.data.Dataset, num_batches: int,
+                       warmup: int = 5) -> float:
+  """Batches per second of ``ds`` after ``warmup`` batches."""
+  iterator = iter(ds)
+  for _ in range(warmup):
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(num_batches):
+    next(iterator)
+  return num_batches / (time.perf_counter() - start)
+
+
+def _hide_accelerators_from_tf() -> None:
+  """Keeps TF (input pipeline only) off GPUs/TPUs, which belong to JAX."""
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+    tf.config.set_visible_devices([], 'TPU')
+  except (RuntimeError, ValueError):
+    pass  # TF already initialised its devices, or no such device type.
