@@ -14,14 +14,17 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # ITU-R BT.601 luma, as tf.image.rgb_to_grayscale.
-_LUMA = jnp.array([0.2989, 0.5870, 0.1140], jnp.float32)
+# numpy, not jnp: importing this module must not initialise a JAX backend
+# (jax.distributed.initialize has to come first).
+_LUMA = np.array([0.2989, 0.5870, 0.1140], np.float32)
 # RGB <-> YIQ; a hue shift is a rotation of the (I, Q) plane.
-_RGB_TO_YIQ = jnp.array([[0.299, 0.587, 0.114],
-                         [0.596, -0.274, -0.322],
-                         [0.211, -0.523, 0.312]], jnp.float32)
-_YIQ_TO_RGB = jnp.linalg.inv(_RGB_TO_YIQ)
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
+                        [0.596, -0.274, -0.322],
+                        [0.211, -0.523, 0.312]], np.float32)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +42,7 @@ class PatchAugment:
 
 def grayscale(x: jax.Array) -> jax.Array:
   """[..., 3] -> [..., 1] luma."""
-  return jnp.einsum('...c,c->...', x, _LUMA.astype(x.dtype))[..., None]
+  return jnp.einsum('...c,c->...', x, jnp.asarray(_LUMA, x.dtype))[..., None]
 
 
 def _per_patch(key, shape, lo, hi):

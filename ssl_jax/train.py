@@ -31,8 +31,7 @@ from ssl_jax import step as step_lib
 from ssl_jax.data import pipeline
 
 
-class DataError(ValueError):
-  """The dataset cannot be opened (unknown, not prepared, no such split...)."""
+DataError = pipeline.DataError  # the dataset cannot be opened
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -108,7 +107,7 @@ def build_source(config: ml_collections.ConfigDict):
   try:
     return pipeline.make_source(config.data.name, data_dir=config.data.data_dir,
                                 split=config.data.split)
-  except ValueError as e:
+  except DataError as e:
     raise DataError(f'config.data.name={config.data.name!r}: {e}') from e
 
 

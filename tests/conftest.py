@@ -3,8 +3,10 @@ multi-device behaviour is tested on a laptop."""
 
 import os
 
+# Multi-process tests give each process a share of the 8 devices.
+_DEVICES = os.environ.get('SSL_JAX_TEST_DEVICES_PER_PROCESS', '8')
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+                           f' --xla_force_host_platform_device_count={_DEVICES}').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import sys  # noqa: E402

@@ -115,3 +115,13 @@ def test_named_representations(small_objective):
   assert {'attention_pool', 'tokens', 'patch_embed', 'layer_1'} <= set(reps)
   for v in reps.values():
     chex.assert_shape(v, (4, 32))
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  config = small_config()
+  obj = objectives.build(config, jnp.bfloat16)
+  batch = {'image': jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))}
+  params = obj.init(jax.random.key(0), batch)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  loss, _ = obj.loss(params, batch, jax.random.key(1))
+  assert loss.dtype == jnp.float32 and abs(float(loss) - np.log(4)) < 0.3

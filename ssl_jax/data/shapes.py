@@ -5,9 +5,12 @@ textured background. The class is a matter of *shape/structure* only: the
 position, scale, rotation and foreground colour of the shape and the
 background texture (gradients, stripes, low-frequency noise, mixtures of
 those) are all random per image, so a linear classifier on raw pixels does
-poorly while a model that learns shape features can do very well. That makes
-the dataset a cheap but meaningful smoke test for self-supervised
-pretraining + linear probing, with no network access and no manual download.
+poorly (closed-form ridge regression on 2000 images: ~13% test accuracy, 10%
+is chance) while a model that learns shape features does well (a 6-layer
+CNN trained on 8000 images at 32x32 passes 70% within 12 epochs and is still
+improving). That makes the dataset a cheap but meaningful smoke test for
+self-supervised pretraining + linear probing, with no network access and no
+manual download.
 
 Determinism: example ``i`` of split ``s`` is rendered from
 ``np.random.default_rng([FIXED_SEED, SPLIT_IDS[s], i])`` and its label is
@@ -19,8 +22,10 @@ in pixels, negative inside) evaluated on the pixel grid; coverage
 ``clip(0.5 - sdf, 0, 1)`` gives a one-pixel anti-aliased edge.
 
 Use :func:`prepare` to build it (ArrayRecord format, needed for random
-access by :mod:`ssl_jax.data.pipeline`); building the default sizes takes
-well under a minute on two CPU cores.
+access by :mod:`ssl_jax.data.pipeline`). Configs: ``default`` (tfds name
+``ssl_jax_shapes``; 20000 train / 4000 test, ~45 s on two CPU cores, 176 MB)
+and ``small`` (``ssl_jax_shapes/small``; 2000 / 500, ~4 s), whose examples
+are the first ones of ``default``.
 """
 
 from __future__ import annotations
