@@ -10,6 +10,7 @@ same command again with the same --workdir resumes from its latest checkpoint.
 
 from __future__ import annotations
 
+import re
 import sys
 
 from absl import app, flags, logging
@@ -29,6 +30,24 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processe
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\' index.')
 
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with an unknown --config.KEY reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # how ml_collections rejects a key
+    text = str(e).encode().decode('unicode_escape')  # ml_collections escapes it
+    key = re.search(r"'(\w+)'", text)
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    offending = [a.split('=')[0] for a in argv[1:]
+                 if key and a.startswith('--config.') and key.group(1) in a.split('=')[0]]
+    detail = (f'{offending[0] if offending else "--config"}: no such key'
+              + (f' {key.group(1)!r}' if key else '')
+              + (f' (did you mean {hint.group(1)!r}?)' if hint else ''))
+    print(f'error: {detail}; configs are locked: the config file lists every key',
+          file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
@@ -54,4 +73,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

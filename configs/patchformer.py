@@ -14,7 +14,7 @@ Variants (`--config=configs/patchformer.py:VARIANT`):
   (default)  the paper: 224x224 ImageNet (tfds `imagenet2012`, ArrayRecord),
              batch 128, 300k steps, v3-32.
   tiny       2-core CPU: 64x64 `ssl_jax_shapes`, 8x8 patches (8x8 grid),
-             a small ResNet and transformer, batch 32, 600 steps.
+             a small ResNet and transformer, batch 32, 1000 steps.
 
 Expected result. The paper reports no pretraining loss; it reports fine-tuning
 on 1% / 10% / 20% of ImageNet's labels: top-1 30.3 / 65.5 / 70.2 and top-5
@@ -112,7 +112,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every=2000, keep=3))
 
   if variant == 'tiny':
-    c.total_steps = 600
+    c.total_steps = 1000
     c.batch_size = 32
     c.data.name = 'ssl_jax_shapes'
     c.data.image_size = 64
@@ -126,5 +126,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                          decoder_width=16))
     c.optimizer.update(dict(lr=1e-3, warmup_steps=50))
     c.log_every = 20
-    c.checkpoint.every = 100
+    c.checkpoint.every = 200
   return c
