@@ -125,3 +125,27 @@ def test_bfloat16_compute_keeps_float32_params():
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   loss, _ = obj.loss(params, batch, jax.random.key(1))
   assert loss.dtype == jnp.float32 and abs(float(loss) - np.log(4)) < 0.3
+
+
+def test_paper_setting_builds_at_full_size():
+  """The default config (224x224, ResNet-41, 10x1024 transformer) traced
+  with jax.eval_shape: no compilation, no memory."""
+  from configs import patchformer
+  from ssl_jax import step as step_lib
+  from ssl_jax import train
+  config = patchformer.get_config()
+  trainer = train.Trainer(config)
+  abstract = trainer.abstract_state()
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+  # 125.9M transformer + 8.5M ResNet-41 + 12.6M attention pool + 4.6M decoder.
+  assert 150e6 < n < 155e6, n
+  blocks = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params['transformer']))
+  assert abs(blocks - 10 * 12 * 1024**2) / blocks < 0.01, blocks
+  enc = sum(int(np.prod(x.shape)) for x in
+            jax.tree.leaves(abstract.params['patch_encoder']))
+  assert 8.0e6 < enc < 9.0e6, enc  # ResNet-50's first three stacks: 8.5M
+  step = step_lib.make_train_step(trainer.objective, trainer.tx, trainer.lr_schedule, 0)
+  new_state, metrics = jax.eval_shape(step, abstract, train.abstract_batch(config, None))
+  assert metrics['loss'].shape == () and new_state.step.shape == ()
+  obj = trainer.objective
+  assert (obj.grid, obj.n_masked, obj.n_patches) == ((14, 14), 116, 196)
