@@ -24,6 +24,8 @@ class Checkpointer:
   """Keeps the last `keep` checkpoints of a run in `<workdir>/checkpoints`."""
 
   def __init__(self, workdir: str, *, keep: int, asynchronous: bool = True):
+    if '://' not in workdir:  # orbax needs absolute local paths
+      workdir = os.path.abspath(workdir)
     self.directory = os.path.join(workdir, 'checkpoints')
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True,
@@ -38,6 +40,8 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+    """Starts an asynchronous save; first raises if the previous one failed."""
+    self._raise_save_errors()
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         force=True)
@@ -69,7 +73,7 @@ class Checkpointer:
     if got != want:
       raise CheckpointError(
           f'checkpoint {step} in {self.directory} does not match this config\'s '
-          'model (parameter shapes differ); use the config it was written with '
+          'model (parameter shapes or dtypes differ); use the config it was written with '
           'or a new --workdir')
     return state
 
@@ -82,8 +86,20 @@ class Checkpointer:
         f'{os.path.join(self.directory, str(step))} away.')
 
   def wait(self) -> None:
-    """Blocks until every asynchronous save has been committed."""
-    self._manager.wait_until_finished()
+    """Blocks until every asynchronous save has been committed; raises
+    CheckpointError if one failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      raise CheckpointError(f'writing a checkpoint to {self.directory} failed: {e}') from e
+    self._raise_save_errors()
+
+  def _raise_save_errors(self) -> None:
+    """A failed background save stops the run instead of passing silently."""
+    try:
+      self._manager.check_for_errors()
+    except Exception as e:
+      raise CheckpointError(f'writing a checkpoint to {self.directory} failed: {e}') from e
 
   def close(self) -> None:
     self._manager.close()
