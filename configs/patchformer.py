@@ -6,7 +6,8 @@ run on every host, see README "Running the paper's setting"):
   python main.py --config=configs/patchformer.py --workdir=gs://BUCKET/patchformer \
       --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 
-Laptop / CI (2 CPU cores, built-in offline dataset, about 6 minutes):
+Laptop / CI (2 CPU cores, built-in offline dataset, 4 minutes of training
+plus 45 s to generate the dataset the first time):
 
   python main.py --config=configs/patchformer.py:tiny --workdir=/tmp/patchformer_tiny
 
@@ -18,9 +19,9 @@ Variants (`--config=configs/patchformer.py:VARIANT`):
 
 Expected result. The paper reports no pretraining loss; it reports fine-tuning
 on 1% / 10% / 20% of ImageNet's labels: top-1 30.3 / 65.5 / 70.2 and top-5
-52.0 / 82.3 / 87.6 (Tables 1-2). The per-pixel loss starts at ln 4 = 1.386
-(4 grey levels); `tiny` goes from 1.39 to below 0.75 (measured; the
-README gives the command).
+52.0 / 82.3 / 87.6 (Tables 1-2). `tiny` (measured, 2 CPU cores): the
+per-pixel loss (a uniform guess costs ln 4 = 1.386) starts at 1.6 and
+averages 0.78 over steps 600-1000, pixel accuracy about 0.66; 210 ms/step.
 
 Choices where the paper is silent or inconsistent (each is a key below):
 * Mask counts. The paper says 14x14 = "296" (sic, 196) patches with 60%

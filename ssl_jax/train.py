@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from ssl_jax import checkpoint as ckpt_lib
 from ssl_jax import config_lib, metrics as metrics_lib, objectives, optim
@@ -103,12 +104,23 @@ def dtype_of(config) -> Any:
 
 
 def build_source(config: ml_collections.ConfigDict):
-  """Opens config.data; a dataset that cannot be used raises DataError."""
-  try:
-    return pipeline.make_source(config.data.name, data_dir=config.data.data_dir,
-                                split=config.data.split)
-  except DataError as e:
-    raise DataError(f'config.data.name={config.data.name!r}: {e}') from e
+  """Opens config.data; a dataset that cannot be used raises DataError.
+
+  With several processes, process 0 opens it first (generating the built-in
+  dataset into a shared data_dir if needed) and the others wait for it.
+  """
+  def open_source():
+    try:
+      return pipeline.make_source(config.data.name, data_dir=config.data.data_dir,
+                                  split=config.data.split)
+    except DataError as e:
+      raise DataError(f'config.data.name={config.data.name!r}: {e}') from e
+
+  if jax.process_count() == 1:
+    return open_source()
+  source = open_source() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices('ssl_jax: dataset ready')
+  return source if source is not None else open_source()
 
 
 def global_batches(config, source, mesh, start_step: int) -> Iterator[dict[str, jax.Array]]:
