@@ -68,7 +68,7 @@ def time_step(config, steps: int):
   trainer = train.Trainer(config)
   abstract = trainer.abstract_state()
   state = trainer.init_state(abstract)
-  compiled, flops = trainer.compile_step(abstract, train.abstract_batch(config, None))
+  compiled, flops = trainer.compile_step(abstract, train.abstract_batch(config))
   b, s = config.batch_size, config.data.image_size
   batch = jax.device_put({
       'image': jnp.asarray(np.random.RandomState(0).rand(b, s, s, 3), jnp.float32),

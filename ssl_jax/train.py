@@ -136,8 +136,8 @@ def global_batches(config, source, mesh, start_step: int) -> Iterator[dict[str, 
            for k, v in local.items() if k in ('image', 'label', 'valid')}
 
 
-def abstract_batch(config, source) -> dict[str, jax.ShapeDtypeStruct]:
-  del source
+def abstract_batch(config) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of one global training batch."""
   b, s = config.batch_size, config.data.image_size
   return {'image': jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32),
           'label': jax.ShapeDtypeStruct((b,), jnp.int32),
@@ -258,7 +258,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
   logging.info('%s: %.2fM parameters, mesh %s', config.objective, num_params / 1e6,
                dict(trainer.mesh.shape))
-  compiled, flops = trainer.compile_step(abstract, abstract_batch(config, source))
+  compiled, flops = trainer.compile_step(abstract, abstract_batch(config))
   writer = metrics_lib.make_writer(workdir, resume_step=start)
   if start == 0:
     writer.write_hparams({'num_params': num_params})
@@ -315,8 +315,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
         if stopping:
           result.preempted = preemption.requested
           break
-      if pending is not None:  # unreachable: the last step always checkpoints
-        check(pending)
   finally:
     checkpointer.wait()
     checkpointer.close()

@@ -145,7 +145,7 @@ def test_paper_setting_builds_at_full_size():
             jax.tree.leaves(abstract.params['patch_encoder']))
   assert 8.0e6 < enc < 9.0e6, enc  # ResNet-50's first three stacks: 8.5M
   step = step_lib.make_train_step(trainer.objective, trainer.tx, trainer.lr_schedule, 0)
-  new_state, metrics = jax.eval_shape(step, abstract, train.abstract_batch(config, None))
+  new_state, metrics = jax.eval_shape(step, abstract, train.abstract_batch(config))
   assert metrics['loss'].shape == () and new_state.step.shape == ()
   obj = trainer.objective
   assert (obj.grid, obj.n_masked, obj.n_patches) == ((14, 14), 116, 196)
