@@ -288,6 +288,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
     if flops:
       scalars['tflops_per_sec'] = flops / dt / 1e12
     writer.write_scalars(step, scalars)
+    writer.flush()  # metrics.jsonl and TensorBoard are current at every log
     logging.info('step %d/%d | loss %.4f | lr %.2e | %.1f ex/s | %.0f ms/step | ETA %s',
                  step, total, host['loss'], host['learning_rate'],
                  config.batch_size / dt, dt * 1e3, _format_eta(dt * (total - step)))
@@ -310,7 +311,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
             log(step, host)
           pending = None
           checkpointer.save(step, state, _meta(config, step))
-          writer.flush()
         result.last_step = step
         if stopping:
           result.preempted = preemption.requested
