@@ -9,6 +9,7 @@ a run killed at any moment leaves only whole checkpoints behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -41,7 +42,8 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
     """Starts an asynchronous save; first raises if the previous one failed."""
-    self._raise_save_errors()
+    with self._save_errors():
+      self._manager.check_for_errors()
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         force=True)
@@ -88,16 +90,15 @@ class Checkpointer:
   def wait(self) -> None:
     """Blocks until every asynchronous save has been committed; raises
     CheckpointError if one failed."""
-    try:
+    with self._save_errors():
       self._manager.wait_until_finished()
-    except Exception as e:
-      raise CheckpointError(f'writing a checkpoint to {self.directory} failed: {e}') from e
-    self._raise_save_errors()
+      self._manager.check_for_errors()
 
-  def _raise_save_errors(self) -> None:
+  @contextlib.contextmanager
+  def _save_errors(self):
     """A failed background save stops the run instead of passing silently."""
     try:
-      self._manager.check_for_errors()
+      yield
     except Exception as e:
       raise CheckpointError(f'writing a checkpoint to {self.directory} failed: {e}') from e
 

@@ -279,6 +279,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
           'Try a lower optimizer.lr, optimizer.grad_clip_norm, or float32 compute.')
     return host
 
+  def should_log(step: int) -> bool:
+    return step % config.log_every == 0 or step in (1, total)
+
   def log(step: int, host: dict[str, float]):
     nonlocal last_log_time, last_log_step
     now = time.perf_counter()
@@ -300,14 +303,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
         previous, pending = pending, (step, metrics)
         if previous is not None:
           host = check(previous)
-          if previous[0] % config.log_every == 0 or previous[0] == 1:
+          if should_log(previous[0]):
             log(previous[0], host)
         at_checkpoint = step % config.checkpoint.every == 0 or step == total
         stopping = (preemption.requested or checkpointer.reached_preemption(step)
                     or (stop_after is not None and step - start >= stop_after))
         if at_checkpoint or stopping:
           host = check(pending)
-          if step % config.log_every == 0 or step in (1, total):
+          if should_log(step):
             log(step, host)
           pending = None
           checkpointer.save(step, state, _meta(config, step))
