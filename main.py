@@ -1,6 +1,10 @@
-r"""Pretrain (and later evaluate) a self-supervised image model.
+r"""Pretrain, probe and fine-tune self-supervised image models.
 
   python main.py --config=configs/patchformer.py:tiny --workdir=/tmp/pf_tiny
+  python main.py --config=configs/linear_probe.py:patchformer_tiny \
+      --config.init.workdir=/tmp/pf_tiny --workdir=/tmp/pf_tiny_probe
+  python main.py --config=configs/finetune.py:patchformer_tiny --sweep \
+      --config.init.workdir=/tmp/pf_tiny --workdir=/tmp/pf_tiny_ft_sweep
   python main.py --config=configs/patchformer.py --workdir=gs://B/pf \
       --config.data.data_dir=gs://B/tensorflow_datasets --distributed
 
@@ -28,6 +32,9 @@ _COORDINATOR = flags.DEFINE_string(
     'outside a TPU pod (with --num_processes and --process_id).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\' index.')
+_SWEEP = flags.DEFINE_bool(
+    'sweep', False, 'Run the grid of config.sweep (batch sizes x learning rates), one run '
+    'per point under --workdir, and write one table: sweep.md / sweep.json.')
 
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -59,11 +66,14 @@ def main(argv):
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()
 
-  from ssl_jax import checkpoint, config_lib, train
+  from ssl_jax import checkpoint, config_lib, sweep, train
   logging.set_verbosity(logging.INFO)
   train.quiet_library_logs()
   try:
-    train.run(_CONFIG.value, _WORKDIR.value)
+    if _SWEEP.value:
+      sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
+    else:
+      train.run(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, train.DataError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -62,6 +62,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import common
+
 VARIANTS = ('', 'tiny')
 
 
@@ -109,6 +111,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       fsdp_axis_size=1,   # devices per FSDP group; the rest form the data axis
       fsdp_min_size=2**18))  # smaller arrays stay replicated under 'fsdp'
 
+  # An online linear probe on stop-gradient features of the training view
+  # (reported as online_probe/top1); '' turns it off. Off automatically
+  # when the dataset has no labels.
+  c.online_probe = ml_collections.ConfigDict(dict(representation='attention_pool', lr=1e-3))
+  # Few-shot and kNN monitors on frozen features, every `every` steps.
+  c.eval = common.eval_config(
+      split='validation[:10000]', train_split='train[:100000]', batch_size=512,
+      every=10_000, crop_fraction=0.875, monitors=('fewshot', 'knn'),
+      representation='attention_pool')
+
   c.log_every = 100
   c.checkpoint = ml_collections.ConfigDict(dict(every=2000, keep=3))
 
@@ -128,4 +140,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.update(dict(lr=1e-3, warmup_steps=50))
     c.log_every = 20
     c.checkpoint.every = 200
+    c.eval.update(dict(split='test[:1000]', train_split='train[:2000]', batch_size=200,
+                       every=200, crop_fraction=1.0))
   return c

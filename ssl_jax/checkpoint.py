@@ -24,12 +24,13 @@ class CheckpointError(RuntimeError):
 class Checkpointer:
   """Keeps the last `keep` checkpoints of a run in `<workdir>/checkpoints`."""
 
-  def __init__(self, workdir: str, *, keep: int, asynchronous: bool = True):
+  def __init__(self, workdir: str, *, keep: int | None, asynchronous: bool = True,
+               read_only: bool = False):
     if '://' not in workdir:  # orbax needs absolute local paths
       workdir = os.path.abspath(workdir)
     self.directory = os.path.join(workdir, 'checkpoints')
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True,
+        max_to_keep=keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=asynchronous)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=('state', 'meta'))
@@ -78,6 +79,29 @@ class Checkpointer:
           'model (parameter shapes or dtypes differ); use the config it was written with '
           'or a new --workdir')
     return state
+
+  def restore_subtree(self, step: int, path: tuple[str, ...], abstract: Any) -> Any:
+    """Restores only state[path[0]][path[1]]... (e.g. a pretraining run's
+    ('params', 'model')) into the shapes and shardings of `abstract`; the
+    rest of the checkpoint (optimizer state, heads) is never read."""
+    target = abstract
+    for key in reversed(path):
+      target = {key: target}
+    try:
+      out = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True)))
+    except Exception as e:
+      raise self._unreadable(step, e) from e
+    tree = out['state']
+    for key in path:
+      tree = tree[key]
+    got = jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+    want = jax.tree.map(lambda x: (x.shape, x.dtype), abstract)
+    if got != want:
+      raise CheckpointError(f'checkpoint {step} in {self.directory}: the parameters under '
+                            f'{"/".join(path)} do not have the shapes this config expects')
+    return tree
 
   def _unreadable(self, step: int, error: Exception) -> CheckpointError:
     return CheckpointError(

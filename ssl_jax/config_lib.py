@@ -75,8 +75,8 @@ def one_of(config, key, allowed):
 
 def validate_common(config: ml_collections.ConfigDict, num_devices: int,
                     num_processes: int = 1) -> None:
-  """The keys every objective shares: steps, batch, data, optimizer, mesh."""
-  one_of(config, 'objective', sorted(objectives.REGISTRY))
+  """The keys every run shares: steps, batch, data, optimizer, mesh, eval."""
+  one_of(config, 'objective', objectives.SELF_SUPERVISED + (CLASSIFICATION,))
   _require(config, 'seed', _is_int, 'an integer')
   total = positive_int(config, 'total_steps')
   batch = positive_int(config, 'batch_size')
@@ -121,6 +121,43 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int,
   positive_int(config, 'log_every')
   positive_int(config, 'checkpoint.every')
   positive_int(config, 'checkpoint.keep')
+  validate_eval(config, num_devices, num_processes)
+
+
+MONITORS = ('fewshot', 'knn')
+
+
+def validate_eval(config: ml_collections.ConfigDict, num_devices: int,
+                  num_processes: int) -> None:
+  """The periodic evaluation: its split, batch and monitors."""
+  e = 'eval.'
+  _require(config, e + 'every', lambda v: _is_int(v) and v >= 0,
+           'an integer >= 0 (0: evaluate only at the last step)')
+  _require(config, e + 'split', lambda v: isinstance(v, str) and v,
+           "a split name (tfds slicing allowed, e.g. 'test[:1000]')")
+  _require(config, e + 'batch_size',
+           lambda v: _is_int(v) and v > 0 and v % num_devices == 0 and v % num_processes == 0,
+           f'a positive integer divisible by the number of devices ({num_devices}) '
+           f'and of processes ({num_processes})')
+  _require(config, e + 'crop_fraction', lambda v: _is_number(v) and 0 < v <= 1,
+           'a number in (0, 1] (fraction of the resized image kept by the centre crop)')
+  monitors = _require(config, e + 'monitors',
+                      lambda v: isinstance(v, (tuple, list)) and set(v) <= set(MONITORS),
+                      'a tuple of monitors from ' + ', '.join(map(repr, MONITORS)))
+  if monitors:
+    _require(config, e + 'train_split', lambda v: isinstance(v, str) and v,
+             'the labelled split few-shot and kNN learn from, e.g. \'train[:10000]\'')
+    _require(config, e + 'representation', lambda v: isinstance(v, str) and v,
+             'a representation name')
+  if 'fewshot' in monitors:
+    _require(config, e + 'fewshot_shots',
+             lambda v: len(v) >= 1 and all(_is_int(n) and n > 0 for n in v),
+             'a non-empty tuple of positive integers (shots per class)')
+    positive_int(config, e + 'fewshot_seeds')
+    _require(config, e + 'fewshot_l2', lambda v: _is_number(v) and v > 0, 'a number > 0')
+  if 'knn' in monitors:
+    positive_int(config, e + 'knn_k')
+    _require(config, e + 'knn_temperature', lambda v: _is_number(v) and v > 0, 'a number > 0')
 
 
 def validate_patchformer(config: ml_collections.ConfigDict) -> None:
@@ -177,7 +214,57 @@ def validate_patchformer(config: ml_collections.ConfigDict) -> None:
   _require(config, m + 'remat', lambda v: isinstance(v, bool), 'True or False')
 
 
-VALIDATORS = {'patchformer': validate_patchformer}
+def validate_online_probe(config: ml_collections.ConfigDict) -> None:
+  _require(config, 'online_probe.representation', lambda v: isinstance(v, str),
+           "a representation name, or '' for no online probe")
+  _require(config, 'online_probe.lr', lambda v: _is_number(v) and v > 0, 'a number > 0')
+
+
+CLASSIFICATION = 'classification'
+
+
+def validate_classification(config: ml_collections.ConfigDict) -> None:
+  """A linear probe or fine-tune: its backbone, init checkpoint and head."""
+  from ssl_jax import tasks  # tasks imports the models; keep this module light
+  one_of(config, 'backbone.objective', sorted(objectives.REGISTRY))
+  if config.backbone.data.image_size != config.data.image_size:
+    raise ConfigError(
+        f'config.data.image_size={config.data.image_size} is not allowed: must equal '
+        f'config.backbone.data.image_size={config.backbone.data.image_size}, the size '
+        'the backbone was pretrained at')
+  BACKBONE_VALIDATORS[config.backbone.objective](config.backbone)
+  _require(config, 'init.workdir', lambda v: v is None or (isinstance(v, str) and v),
+           "the pretraining run's --workdir, or None for a randomly initialised backbone")
+  _require(config, 'init.step', lambda v: v is None or (_is_int(v) and v > 0),
+           'None (the latest checkpoint) or a step > 0')
+  c = 'classifier.'
+  one_of(config, c + 'mode', tasks.MODES)
+  one_of(config, c + 'head', tasks.HEADS)
+  _require(config, c + 'representation', lambda v: isinstance(v, str) and v,
+           'a representation name')
+  _require(config, c + 'dropout', lambda v: _is_number(v) and 0 <= v < 1, 'a number in [0, 1)')
+  _require(config, c + 'label_smoothing', lambda v: _is_number(v) and 0 <= v < 1,
+           'a number in [0, 1)')
+  _require(config, c + 'mask_ratio', lambda v: _is_number(v) and 0 <= v < 1,
+           'a number in [0, 1) (fraction of patches masked while fine-tuning)')
+  if config.classifier.mode == 'linear' and config.classifier.mask_ratio:
+    raise ConfigError(f'config.classifier.mask_ratio={config.classifier.mask_ratio} is not '
+                      "allowed with classifier.mode='linear': must be 0 (the frozen "
+                      'backbone sees whole images)')
+  _require(config, 'data.label_fraction', lambda v: _is_number(v) and 0 < v <= 1,
+           'a number in (0, 1] (the fraction of training labels used)')
+  _require(config, 'data.subset_seed', lambda v: _is_int(v) and v >= 0, 'an integer >= 0')
+  s = 'sweep.'
+  for key in ('batch_size', 'lr'):
+    _require(config, s + key, lambda v: len(v) >= 1 and all(_is_number(x) and x > 0 for x in v),
+             'a non-empty tuple of positive numbers')
+  _require(config, s + 'epochs', lambda v: v is None or (_is_number(v) and v > 0),
+           'None (every run takes total_steps) or a number of epochs > 0')
+
+
+VALIDATORS = {'patchformer': lambda c: (validate_patchformer(c), validate_online_probe(c)),
+              CLASSIFICATION: validate_classification}
+BACKBONE_VALIDATORS = {'patchformer': validate_patchformer, 'pixels': lambda c: None}
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int,
@@ -185,6 +272,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   """Raises ConfigError on the first impossible value."""
   validate_common(config, num_devices, num_processes)
   VALIDATORS[config.objective](config)
+
+
+def validate_representations(config: ml_collections.ConfigDict, available) -> None:
+  """Representation names against what the model offers (needs the model
+  built, so the loop calls it after `validate`, still before compiling)."""
+  keys = ['eval.representation'] if config.eval.monitors else []
+  keys += ['classifier.representation'] if config.objective == CLASSIFICATION else [
+      'online_probe.representation']
+  for key in keys:
+    name = _get(config, key)
+    if key == 'online_probe.representation' and not name:
+      continue
+    if name not in available:
+      raise ConfigError(f'config.{key}={name!r} is not allowed: must be one of '
+                        + ', '.join(map(repr, available)))
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
@@ -196,7 +298,9 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 # structure nor the values a step computes.
 RESUMABLE_KEYS = ('total_steps', 'log_every', 'checkpoint.every', 'checkpoint.keep',
                   'data.data_dir', 'sharding.rule', 'sharding.fsdp_axis_size',
-                  'sharding.fsdp_min_size')
+                  'sharding.fsdp_min_size', 'init.workdir', 'init.step')
+# Evaluation reads the state and never changes it.
+RESUMABLE_PREFIXES = ('eval.', 'sweep.')
 
 
 def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
@@ -211,11 +315,11 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 
 def incompatible_keys(saved: dict, current: dict) -> list[str]:
   """Keys whose values differ between a checkpoint's config and this run's,
-  other than RESUMABLE_KEYS."""
+  other than RESUMABLE_KEYS and RESUMABLE_PREFIXES."""
   a, b = flatten(saved), flatten(current)
   keys = sorted(set(a) | set(b))
   return [k for k in keys if a.get(k, '<missing>') != b.get(k, '<missing>')
-          and k not in RESUMABLE_KEYS]
+          and k not in RESUMABLE_KEYS and not k.startswith(RESUMABLE_PREFIXES)]
 
 
 __all__ = ['ConfigError', 'validate', 'to_json', 'incompatible_keys']

@@ -89,3 +89,56 @@ def make_writer(workdir: str, resume_step: int | None) -> metric_writers.MetricW
       metric_writers.SummaryWriter(workdir),
       JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), resume_step),
   ])
+
+
+def _is_accuracy(key: str) -> bool:
+  return key.endswith(('top1', 'top5')) or 'shot' in key
+
+
+class EvalResults:
+  """Every evaluation of a run, in `eval.json` (a list of {"step": s, ...})
+  and `eval.md` (the same as a Markdown table, accuracies in %), rewritten
+  atomically after each evaluation. On resume from `resume_step`, results of
+  later steps (about to be recomputed) are dropped."""
+
+  def __init__(self, workdir: str, resume_step: int | None = None):
+    self.json_path = os.path.join(workdir, 'eval.json')
+    self.md_path = os.path.join(workdir, 'eval.md')
+    self.records: list[dict[str, Any]] = []
+    if resume_step is not None and os.path.exists(self.json_path):
+      with open(self.json_path, encoding='utf-8') as f:
+        self.records = [r for r in json.load(f) if r['step'] <= resume_step]
+
+  def add(self, step: int, scores: Mapping[str, float]) -> None:
+    self.records = [r for r in self.records if r['step'] != step]
+    self.records.append({'step': int(step), **{k: float(v) for k, v in scores.items()}})
+    if jax.process_index() == 0:
+      write_atomic(self.json_path, json.dumps(self.records, indent=1) + '\n')
+      write_atomic(self.md_path, markdown_table(self.records))
+
+  def latest(self) -> dict[str, Any] | None:
+    return self.records[-1] if self.records else None
+
+
+def markdown_table(records: list[dict[str, Any]], first: tuple[str, ...] = ('step',)) -> str:
+  """Rows of {column: value} as a Markdown table; accuracies shown in %."""
+  present = {k for r in records for k in r}
+  columns = [c for c in first if c in present] + sorted(present - set(first))
+  head = [f'{c} (%)' if _is_accuracy(c) else c for c in columns]
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(columns)]
+  for r in records:
+    cells = []
+    for c in columns:
+      v = r.get(c, '')
+      if isinstance(v, float):
+        v = f'{100 * v:.2f}' if _is_accuracy(c) else f'{v:.4g}'
+      cells.append(str(v))
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def write_atomic(path: str, text: str) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(tmp, path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -26,11 +26,26 @@ def decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(config: ml_collections.ConfigDict,
+                   param_labels: Callable[[Any], Any] | None = None
+                   ) -> optax.GradientTransformation:
+  """AdamW (with optional clipping) from `config.optimizer`.
+
+  With `param_labels` (params -> tree of 'train' | 'probe' | 'frozen'), each
+  group gets its own transformation: 'train' the configured optimizer (its
+  clipping sees only these gradients), 'probe' a constant-rate Adam for the
+  online probe (`config.online_probe.lr`), 'frozen' no update and no state.
+  """
   o = config.optimizer
   parts = []
   if o.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
   parts.append(optax.adamw(schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
                            weight_decay=o.weight_decay, mask=decay_mask))
-  return optax.chain(*parts)
+  main = optax.chain(*parts)
+  if param_labels is None:
+    return main
+  probe_lr = config.online_probe.lr if 'online_probe' in config else 0.0
+  return optax.multi_transform(
+      {'train': main, 'probe': optax.adam(probe_lr), 'frozen': optax.set_to_zero()},
+      param_labels)

@@ -60,3 +60,10 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rule: str,
   return jax.tree.map(
       lambda x: NamedSharding(mesh, _fsdp_spec(x.shape, axis_size, min_size)),
       abstract_state)
+
+
+def to_global(local: dict[str, np.ndarray], sharding: NamedSharding,
+              keys: Sequence[str] = ('image', 'label', 'valid')) -> dict[str, jax.Array]:
+  """This process's slice of a batch -> global jax.Arrays split over `sharding`."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local.items() if k in keys}

@@ -29,26 +29,28 @@ def step_key(seed: int, step: jax.Array) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), step)
 
 
-def init_state(objective, tx: optax.GradientTransformation, seed: int,
+def init_state(task, tx: optax.GradientTransformation, seed: int,
                batch: dict[str, jax.Array]) -> TrainState:
-  params = objective.init(jax.random.key(seed), batch)
+  params = task.init(jax.random.key(seed), batch)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=tx.init(params))
 
 
-def make_train_step(objective, tx: optax.GradientTransformation,
+def make_train_step(task, tx: optax.GradientTransformation,
                     lr_schedule: optax.Schedule, seed: int) -> Callable:
   """(state, batch) -> (new state, {metric: scalar})."""
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     rng = step_key(seed, state.step)
-    grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
+    grad_fn = jax.value_and_grad(task.loss, has_aux=True)
     (loss, metrics), grads = grad_fn(state.params, batch, rng, train=True)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                   param_norm=optax.tree.norm(params),
-                   learning_rate=lr_schedule(state.step))
+    # A task may report its own 'loss' (pretraining reports the
+    # self-supervised loss without its online probe's).
+    metrics = {'loss': loss, **metrics, 'grad_norm': optax.tree.norm(grads),
+               'param_norm': optax.tree.norm(params),
+               'learning_rate': lr_schedule(state.step)}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step

@@ -26,10 +26,11 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, metrics as metrics_lib, objectives, optim
+from ssl_jax import config_lib, metrics as metrics_lib, optim, tasks
 from ssl_jax import sharding as sharding_lib
 from ssl_jax import step as step_lib
 from ssl_jax.data import pipeline
+from ssl_jax.evaluate.evaluator import Evaluator
 
 
 DataError = pipeline.DataError  # the dataset cannot be opened
@@ -47,6 +48,7 @@ class RunResult:
   last_step: int         # the step it stopped at
   preempted: bool
   state: Any = None
+  evaluation: dict[str, float] | None = None  # the latest evaluation's results
 
 
 class _Preemption:
@@ -112,7 +114,9 @@ def build_source(config: ml_collections.ConfigDict):
   def open_source():
     try:
       return pipeline.make_source(config.data.name, data_dir=config.data.data_dir,
-                                  split=config.data.split)
+                                  split=config.data.split,
+                                  label_fraction=config.data.get('label_fraction', 1.0),
+                                  subset_seed=config.data.get('subset_seed', 0))
     except DataError as e:
       raise DataError(f'config.data.name={config.data.name!r}: {e}') from e
 
@@ -132,8 +136,7 @@ def global_batches(config, source, mesh, start_step: int) -> Iterator[dict[str, 
       min_area=config.data.min_area, flip=config.data.flip)
   sharding = sharding_lib.batch_sharding(mesh)
   for local in ds.as_numpy_iterator():
-    yield {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-           for k, v in local.items() if k in ('image', 'label', 'valid')}
+    yield sharding_lib.to_global(local, sharding)
 
 
 def abstract_batch(config) -> dict[str, jax.ShapeDtypeStruct]:
@@ -145,15 +148,24 @@ def abstract_batch(config) -> dict[str, jax.ShapeDtypeStruct]:
 
 
 class Trainer:
-  """Everything a run needs, built once from the config (no compilation)."""
+  """Everything a run needs, built once from the config (no compilation).
 
-  def __init__(self, config: ml_collections.ConfigDict, devices=None):
+  `num_classes`: labels of the training data (None: unlabelled), for the
+  classifier of a classification run and the online probe of pretraining.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, devices=None,
+               num_classes: int | None = None):
     num_devices = len(devices) if devices is not None else jax.device_count()
     config_lib.validate(config, num_devices, jax.process_count())
+    if tasks.is_classification(config) and not num_classes:
+      raise DataError(f'config.data.name={config.data.name!r} (split {config.data.split!r}) '
+                      'has no labels: a classification run needs a labelled dataset')
     self.config = config
     self.mesh = sharding_lib.make_mesh(config.sharding.fsdp_axis_size, devices)
-    self.objective = objectives.build(config, dtype_of(config))
-    self.tx = optim.make_optimizer(config)
+    self.task = tasks.build(config, num_classes, dtype_of(config))
+    config_lib.validate_representations(config, self.task.representations())
+    self.tx = optim.make_optimizer(config, self.task.param_labels)
     self.lr_schedule = optim.schedule(config)
     self.batch_sharding = sharding_lib.batch_sharding(mesh=self.mesh)
     self.replicated = sharding_lib.replicated(self.mesh)
@@ -161,7 +173,7 @@ class Trainer:
   def _init_fn(self):
     one = {'image': jnp.zeros((1, self.config.data.image_size,
                                self.config.data.image_size, 3), jnp.float32)}
-    return lambda: step_lib.init_state(self.objective, self.tx, self.config.seed, one)
+    return lambda: step_lib.init_state(self.task, self.tx, self.config.seed, one)
 
   def abstract_state(self) -> Any:
     """The state's shapes, dtypes and shardings, without computing it."""
@@ -180,7 +192,7 @@ class Trainer:
     """The compiled train step and its FLOPs per step (from XLA's cost analysis)."""
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
     jitted = step_lib.jit_train_step(
-        step_lib.make_train_step(self.objective, self.tx, self.lr_schedule, self.config.seed),
+        step_lib.make_train_step(self.task, self.tx, self.lr_schedule, self.config.seed),
         shardings, self.batch_sharding, self.replicated)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
              for k, v in batch_shapes.items()}
@@ -226,14 +238,76 @@ def _check_compatible(config, meta: dict[str, Any], directory: str, step: int) -
         f'does not match step {step} x batch {config.batch_size}')
 
 
+@dataclasses.dataclass
+class _InitCheckpoint:
+  checkpointer: ckpt_lib.Checkpointer
+  step: int
+
+
+def open_init_checkpoint(config: ml_collections.ConfigDict) -> _InitCheckpoint | None:
+  """The pretraining checkpoint a classification run starts from, checked
+  against the config's backbone before anything compiles (None: random init).
+
+  Raises ConfigError when config.init names no usable checkpoint or one of
+  another objective or network; CheckpointError when it is unreadable.
+  """
+  if not tasks.is_classification(config):
+    return None
+  workdir, step = config.init.workdir, config.init.step
+  if workdir is None:
+    logging.warning('config.init.workdir is None: the backbone is randomly initialised '
+                    '(a baseline); pass --config.init.workdir=<pretraining workdir>')
+    return None
+  where = f'config.init.workdir={workdir!r}'
+  if not epath.Path(workdir).is_dir():
+    raise config_lib.ConfigError(f'{where} does not exist: it must be the --workdir of a '
+                                 'pretraining run')
+  if not epath.Path(workdir, 'checkpoints').is_dir():
+    raise config_lib.ConfigError(f'{where} has no checkpoints/ directory: it must be the '
+                                 '--workdir of a pretraining run')
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=None, read_only=True)
+  steps = checkpointer.all_steps()
+  if not steps:
+    raise config_lib.ConfigError(f'{where} has no complete checkpoint yet')
+  if step is None:
+    step = max(steps)
+  elif step not in steps:
+    raise config_lib.ConfigError(f'config.init.step={step} is not a checkpoint in {workdir}; '
+                                 f'available: {sorted(steps)}')
+  saved = checkpointer.restore_meta(step)['config']
+  want = json.loads(config_lib.to_json(config.backbone))
+  source = f'checkpoint {step} in {checkpointer.directory}'
+  if saved.get('objective') != want['objective']:
+    raise config_lib.ConfigError(
+        f'{source} was written by objective {saved.get("objective")!r}, but '
+        f'config.backbone.objective={want["objective"]!r}: use the {saved.get("objective")} '
+        'variant of this config, or the workdir of a ' + want['objective'] + ' pretraining run')
+  flat_saved, flat_want = config_lib.flatten(saved), config_lib.flatten(want)
+  mismatch = tasks.architecture_mismatch(flat_saved, flat_want)
+  if mismatch:
+    shown = ', '.join(f'{k} (checkpoint: {flat_saved.get(k, "<missing>")!r}, '
+                      f'config.backbone: {flat_want.get(k, "<missing>")!r})'
+                      for k in mismatch[:5])
+    fix = ' '.join(f'--config.backbone.{k}={flat_saved[k]}' for k in mismatch[:5]
+                   if k in flat_saved)
+    raise config_lib.ConfigError(
+        f'{source} holds a different network than config.backbone: {shown}. Pass the '
+        f'pretraining values, e.g. {fix}')
+  return _InitCheckpoint(checkpointer, step)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
         stop_after: int | None = None) -> RunResult:
   """Trains from scratch or resumes from the latest checkpoint in `workdir`.
 
   `stop_after`: return after this many steps of this invocation (tests).
   """
-  trainer = Trainer(config, devices)
+  num_devices = len(devices) if devices is not None else jax.device_count()
+  config_lib.validate(config, num_devices, jax.process_count())  # before any I/O
   source = build_source(config)
+  trainer = Trainer(config, devices, num_classes=source.num_classes)
+  init_from = open_init_checkpoint(config)
+  evaluator = Evaluator(config, trainer.task, trainer.mesh, source.num_classes)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep)
   abstract = trainer.abstract_state()
@@ -251,6 +325,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   else:
     start = 0
     state = trainer.init_state(abstract)
+    if init_from is not None:
+      backbone = init_from.checkpointer.restore_subtree(
+          init_from.step, ('params', 'model'), abstract.params['backbone'])
+      state = state.replace(params=dict(state.params, backbone=backbone))
+      logging.info('backbone initialised from checkpoint %d in %s', init_from.step,
+                   init_from.checkpointer.directory)
+  if init_from is not None:
+    init_from.checkpointer.close()
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
       f.write(json.dumps(json.loads(config_lib.to_json(config)), indent=2))
@@ -260,6 +342,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
                dict(trainer.mesh.shape))
   compiled, flops = trainer.compile_step(abstract, abstract_batch(config))
   writer = metrics_lib.make_writer(workdir, resume_step=start)
+  results = metrics_lib.EvalResults(workdir, resume_step=start)
   if start == 0:
     writer.write_hparams({'num_params': num_params})
 
@@ -282,7 +365,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   def should_log(step: int) -> bool:
     return step % config.log_every == 0 or step in (1, total)
 
-  def log(step: int, host: dict[str, float]):
+  def should_eval(step: int) -> bool:
+    every = config.eval.every
+    return evaluator.enabled and ((every and step % every == 0) or step == total)
+
+  def evaluate(step: int):
+    t0 = time.perf_counter()
+    scores = evaluator(state.params)
+    writer.write_scalars(step, scores)
+    writer.flush()
+    results.add(step, scores)
+    logging.info('eval at step %d (%.1f s): %s', step, time.perf_counter() - t0,
+                 ' | '.join(f'{k} {v:.4f}' for k, v in scores.items()))
+
+  def log(step: int, host: dict[str, float], flush: bool = True):
     nonlocal last_log_time, last_log_step
     now = time.perf_counter()
     dt = (now - last_log_time) / max(step - last_log_step, 1)
@@ -291,7 +387,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
     if flops:
       scalars['tflops_per_sec'] = flops / dt / 1e12
     writer.write_scalars(step, scalars)
-    writer.flush()  # metrics.jsonl and TensorBoard are current at every log
+    if flush:  # metrics.jsonl and TensorBoard are current at every log
+      writer.flush()
     logging.info('step %d/%d | loss %.4f | lr %.2e | %.1f ex/s | %.0f ms/step | ETA %s',
                  step, total, host['loss'], host['learning_rate'],
                  config.batch_size / dt, dt * 1e3, _format_eta(dt * (total - step)))
@@ -305,14 +402,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
           host = check(previous)
           if should_log(previous[0]):
             log(previous[0], host)
+        evaluating = should_eval(step)
         at_checkpoint = step % config.checkpoint.every == 0 or step == total
         stopping = (preemption.requested or checkpointer.reached_preemption(step)
                     or (stop_after is not None and step - start >= stop_after))
-        if at_checkpoint or stopping:
+        if evaluating or at_checkpoint or stopping:
           host = check(pending)
-          if should_log(step):
-            log(step, host)
+          if should_log(step):  # an evaluation adds to this step's line
+            log(step, host, flush=not evaluating)
           pending = None
+        if evaluating:  # before the checkpoint: a checkpoint's step is evaluated
+          evaluate(step)
+        if at_checkpoint or stopping:
           checkpointer.save(step, state, _meta(config, step))
         result.last_step = step
         if stopping:
@@ -323,6 +424,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
     checkpointer.close()
     writer.close()
   result.state = state
+  result.evaluation = results.latest()
   if result.preempted:
     logging.warning('stopped at step %d on a preemption signal; the checkpoint is '
                     'saved: run the same command again to resume', result.last_step)

@@ -34,6 +34,29 @@ def small_config(**overrides):
   c.patchformer.model.update(dict(stage_sizes=(1,), resnet_width=8, stem_width=8,
                                   width=32, num_layers=1, heads=2, pool_heads=2,
                                   decoder_width=8))
+  c.eval.update(dict(split='test[:96]', train_split='train[:160]', batch_size=48, every=15,
+                     fewshot_shots=(1, 5), fewshot_seeds=2, knn_k=5))
+  return _override(c, overrides)
+
+
+def small_classifier_config(mode='linear', **overrides):
+  """A linear probe ('linear') or fine-tune ('finetune') of small_config's
+  network, with the settings of configs/linear_probe.py / finetune.py."""
+  from configs import common, finetune, linear_probe
+  c = common.classification_config(small_config(), mode=mode)
+  paper = (linear_probe if mode == 'linear' else finetune).get_config('patchformer_tiny')
+  c.classifier.update(paper.classifier.to_dict())
+  c.optimizer.update(paper.optimizer.to_dict())
+  c.optimizer.warmup_steps = 2
+  c.total_steps = 8
+  c.batch_size = 16
+  c.checkpoint.every = 4
+  c.log_every = 1
+  c.eval.update(dict(split='test[:96]', batch_size=48, every=0))
+  return _override(c, overrides)
+
+
+def _override(c, overrides):
   for key, value in overrides.items():
     node = c
     *parents, leaf = key.split('.')
@@ -50,3 +73,19 @@ def data_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('tfds'))
   shapes.prepare(path, 'small')
   return path
+
+
+STEPS, EVERY = 30, 5
+
+
+@pytest.fixture(scope='session')
+def reference(tmp_path_factory, data_dir):
+  """An uninterrupted 8-device pretraining run of STEPS steps (with its
+  online probe and few-shot / kNN monitors), shared by the loop's and the
+  evaluation's tests."""
+  from ssl_jax import train
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  config = small_config(**{'data.data_dir': data_dir, 'total_steps': STEPS,
+                           'checkpoint.every': EVERY})
+  result = train.run(config, workdir)
+  return config, workdir, result

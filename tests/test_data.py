@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import time
 
 import numpy as np
@@ -18,11 +19,9 @@ SHAPES_SMALL = 'ssl_jax_shapes/small'
 
 
 @pytest.fixture(scope='session')
-def shapes_dir(tmp_path_factory):
-  """The 'small' config of the built-in dataset, built once per session."""
-  path = str(tmp_path_factory.mktemp('tfds_shapes'))
-  shapes.prepare(path, 'small')
-  return path
+def shapes_dir(data_dir):
+  """The 'small' config of the built-in dataset (conftest builds it once)."""
+  return data_dir
 
 
 @pytest.fixture(scope='session')
@@ -250,6 +249,133 @@ def test_bad_arguments_raise(tiny_source):
 
 
 # ----------------------------------------------------------------------------
+# Low-label subsets.
+# ----------------------------------------------------------------------------
+
+# Synthetic classes: sizes that round up, down and to even, a class smaller
+# than 1/fraction, a gap in the class numbers, and unlabelled examples.
+SUBSET_CLASS_SIZES = {0: 1, 1: 2, 2: 15, 3: 25, 5: 50, 6: 149, 7: 150, 9: 612}
+
+
+def _synthetic_labels():
+  labels = np.concatenate([np.full(n, c) for c, n in SUBSET_CLASS_SIZES.items()]
+                          + [np.full(40, -1)])
+  return np.random.default_rng(0).permutation(labels)
+
+
+def _class_counts(labels, ids):
+  return {c: int(np.sum(labels[ids] == c)) for c in SUBSET_CLASS_SIZES}
+
+
+@pytest.fixture(scope='module')
+def subset_source(data_dir):
+  return pipeline.make_source(SHAPES_SMALL, data_dir=data_dir, split='train',
+                              label_fraction=0.1)
+
+
+def test_class_balanced_subset_counts_determinism_and_nesting():
+  labels = _synthetic_labels()
+  subsets = {}
+  for fraction in (0.01, 0.1, 0.2, 0.5, 1.0):
+    ids = pipeline.class_balanced_subset(labels, fraction, seed=3)
+    assert ids.dtype == np.int64 and (np.diff(ids) > 0).all()
+    assert (labels[ids] >= 0).all()
+    assert _class_counts(labels, ids) == {
+        c: max(1, round(fraction * n)) for c, n in SUBSET_CLASS_SIZES.items()}
+    np.testing.assert_array_equal(
+        ids, pipeline.class_balanced_subset(labels, fraction, seed=3))
+    subsets[fraction] = set(ids.tolist())
+  assert list(_class_counts(labels, sorted(subsets[0.1])).values()) == [
+      1, 1, 2, 2, 5, 15, 15, 61]
+  assert subsets[1.0] == set(np.flatnonzero(labels >= 0).tolist())
+  assert subsets[0.01] < subsets[0.1] < subsets[0.2] < subsets[0.5]
+  other_seed = pipeline.class_balanced_subset(labels, 0.2, seed=4)
+  assert set(other_seed.tolist()) != subsets[0.2]
+  # Fixed streams: the same ids on every machine and numpy version.
+  np.testing.assert_array_equal(
+      pipeline.class_balanced_subset(np.arange(100) % 10, 0.1),
+      [2, 7, 30, 38, 54, 59, 71, 76, 83, 85])
+
+
+@pytest.mark.parametrize('fraction', [0, -0.1, 1.5])
+def test_bad_label_fraction_raises(tmp_path, fraction):
+  message = re.escape(f'must be in (0, 1], got {fraction}')
+  with pytest.raises(pipeline.DataError, match=message):
+    pipeline.class_balanced_subset(np.arange(10) % 2, fraction)
+  # Checked before anything is opened (this dataset does not exist).
+  with pytest.raises(pipeline.DataError, match=message):
+    pipeline.make_source('mnist', data_dir=str(tmp_path), split='train',
+                         label_fraction=fraction)
+
+
+def test_subset_of_unlabelled_examples_raises():
+  with pytest.raises(pipeline.DataError, match='all are -1'):
+    pipeline.class_balanced_subset(np.full(30, -1), 0.5)
+
+
+def test_tfds_source_labels_match_get(data_dir):
+  source = pipeline.make_source(SHAPES_SMALL, data_dir=data_dir, split='train')
+  labels = source.labels()
+  assert labels.shape == (2000,) and labels.dtype == np.int32
+  for k in (0, 1, 7, 1234, 1999):
+    assert labels[k] == source.get(k)[1]
+  np.testing.assert_array_equal(labels, np.arange(2000) % 10)
+  sliced = pipeline.make_source(SHAPES_SMALL, data_dir=data_dir,
+                                split='train[5:25]')
+  np.testing.assert_array_equal(sliced.labels(), np.arange(5, 25) % 10)
+
+
+def test_subset_source_is_balanced_and_its_labels_are_the_data(
+    subset_source):
+  assert isinstance(subset_source, pipeline.SubsetSource)
+  assert subset_source.num_examples == len(subset_source.ids) == 200
+  assert subset_source.num_classes == 10
+  assert subset_source.split == 'train'
+  assert subset_source.name.endswith('[10% of labels]')
+  labels = subset_source.labels()
+  np.testing.assert_array_equal(np.bincount(labels, minlength=10),
+                                np.full(10, 20))
+  ds = pipeline.make_dataset(subset_source, seed=0, global_batch_size=64,
+                             start_step=0, image_size=64, train=False)
+  batches = concat(list(pipeline.iterate_numpy(ds)))
+  valid = batches['valid']
+  np.testing.assert_array_equal(batches['index'][valid], np.arange(200))
+  np.testing.assert_array_equal(batches['label'][valid], labels)
+  for k in (0, 99, 199):  # 64x64 at image_size 64: the stored image.
+    expected, label = shapes.render_example('train', subset_source.ids[k])
+    np.testing.assert_array_equal(
+        np.round(batches['image'][k] * 255).astype(np.uint8), expected)
+    assert labels[k] == label
+
+
+def test_training_on_a_subset_reads_only_the_subset(subset_source):
+  # Whole-image crops without flips: each training image is a stored image.
+  ds = train_ds(subset_source, seed=2, global_batch_size=50, image_size=64,
+                min_area=1.0, flip=False)
+  batches = concat(take(ds, 5))  # 250 examples: more than one epoch.
+  positions = pipeline.example_ids(2, 200, batches['index'])
+  ids = subset_source.ids[positions]
+  assert set(ids[:200].tolist()) == set(subset_source.ids.tolist())
+  np.testing.assert_array_equal(batches['label'], ids % 10)
+  images = np.round(batches['image'] * 255).astype(np.uint8)
+  for image, k in zip(images, ids):
+    np.testing.assert_array_equal(image, shapes.render_example('train', k)[0])
+
+
+@pytest.mark.parametrize('name, split, fraction, expected', [
+    ('imagenet2012', 'train', 0.01, 'imagenet2012_subset/1pct'),
+    ('imagenet2012:5.1.0', 'train', 0.1, 'imagenet2012_subset/10pct'),
+    ('imagenet2012', 'train', 0.2, None),
+    ('imagenet2012', 'validation', 0.1, None),
+    ('imagenet2012', 'train[:50%]', 0.01, None),
+    ('imagenet_v2', 'train', 0.1, None),
+    (SHAPES_SMALL, 'train', 0.01, None),
+])
+def test_imagenet_subset_name(name, split, fraction, expected):
+  assert pipeline.imagenet_subset_name(name, split, fraction) == expected
+
+
+# ----------------------------------------------------------------------------
 # Errors from tfds sources.
 # ----------------------------------------------------------------------------
 
@@ -357,6 +483,7 @@ def test_folder_source(tmp_path):
                              start_step=0, image_size=16, train=False)
   labels = concat(list(pipeline.iterate_numpy(ds)))['label']
   np.testing.assert_array_equal(labels, [0, 0, 1, 1, 1, 2, 2, 2])
+  np.testing.assert_array_equal(source.labels(), labels)
   batch = take(train_ds(source, global_batch_size=4, image_size=16), 2)[1]
   assert batch['image'].shape == (4, 16, 16, 3)
   assert 0.0 <= batch['image'].min() and batch['image'].max() <= 1.0

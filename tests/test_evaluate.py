@@ -19,6 +19,13 @@ def test_ridge_matches_numpy_normal_equations():
   w_ref = np.linalg.solve(xc.T @ xc + 0.5 * np.eye(30), xc.T @ tc)  # primal form
   np.testing.assert_allclose(w, w_ref, atol=1e-4)
   np.testing.assert_allclose(b, t.mean(0) - x.mean(0) @ w_ref, atol=1e-4)
+  # More examples than dimensions: the primal form, same solution.
+  tall, t2 = rng.normal(size=(40, 6)), rng.normal(size=(40, 2))
+  w, b = fewshot.ridge_fit(tall, t2, l2=0.5)
+  xc, tc = tall - tall.mean(0), t2 - t2.mean(0)
+  w_ref = xc.T @ np.linalg.solve(xc @ xc.T + 0.5 * np.eye(40), tc)  # dual form
+  np.testing.assert_allclose(w, w_ref, atol=1e-4)
+  np.testing.assert_allclose(b, t2.mean(0) - tall.mean(0) @ w_ref, atol=1e-4)
 
 
 def test_sample_shots_is_balanced_and_deterministic():

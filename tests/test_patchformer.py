@@ -95,9 +95,10 @@ def small_objective():
 
 def test_loss_starts_near_uniform(small_objective):
   obj, params, batch = small_objective
-  loss, metrics = obj.loss(params, batch, jax.random.key(1))
+  loss, (metrics, features) = obj.loss(params, batch, jax.random.key(1))
   assert abs(float(loss) - np.log(4)) < 0.3
   assert 0 <= float(metrics['pixel_accuracy']) <= 1
+  assert set(features) == set(obj.representations())
 
 
 def test_padded_examples_do_not_count(small_objective):
@@ -112,9 +113,15 @@ def test_padded_examples_do_not_count(small_objective):
 def test_named_representations(small_objective):
   obj, params, batch = small_objective
   reps = obj.represent(params, batch)
-  assert {'attention_pool', 'tokens', 'patch_embed', 'layer_1'} <= set(reps)
+  assert set(reps) == set(obj.representations()) == {
+      'attention_pool', 'tokens', 'patch_embed', 'layer_1'}
   for v in reps.values():
     chex.assert_shape(v, (4, 32))
+  # Fine-tuning's view: 10% of the patches masked, random jitter crops.
+  masked = obj.represent(params, batch, rng=jax.random.key(2), train=True, mask_ratio=0.1)
+  assert not np.allclose(masked['tokens'], reps['tokens'])
+  again = obj.represent(params, batch, rng=jax.random.key(2), train=True, mask_ratio=0.1)
+  np.testing.assert_array_equal(masked['tokens'], again['tokens'])
 
 
 def test_bfloat16_compute_keeps_float32_params():
@@ -136,6 +143,7 @@ def test_paper_setting_builds_at_full_size():
   config = patchformer.get_config()
   trainer = train.Trainer(config)
   abstract = trainer.abstract_state()
+  abstract = abstract.replace(params=abstract.params['model'])
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
   # 125.9M transformer + 8.5M ResNet-41 + 12.6M attention pool + 4.6M decoder.
   assert 150e6 < n < 155e6, n
@@ -144,8 +152,8 @@ def test_paper_setting_builds_at_full_size():
   enc = sum(int(np.prod(x.shape)) for x in
             jax.tree.leaves(abstract.params['patch_encoder']))
   assert 8.0e6 < enc < 9.0e6, enc  # ResNet-50's first three stacks: 8.5M
-  step = step_lib.make_train_step(trainer.objective, trainer.tx, trainer.lr_schedule, 0)
+  step = step_lib.make_train_step(trainer.task, trainer.tx, trainer.lr_schedule, 0)
   new_state, metrics = jax.eval_shape(step, abstract, train.abstract_batch(config))
   assert metrics['loss'].shape == () and new_state.step.shape == ()
-  obj = trainer.objective
+  obj = trainer.task.objective
   assert (obj.grid, obj.n_masked, obj.n_patches) == ((14, 14), 116, 196)

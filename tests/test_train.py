@@ -13,12 +13,10 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, small_config
+from conftest import EVERY, ROOT, STEPS, small_config
 
 from ssl_jax import checkpoint as ckpt_lib
 from ssl_jax import train
-
-STEPS, EVERY = 30, 5
 
 
 def read_metrics(workdir):
@@ -30,24 +28,24 @@ def losses(workdir):
   return {r['step']: r['loss'] for r in read_metrics(workdir)}
 
 
-@pytest.fixture(scope='module')
-def reference(tmp_path_factory, data_dir):
-  """An uninterrupted 8-device run of STEPS steps."""
-  workdir = str(tmp_path_factory.mktemp('reference'))
-  config = small_config(**{'data.data_dir': data_dir, 'total_steps': STEPS,
-                           'checkpoint.every': EVERY})
-  result = train.run(config, workdir)
-  return config, workdir, result
-
-
 def test_run_writes_metrics_events_and_checkpoints(reference):
   config, workdir, result = reference
   assert (result.first_step, result.last_step, result.preempted) == (0, STEPS, False)
   records = read_metrics(workdir)
   assert [r['step'] for r in records] == list(range(1, STEPS + 1))
   for key in ('loss', 'learning_rate', 'grad_norm', 'examples_per_sec', 'step_time',
-              'tflops_per_sec', 'pixel_accuracy'):
+              'tflops_per_sec', 'pixel_accuracy', 'online_probe/loss', 'online_probe/top1'):
     assert np.isfinite(records[-1][key]), key
+  # The monitors ran every 15 steps (eval.every) and at the end.
+  evaluated = {r['step']: r for r in records if 'knn/top1' in r}
+  assert sorted(evaluated) == [15, 30]
+  for r in evaluated.values():
+    assert 0 <= r['knn/top1'] <= 1 and 0 <= r['fewshot/1shot'] <= 1 and 'fewshot/5shot' in r
+  saved = json.load(open(os.path.join(workdir, 'eval.json')))
+  assert [r['step'] for r in saved] == [15, 30]
+  assert saved[-1]['knn/top1'] == evaluated[30]['knn/top1'] == result.evaluation['knn/top1']
+  table = open(os.path.join(workdir, 'eval.md')).read().splitlines()
+  assert table[0].startswith('| step | fewshot/1shot (%)') and len(table) == 4
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
   kept = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')))
   assert kept == [20, 25, 30]  # every 5, the last 3 kept

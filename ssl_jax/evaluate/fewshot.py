@@ -19,16 +19,20 @@ import numpy as np
 def ridge_fit(x: jax.Array, targets: jax.Array, l2: float) -> tuple[jax.Array, jax.Array]:
   """argmin_w,b |x w + b - targets|^2 + l2 |w|^2, in closed form.
 
-  Solved in the dual (an n x n system) because few-shot problems have fewer
-  examples than feature dimensions; the bias is not regularised (features
-  and targets are centred).
+  Solved in the dual (an n x n system) when there are fewer examples than
+  feature dimensions, as in most few-shot problems, else in the primal (a
+  d x d system: 25 shots of 1000 classes stay cheap). The bias is not
+  regularised (features and targets are centred).
   """
   x = x.astype(jnp.float32)
   targets = targets.astype(jnp.float32)
   mean_x, mean_t = x.mean(0), targets.mean(0)
   xc, tc = x - mean_x, targets - mean_t
-  gram = xc @ xc.T + l2 * jnp.eye(x.shape[0], dtype=jnp.float32)
-  w = xc.T @ jnp.linalg.solve(gram, tc)
+  n, d = x.shape
+  if n <= d:
+    w = xc.T @ jnp.linalg.solve(xc @ xc.T + l2 * jnp.eye(n, dtype=jnp.float32), tc)
+  else:
+    w = jnp.linalg.solve(xc.T @ xc + l2 * jnp.eye(d, dtype=jnp.float32), xc.T @ tc)
   return w, mean_t - mean_x @ w
 
 

@@ -79,3 +79,44 @@ class UpsamplingDecoder(nn.Module):
     x = nn.relu(nn.LayerNorm(dtype=self.dtype)(x))
     x = nn.Conv(self.classes, (1, 1), dtype=self.dtype, name='logits')(x)
     return x.reshape(lead + x.shape[1:])
+
+
+class ResidualMlpBlock(nn.Module):
+  """The ResNet bottleneck block applied to a vector (a 1x1 feature map).
+
+  PatchFormer 2.2: "a residual layer operates on top of the attention pooled
+  embedding ... the same as what we use for our convolutional encoder". On a
+  1x1 map the 3x3 convolution reduces to its centre tap, so the block is
+  dense(D/4) -> norm -> ReLU -> dense(D/4) -> norm -> ReLU -> dense(D) ->
+  norm (zero-initialised scale, so it starts as the identity), plus x.
+  """
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    inner = max(d // 4, 1)
+    y = nn.relu(nn.LayerNorm(dtype=self.dtype)(nn.Dense(inner, dtype=self.dtype)(x)))
+    y = nn.relu(nn.LayerNorm(dtype=self.dtype)(nn.Dense(inner, dtype=self.dtype)(y)))
+    y = nn.LayerNorm(dtype=self.dtype, scale_init=nn.initializers.zeros)(
+        nn.Dense(d, dtype=self.dtype)(y))
+    return nn.relu(x + y)
+
+
+class ClassifierHead(nn.Module):
+  """Features [B, D] -> logits [B, classes]: optional residual block, dropout
+  ("dropout noise at the end", PatchFormer 2.2), then a zero-initialised
+  linear classifier."""
+  classes: int
+  residual: bool = False
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    if self.residual:
+      x = ResidualMlpBlock(self.dtype, name='residual')(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    logits = nn.Dense(self.classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                      name='classifier')(x)
+    return logits.astype(jnp.float32)

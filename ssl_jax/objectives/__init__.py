@@ -1,11 +1,18 @@
-"""Objectives: one per paper. Each has the same interface, seen from the loop:
+"""Objectives: one per paper, plus raw pixels as a baseline backbone.
 
-  init(rng, batch) -> params
-  loss(params, batch, rng, *, train) -> (scalar loss, {name: scalar metric})
-  represent(params, batch) -> {name: [batch, features]}
+Each has the same interface, seen from ssl_jax.tasks:
 
-The loop knows nothing about any paper; an objective knows nothing about
-meshes, optimizers or checkpoints.
+  init(rng, batch, *, decoder=True) -> params
+  loss(params, batch, rng, *, train) -> (scalar loss, (metrics, features))
+      (self-supervised objectives only; `features` are the training view's
+      representations by name, for the online probe)
+  representations() -> the names `represent` returns
+  represent(params, batch, *, rng=None, train=False, mask_ratio=0.0)
+      -> {name: [batch, features]}
+  architecture_keys: config keys that fix the parameters (checked when a
+      checkpoint initialises a probe or fine-tune)
+
+An objective knows nothing about meshes, optimizers, checkpoints or labels.
 """
 
 from __future__ import annotations
@@ -15,8 +22,10 @@ from typing import Any
 import ml_collections
 
 from ssl_jax.objectives.patchformer import PatchFormer
+from ssl_jax.objectives.pixels import Pixels
 
-REGISTRY = {'patchformer': PatchFormer}
+REGISTRY = {'patchformer': PatchFormer, 'pixels': Pixels}
+SELF_SUPERVISED = tuple(sorted(k for k, v in REGISTRY.items() if v.self_supervised))
 
 
 def build(config: ml_collections.ConfigDict, dtype: Any) -> Any:

@@ -56,6 +56,11 @@ class PatchFormer:
   """The objective: init / loss / represent, pure functions of params and keys."""
 
   name = 'patchformer'
+  self_supervised = True
+  # Keys that fix the parameters' shapes and meaning: a checkpoint can
+  # initialise a probe or fine-tune only if these match (see ssl_jax.tasks).
+  architecture_keys = ('patchformer.model', 'patchformer.patch_size',
+                       'patchformer.jitter_crop', 'data.image_size')
 
   def __init__(self, config: ml_collections.ConfigDict, dtype: Any = jnp.float32):
     pf = config.patchformer
@@ -83,13 +88,18 @@ class PatchFormer:
 
   # -- pieces -----------------------------------------------------------------
 
+  def _crops(self, rng, patches, train):
+    """Spatial jitter: a random window of each patch (train) or its centre."""
+    if train:
+      return augment.random_crops(rng, patches, self.jitter_crop)
+    return augment.centre_crops(patches, self.jitter_crop)
+
   def _inputs(self, rng, patches, visible_idx, train):
     """Visible patches -> jittered, augmented network inputs in [-1, 1]."""
-    visible = masking.gather_patches(patches, visible_idx)
-    if not train:
-      return augment.to_signed(augment.centre_crops(visible, self.jitter_crop))
     k_crop, k_aug = jax.random.split(rng)
-    visible = augment.random_crops(k_crop, visible, self.jitter_crop)
+    visible = self._crops(k_crop, masking.gather_patches(patches, visible_idx), train)
+    if not train:
+      return augment.to_signed(visible)
     return augment.augment_patches(k_aug, visible, self.aug)
 
   def _split(self, rng, batch_size):
@@ -98,14 +108,20 @@ class PatchFormer:
 
   # -- the objective interface ------------------------------------------------
 
-  def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> Any:
+  def init(self, rng: jax.Array, batch: dict[str, jax.Array], *,
+           decoder: bool = True) -> Any:
+    """Parameters; decoder=False: only those `represent` uses (section 2.2:
+    "we remove the decoder" for fine-tuning)."""
     patches = patchify(batch['image'], self.patch)
     idx = self._split(rng, patches.shape[0])
     inputs = self._inputs(rng, patches, idx.visible, train=False)
-    return self.net.init(rng, inputs, idx.visible, idx.masked, train=False)['params']
+    return self.net.init(rng, inputs, idx.visible, idx.masked, train=False,
+                         decode=decoder)['params']
 
   def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, *,
-           train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+           train: bool = True) -> tuple[jax.Array, tuple[dict, dict]]:
+    """(loss, (metrics, features)): `features` are the representations of
+    this (masked, augmented) training view, by name, for the online probe."""
     k_mask, k_inputs, k_dropout = jax.random.split(rng, 3)
     patches = patchify(batch['image'], self.patch)
     idx = self._split(k_mask, patches.shape[0])
@@ -123,20 +139,47 @@ class PatchFormer:
     denom = jnp.maximum(weights.sum(), 1.0)
     loss = (per_example * weights).sum() / denom
     correct = (jnp.argmax(out['logits'], -1) == targets).mean(axis=(1, 2, 3))
-    return loss, {'pixel_accuracy': (correct * weights).sum() / denom}
+    metrics = {'pixel_accuracy': (correct * weights).sum() / denom}
+    return loss, (metrics, self._pool(out))
 
-  def represent(self, params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Features by name, from all patches (no mask, centre crops).
+  def representations(self) -> tuple[str, ...]:
+    """The names `represent` returns."""
+    return ('attention_pool', 'tokens', 'patch_embed') + tuple(
+        f'layer_{k + 1}' for k in range(self.net.num_layers))
 
-    'attention_pool': the attention-pooled embedding (2.2), averaged over the
-    context pooled for every grid position; 'tokens' and 'layer_k': mean over
-    patches of the transformer's output / block k; 'patch_embed': mean of the
-    patch encoder's embeddings.
+  @staticmethod
+  def _pool(out: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return {k: v.mean(axis=1).astype(jnp.float32) for k, v in out.items() if k != 'logits'}
+
+  def represent(self, params: Any, batch: dict[str, jax.Array], *,
+                rng: jax.Array | None = None, train: bool = False,
+                mask_ratio: float = 0.0) -> dict[str, jax.Array]:
+    """Features [batch, width] by name (see `representations`).
+
+    'attention_pool': the attention-pooled embedding (section 2.2): the
+    context pooled for every grid position, averaged; 'tokens' and
+    'layer_k': the transformer's output / block k, averaged over the visible
+    patches; 'patch_embed': the patch encoder's embeddings, averaged.
+
+    Evaluation (train=False, mask_ratio=0): every patch, centre crops.
+    Fine-tuning (section 2.2): `mask_ratio` of the patches (drawn at random
+    from `rng`, unblocked) are hidden from the encoder "to ensure there is no
+    mismatch between training and fine-tuning", and with train=True visible
+    patches get the random jitter crops and dropout is on.
     """
     patches = patchify(batch['image'], self.patch)
     b = patches.shape[0]
+    k_mask, k_crop, k_dropout = jax.random.split(
+        jax.random.key(0) if rng is None else rng, 3)
     every = jnp.broadcast_to(jnp.arange(self.n_patches), (b, self.n_patches))
-    inputs = augment.to_signed(augment.centre_crops(patches, self.jitter_crop))
-    out = self.net.apply({'params': params}, inputs, every, every, train=False,
-                         decode=False)
-    return {k: v.mean(axis=1).astype(jnp.float32) for k, v in out.items()}
+    if mask_ratio > 0:
+      mask = masking.random_mask(k_mask, b, self.n_patches, mask_ratio)
+      n_masked = masking.num_masked((1, self.n_patches), (1, 1), mask_ratio)
+      visible = masking.mask_indices(mask, n_masked).visible
+    else:
+      visible = every
+    inputs = augment.to_signed(
+        self._crops(k_crop, masking.gather_patches(patches, visible), train))
+    out = self.net.apply({'params': params}, inputs, visible, every, train=train,
+                         decode=False, rngs={'dropout': k_dropout})
+    return self._pool(out)

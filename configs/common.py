@@ -1,0 +1,78 @@
+"""Config blocks shared by several configs (not a config file itself)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def eval_config(*, split: str, batch_size: int, every: int, crop_fraction: float,
+                monitors: tuple[str, ...] = (), train_split: str = '',
+                representation: str = '') -> ml_collections.ConfigDict:
+  """The `eval` block: what is evaluated every `every` steps and at the end.
+
+  Classification runs always report top-1 / top-5 / loss on `split`.
+  `monitors` adds, on frozen features named `representation`:
+    'fewshot': closed-form ridge regression with `fewshot_shots` labelled
+        examples per class drawn from `train_split` (`fewshot_seeds` draws);
+    'knn': cosine-similarity kNN (`knn_k` neighbours, votes weighted by
+        exp(similarity / `knn_temperature`)) against all of `train_split`.
+  Results go to the metric writers (eval/..., fewshot/..., knn/...) and to
+  eval.json and eval.md in the workdir.
+  """
+  return ml_collections.ConfigDict(dict(
+      every=every, split=split, batch_size=batch_size, crop_fraction=crop_fraction,
+      monitors=tuple(monitors), train_split=train_split, representation=representation,
+      fewshot_shots=(1, 5, 10, 25), fewshot_seeds=3, fewshot_l2=1.0,
+      knn_k=20, knn_temperature=0.07))
+
+
+def backbone_config(pretrain: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The part of a pretraining config that defines its network: the
+  objective, the image size and the objective's own block. A probe or
+  fine-tune checks these against its init checkpoint's config."""
+  b = ml_collections.ConfigDict()
+  b.objective = pretrain.objective
+  b.data = ml_collections.ConfigDict(dict(image_size=pretrain.data.image_size))
+  if pretrain.objective in pretrain:
+    b[pretrain.objective] = pretrain[pretrain.objective]
+  return b
+
+
+def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
+                          ) -> ml_collections.ConfigDict:
+  """A linear probe (mode='linear') or fine-tune ('finetune') of the network
+  of `pretrain`, on the same dataset; the caller sets the schedule."""
+  c = ml_collections.ConfigDict()
+  c.objective = 'classification'
+  c.seed = 0
+  c.compute_dtype = pretrain.compute_dtype
+  c.backbone = backbone_config(pretrain)
+  # The pretraining run to start from: its --workdir, and a step (None: the
+  # latest checkpoint). None: a randomly initialised backbone (a baseline).
+  c.init = ml_collections.ConfigDict(dict(
+      workdir=ml_collections.FieldReference(None, field_type=str),
+      step=ml_collections.FieldReference(None, field_type=int)))
+  c.classifier = ml_collections.ConfigDict(dict(
+      mode=mode, representation='attention_pool', head='linear', dropout=0.0,
+      label_smoothing=0.0, mask_ratio=0.0))
+  image_size = ml_collections.FieldReference(pretrain.data.image_size)
+  c.backbone.data.image_size = image_size
+  c.data = ml_collections.ConfigDict(dict(
+      name=pretrain.data.name, data_dir=pretrain.data.get_ref('data_dir'),
+      split=pretrain.data.split, image_size=image_size, min_area=pretrain.data.min_area,
+      flip=pretrain.data.flip,
+      label_fraction=1.0,  # e.g. 0.01, 0.1, 0.2: class-balanced, deterministic
+      subset_seed=0))      # which examples make up a label fraction
+  c.optimizer = ml_collections.ConfigDict(pretrain.optimizer.to_dict())
+  c.sharding = ml_collections.ConfigDict(pretrain.sharding.to_dict())
+  c.eval = eval_config(split=pretrain.eval.split, batch_size=pretrain.eval.batch_size,
+                       every=0, crop_fraction=pretrain.eval.crop_fraction)
+  # `python main.py ... --sweep` trains one run per (batch_size, lr) and
+  # writes one table; `epochs` (None: every run takes total_steps) sets
+  # total_steps = ceil(epochs * examples / batch_size), warmup scaled alike.
+  c.sweep = ml_collections.ConfigDict(dict(
+      batch_size=(16, 32, 64, 128, 256), lr=(3e-5, 2e-4, 4e-4, 1e-3),
+      epochs=ml_collections.FieldReference(None, field_type=float)))
+  c.log_every = pretrain.log_every
+  c.checkpoint = ml_collections.ConfigDict(pretrain.checkpoint.to_dict())
+  return c

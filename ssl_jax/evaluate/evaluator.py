@@ -1,0 +1,150 @@
+"""The periodic evaluation of a run, from its `config.eval` block.
+
+* Classification runs: top-1, top-5 and the cross-entropy of the classifier on
+  `eval.split`, summed on the device over one padded pass (each example
+  counted once).
+* Monitors of frozen features (`eval.monitors`), for any run: few-shot ridge
+  regression and kNN, with the representation `eval.representation` of the
+  labelled `eval.train_split` and of `eval.split`, gathered to the host.
+
+The evaluation functions are jit-compiled on first use with the parameters'
+own shardings (FSDP-sharded parameters stay sharded); batches are global
+jax.Arrays split over the mesh as in training.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from ssl_jax import sharding as sharding_lib
+from ssl_jax import tasks
+from ssl_jax.data import pipeline
+from ssl_jax.evaluate import fewshot, knn
+
+
+def open_split(config: ml_collections.ConfigDict, split: str) -> pipeline.Source:
+  """The dataset of `config.data` at another split (whole: no label fraction)."""
+  try:
+    return pipeline.make_source(config.data.name, data_dir=config.data.data_dir, split=split)
+  except pipeline.DataError as e:
+    raise pipeline.DataError(f'config.eval: split {split!r} of {config.data.name!r}: {e}') from e
+
+
+class Evaluator:
+  """Opens the evaluation splits at construction (so a missing split fails
+  before anything compiles); call it with the parameters to evaluate."""
+
+  def __init__(self, config: ml_collections.ConfigDict, task: Any, mesh: jax.sharding.Mesh,
+               num_classes: int | None):
+    self.config = config
+    self.task = task
+    self.num_classes = num_classes
+    self.batch_sharding = sharding_lib.batch_sharding(mesh)
+    self.replicated = sharding_lib.replicated(mesh)
+    e = config.eval
+    self.classify = tasks.is_classification(config)
+    self.monitors = tuple(e.monitors)
+    if self.monitors and not num_classes:
+      logging.warning('%s has no labels: few-shot and kNN monitors are off', config.data.name)
+      self.monitors = ()
+    self.test = open_split(config, e.split) if (self.classify or self.monitors) else None
+    self.pool = open_split(config, e.train_split) if self.monitors else None
+    for source in (self.test, self.pool):
+      if source is not None and source.num_classes is None:
+        raise pipeline.DataError(f'config.eval: {source!r} has no labels to evaluate with')
+    self._compiled: dict[str, Callable] = {}
+    self._warned_shots: set[int] = set()
+
+  @property
+  def enabled(self) -> bool:
+    return self.test is not None
+
+  def _batches(self, source: pipeline.Source):
+    ds = pipeline.make_dataset(
+        source, seed=self.config.seed, global_batch_size=self.config.eval.batch_size,
+        start_step=0, image_size=self.config.data.image_size, train=False,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        eval_crop_fraction=self.config.eval.crop_fraction)
+    for local in ds.as_numpy_iterator():
+      yield sharding_lib.to_global(local, self.batch_sharding)
+
+  def _jit(self, name: str, fn: Callable, params: Any) -> Callable:
+    if name not in self._compiled:
+      shardings = jax.tree.map(lambda a: a.sharding, params)
+      self._compiled[name] = jax.jit(fn, in_shardings=(shardings, self.batch_sharding),
+                                     out_shardings=self.replicated)
+    return self._compiled[name]
+
+  def _classification(self, params: Any) -> dict[str, float]:
+    def sums(params, batch):
+      logits = self.task.predict(params, batch)
+      labels, w = batch['label'], batch['valid'].astype(jnp.float32)
+      xent = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      return {'top1': (tasks.topk_correct(logits, labels, 1) * w).sum(),
+              'top5': (tasks.topk_correct(logits, labels, 5) * w).sum(),
+              'loss': (xent * w).sum(), 'examples': w.sum()}
+
+    fn = self._jit('classify', sums, params)
+    total = None
+    for batch in self._batches(self.test):
+      out = fn(params, batch)
+      total = out if total is None else jax.tree.map(jnp.add, total, out)
+    host = {k: float(v) for k, v in jax.device_get(total).items()}
+    n = host.pop('examples')
+    return dict({f'eval/{k}': v / n for k, v in host.items()}, **{'eval/examples': n})
+
+  def features(self, params: Any, source: pipeline.Source) -> tuple[np.ndarray, np.ndarray]:
+    """(features [n, d], labels [n]) of every example of `source`, in order."""
+    name = self.config.eval.representation
+
+    def represent(params, batch):
+      return self.task.represent(params, batch)[name], batch['label'], batch['valid']
+
+    fn = self._jit('represent', represent, params)
+    xs, ys = [], []
+    for batch in self._batches(source):
+      x, y, valid = jax.device_get(fn(params, batch))
+      xs.append(np.asarray(x)[valid])
+      ys.append(np.asarray(y)[valid])
+    return np.concatenate(xs), np.concatenate(ys)
+
+  def _shots(self, labels: np.ndarray) -> tuple[int, ...]:
+    fewest = int(np.bincount(labels, minlength=self.num_classes).min())
+    shots = tuple(n for n in self.config.eval.fewshot_shots if n <= fewest)
+    for n in set(self.config.eval.fewshot_shots) - set(shots) - self._warned_shots:
+      logging.warning('%d-shot evaluation skipped: a class of %s has only %d examples', n,
+                      self.config.eval.train_split, fewest)
+      self._warned_shots.add(n)
+    return shots
+
+  def _monitors(self, params: Any) -> dict[str, float]:
+    e = self.config.eval
+    train_x, train_y = self.features(params, self.pool)
+    test_x, test_y = self.features(params, self.test)
+    out = {}
+    if 'fewshot' in self.monitors:
+      scores = fewshot.fewshot_accuracy(
+          train_x, train_y, test_x, test_y, self.num_classes, shots=self._shots(train_y),
+          seeds=tuple(range(e.fewshot_seeds)), l2=e.fewshot_l2)
+      out.update({f'fewshot/{k}': v for k, v in scores.items()})
+    if 'knn' in self.monitors:
+      pred = knn.knn_predict(train_x, train_y, test_x, self.num_classes,
+                             k=min(e.knn_k, len(train_x)), temperature=e.knn_temperature)
+      out['knn/top1'] = float(np.mean(pred == test_y))
+    return out
+
+  def __call__(self, params: Any) -> dict[str, float]:
+    """Every configured evaluation of `params`: {metric name: value}."""
+    out = {}
+    if self.classify:
+      out.update(self._classification(params))
+    if self.monitors:
+      out.update(self._monitors(params))
+    return out

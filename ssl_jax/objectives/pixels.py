@@ -1,0 +1,41 @@
+"""Raw pixels as a "backbone": the baseline every representation must beat.
+
+It has no parameters and no self-supervised loss; its one representation,
+'pixels', is the image itself flattened to a vector in [-1, 1]. A linear probe
+on it (configs/linear_probe.py:pixels_tiny) runs through the same loop, data,
+optimizer and evaluation as the probes of learned features.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+
+class Pixels:
+  """init / represent of the identity map (see the objective interface)."""
+
+  name = 'pixels'
+  self_supervised = False
+  architecture_keys = ('data.image_size',)
+
+  def __init__(self, config: ml_collections.ConfigDict, dtype: Any = jnp.float32):
+    del config, dtype
+
+  def representations(self) -> tuple[str, ...]:
+    return ('pixels',)
+
+  def init(self, rng: jax.Array, batch: dict[str, jax.Array], *,
+           decoder: bool = True) -> Any:
+    del rng, batch, decoder
+    return {}
+
+  def represent(self, params: Any, batch: dict[str, jax.Array], *,
+                rng: jax.Array | None = None, train: bool = False,
+                mask_ratio: float = 0.0) -> dict[str, jax.Array]:
+    del params, rng, train, mask_ratio
+    image = batch['image']
+    return {'pixels': (image * 2.0 - 1.0).reshape(image.shape[0], -1).astype(jnp.float32)}

@@ -1,0 +1,186 @@
+"""What a run trains: pretraining or classification, seen from the loop.
+
+The loop (ssl_jax.train) and the step (ssl_jax.step) are the same for both;
+a task differs only in its loss and in which parameters are trainable. A task
+has:
+
+  init(rng, batch) -> params
+  loss(params, batch, rng, *, train) -> (scalar, {metric: scalar})
+  param_labels(params) -> the same tree with 'train' | 'probe' | 'frozen'
+      leaves (ssl_jax.optim gives each group its optimizer; 'frozen'
+      parameters get no update and carry no optimizer state)
+  represent(params, batch) -> {name: [batch, features]}   (evaluation)
+  predict(params, batch) -> logits                         (classification)
+
+* `Pretraining`: a self-supervised objective, plus an online linear probe on
+  stop-gradient features of the training view when the data has labels. The
+  probe has its own optimizer group, so neither its gradients nor its
+  gradient norm touch the self-supervised update.
+* `Classification`: a linear probe (backbone frozen) or a fine-tune (all
+  trained) of a backbone's named representation, initialised from a
+  pretraining checkpoint (see `check_backbone_checkpoint`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from ssl_jax import objectives
+from ssl_jax.models.heads import ClassifierHead
+
+MODES = ('linear', 'finetune')
+HEADS = ('linear', 'residual')
+
+
+def _weights(batch: dict[str, jax.Array], n: int) -> jax.Array:
+  valid = batch.get('valid')
+  return jnp.ones((n,), jnp.float32) if valid is None else valid.astype(jnp.float32)
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """[batch] 1.0 where the label is among the k highest logits."""
+  k = min(k, logits.shape[-1])
+  return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def classification_loss(logits: jax.Array, batch: dict[str, jax.Array],
+                        label_smoothing: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mean softmax cross-entropy against smoothed one-hot labels ("soft
+  labels") over the valid examples, and the batch's top-1 accuracy."""
+  labels = batch['label']
+  soft = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  xent = optax.softmax_cross_entropy(logits, soft)
+  w = _weights(batch, logits.shape[0])
+  denom = jnp.maximum(w.sum(), 1.0)
+  top1 = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return (xent * w).sum() / denom, {'top1': (top1 * w).sum() / denom}
+
+
+def _label(tree: Any, label: str) -> Any:
+  return jax.tree.map(lambda _: label, tree)
+
+
+class Pretraining:
+  """A self-supervised objective and its online linear probe."""
+
+  def __init__(self, config: ml_collections.ConfigDict, num_classes: int | None,
+               dtype: Any = jnp.float32):
+    self.objective = objectives.build(config, dtype)
+    representation = config.online_probe.representation
+    self.probe_representation = representation if representation and num_classes else None
+    self.probe = ClassifierHead(num_classes) if self.probe_representation else None
+
+  def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> Any:
+    params = {'model': self.objective.init(rng, batch)}
+    if self.probe is not None:
+      feats = self.objective.represent(params['model'], batch)[self.probe_representation]
+      params['online_probe'] = self.probe.init(rng, feats, train=False)['params']
+    return params
+
+  def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, *,
+           train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+    loss, (metrics, feats) = self.objective.loss(params['model'], batch, rng, train=train)
+    if self.probe is None:
+      return loss, metrics
+    # The probe reads features of this very forward pass (the masked,
+    # augmented view), so it costs one small matmul; stop_gradient keeps its
+    # loss out of the self-supervised gradients.
+    logits = self.probe.apply({'params': params['online_probe']},
+                              jax.lax.stop_gradient(feats[self.probe_representation]),
+                              train=False)
+    probe_loss, probe_metrics = classification_loss(logits, batch, 0.0)
+    metrics = dict(metrics, loss=loss, **{'online_probe/loss': probe_loss,
+                                          'online_probe/top1': probe_metrics['top1']})
+    return loss + probe_loss, metrics
+
+  def param_labels(self, params: Any) -> Any:
+    labels = {'model': _label(params['model'], 'train')}
+    if 'online_probe' in params:
+      labels['online_probe'] = _label(params['online_probe'], 'probe')
+    return labels
+
+  def representations(self) -> tuple[str, ...]:
+    return self.objective.representations()
+
+  def represent(self, params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return self.objective.represent(params['model'], batch)
+
+
+class Classification:
+  """A linear probe or fine-tune of a backbone's named representation."""
+
+  def __init__(self, config: ml_collections.ConfigDict, num_classes: int,
+               dtype: Any = jnp.float32):
+    c = config.classifier
+    self.backbone = objectives.build(config.backbone, dtype)
+    self.mode = c.mode
+    self.representation = c.representation
+    self.label_smoothing = c.label_smoothing
+    self.mask_ratio = c.mask_ratio
+    self.head = ClassifierHead(num_classes, residual=c.head == 'residual',
+                               dropout=c.dropout, dtype=dtype)
+
+  def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> Any:
+    k_backbone, k_head = jax.random.split(rng)
+    backbone = self.backbone.init(k_backbone, batch, decoder=False)
+    feats = self.backbone.represent(backbone, batch)[self.representation]
+    return {'backbone': backbone,
+            'head': self.head.init(k_head, feats, train=False)['params']}
+
+  def _features(self, params, batch, rng, train: bool) -> jax.Array:
+    if self.mode == 'linear':  # frozen backbone, evaluation mode
+      feats = self.backbone.represent(params['backbone'], batch)
+      return jax.lax.stop_gradient(feats[self.representation])
+    feats = self.backbone.represent(params['backbone'], batch, rng=rng, train=train,
+                                    mask_ratio=self.mask_ratio if train else 0.0)
+    return feats[self.representation]
+
+  def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, *,
+           train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+    k_features, k_dropout = jax.random.split(rng)
+    logits = self.head.apply({'params': params['head']},
+                             self._features(params, batch, k_features, train),
+                             train=train, rngs={'dropout': k_dropout})
+    return classification_loss(logits, batch, self.label_smoothing)
+
+  def predict(self, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
+    feats = self._features(params, batch, None, train=False)
+    return self.head.apply({'params': params['head']}, feats, train=False)
+
+  def param_labels(self, params: Any) -> Any:
+    return {'backbone': _label(params['backbone'],
+                               'frozen' if self.mode == 'linear' else 'train'),
+            'head': _label(params['head'], 'train')}
+
+  def representations(self) -> tuple[str, ...]:
+    return self.backbone.representations()
+
+  def represent(self, params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return self.backbone.represent(params['backbone'], batch)
+
+
+def is_classification(config: ml_collections.ConfigDict) -> bool:
+  return config.objective == 'classification'
+
+
+def build(config: ml_collections.ConfigDict, num_classes: int | None,
+          dtype: Any = jnp.float32):
+  """The task for `config.objective` ('classification' or a self-supervised
+  objective's name)."""
+  if is_classification(config):
+    return Classification(config, num_classes, dtype)
+  return Pretraining(config, num_classes, dtype)
+
+
+def architecture_mismatch(saved: dict[str, Any], backbone: dict[str, Any]) -> list[str]:
+  """Flattened keys that fix the backbone's parameters and differ between a
+  checkpoint's config (`saved`) and `backbone`, both as flattened dicts."""
+  keys = objectives.REGISTRY[backbone['objective']].architecture_keys
+  relevant = [k for k in sorted(set(saved) | set(backbone))
+              if any(k == p or k.startswith(p + '.') for p in keys)]
+  return [k for k in relevant if saved.get(k, '<missing>') != backbone.get(k, '<missing>')]

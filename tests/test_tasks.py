@@ -1,0 +1,124 @@
+"""Tasks: the online probe leaves the self-supervised update alone; a linear
+probe updates only its head and keeps no optimizer state for the backbone;
+losses and metrics of classification."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import small_classifier_config, small_config
+
+from ssl_jax import config_lib, optim, tasks
+from ssl_jax import step as step_lib
+
+BATCH = {'image': jax.random.uniform(jax.random.key(0), (4, 32, 32, 3)),
+         'label': jnp.array([0, 1, 2, 1]), 'valid': jnp.ones((4,), bool)}
+
+
+def _step(config, task, steps=1):
+  """(initial state, state after `steps` steps, the last step's metrics)."""
+  tx = optim.make_optimizer(config, task.param_labels)
+  state = step_lib.init_state(task, tx, 0, BATCH)
+  train_step = jax.jit(step_lib.make_train_step(task, tx, optim.schedule(config), 0))
+  new, metrics = train_step(state, BATCH)
+  for _ in range(steps - 1):
+    new, metrics = train_step(new, BATCH)
+  return state, new, metrics
+
+
+def test_online_probe_does_not_change_self_supervised_update():
+  # Clipping at a tiny norm is active on every step: if the probe's gradients
+  # entered the clipped global norm, the model's update would change.
+  kw = {'optimizer.grad_clip_norm': 0.01, 'optimizer.warmup_steps': 0}
+  with_probe = small_config(**kw)
+  without = small_config(**kw, **{'online_probe.representation': ''})
+  task_a, task_b = tasks.build(with_probe, 10), tasks.build(without, 10)
+  assert task_b.probe is None and task_a.probe is not None
+  state_a, new_a, metrics_a = _step(with_probe, task_a)
+  state_b, new_b, metrics_b = _step(without, task_b)
+  chex.assert_trees_all_equal(state_a.params['model'], state_b.params['model'])
+  # The same self-supervised loss, gradients and update, to the last bit.
+  assert float(metrics_a['loss']) == float(metrics_b['loss'])
+  grads = [jax.grad(lambda p, t=t: t.loss(p, BATCH, jax.random.key(0))[0])(s.params)['model']
+           for t, s in ((task_a, state_a), (task_b, state_b))]
+  chex.assert_trees_all_equal(*grads)
+  chex.assert_trees_all_equal(new_a.params['model'], new_b.params['model'])
+  # ... while the probe itself learns.
+  assert 'online_probe/top1' in metrics_a and 'online_probe/top1' not in metrics_b
+  assert not np.allclose(new_a.params['online_probe']['classifier']['kernel'],
+                         state_a.params['online_probe']['classifier']['kernel'])
+
+
+def test_no_labels_means_no_online_probe():
+  task = tasks.build(small_config(), None)
+  assert task.probe is None and set(task.init(jax.random.key(0), BATCH)) == {'model'}
+
+
+def test_linear_probe_updates_only_the_head_and_keeps_no_backbone_state():
+  config = small_classifier_config('linear', **{'optimizer.warmup_steps': 0})
+  task = tasks.build(config, 10)
+  state, new, metrics = _step(config, task)
+  assert 'decoder' not in state.params['backbone']  # section 2.2: decoder removed
+  chex.assert_trees_all_equal(new.params['backbone'], state.params['backbone'])
+  assert not np.allclose(new.params['head']['classifier']['kernel'], 0)
+  n_head = sum(x.size for x in jax.tree.leaves(state.params['head']))
+  n_state = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim > 0)
+  assert n_state == 2 * n_head  # Adam's two moments of the head only
+  assert 0 <= float(metrics['top1']) <= 1
+
+
+def test_finetune_trains_everything_with_masking_dropout_and_residual_head():
+  config = small_classifier_config('finetune', **{'optimizer.warmup_steps': 0})
+  task = tasks.build(config, 10)
+  # Two steps: the classifier starts at zero, so the first step's gradient
+  # reaches only the head.
+  state, new, _ = _step(config, task, steps=2)
+  assert 'residual' in state.params['head']
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), state.params['backbone'],
+                         new.params['backbone'])
+  for module, flags in changed.items():  # every part of the backbone trains
+    assert any(jax.tree.leaves(flags)), module
+  # Training is stochastic (masks, crops, dropout); prediction is not.
+  l1 = task.loss(new.params, BATCH, jax.random.key(1))[0]
+  l2 = task.loss(new.params, BATCH, jax.random.key(2))[0]
+  assert float(l1) != float(l2)
+  np.testing.assert_array_equal(task.predict(state.params, BATCH),
+                                task.predict(state.params, BATCH))
+
+
+def test_classification_loss_smoothing_padding_and_topk():
+  logits = jnp.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0], [5.0, 0.0, 0.0]])
+  batch = {'label': jnp.array([0, 1, 2]), 'valid': jnp.array([True, True, False])}
+  loss, metrics = tasks.classification_loss(logits, batch, 0.0)
+  xent = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
+  np.testing.assert_allclose(loss, xent[:2].mean(), rtol=1e-6)
+  assert float(metrics['top1']) == 0.5  # the padded third example does not count
+  smooth, _ = tasks.classification_loss(logits, batch, 0.3)
+  assert float(smooth) != float(loss)
+  np.testing.assert_array_equal(tasks.topk_correct(logits, batch['label'], 1), [1, 0, 0])
+  np.testing.assert_array_equal(tasks.topk_correct(logits, batch['label'], 2), [1, 1, 0])
+
+
+@pytest.mark.parametrize('key, value, match', [
+    ('classifier.representation', 'layer_9', r"classifier.representation='layer_9' is not "
+     r"allowed: must be one of 'attention_pool', 'tokens', 'patch_embed', 'layer_1'"),
+    ('eval.representation', 'pooled', "eval.representation='pooled' is not allowed"),
+])
+def test_unknown_representation_names_are_rejected(key, value, match):
+  config = small_classifier_config('linear', **{key: value})
+  if key == 'eval.representation':
+    config.eval.update(dict(monitors=('knn',), train_split='train[:160]'))
+  config_lib.validate(config, 8)
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate_representations(config, tasks.build(config, 10).representations())
+
+
+@pytest.mark.parametrize('value', [0.0, -0.1, 1.5])
+def test_label_fraction_outside_unit_interval_is_rejected(value):
+  config = small_classifier_config('finetune', **{'data.label_fraction': value})
+  with pytest.raises(config_lib.ConfigError,
+                     match=rf'data.label_fraction={value} is not allowed: must be a number in '
+                           r'\(0, 1\]'):
+    config_lib.validate(config, 8)
