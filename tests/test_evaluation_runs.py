@@ -9,7 +9,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from conftest import STEPS, small_classifier_config
+from conftest import small_classifier_config
 
 from ssl_jax import config_lib, sweep, train
 

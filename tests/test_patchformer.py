@@ -143,14 +143,14 @@ def test_paper_setting_builds_at_full_size():
   config = patchformer.get_config()
   trainer = train.Trainer(config)
   abstract = trainer.abstract_state()
-  abstract = abstract.replace(params=abstract.params['model'])
-  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+  params = abstract.params['model']
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   # 125.9M transformer + 8.5M ResNet-41 + 12.6M attention pool + 4.6M decoder.
   assert 150e6 < n < 155e6, n
-  blocks = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params['transformer']))
+  blocks = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params['transformer']))
   assert abs(blocks - 10 * 12 * 1024**2) / blocks < 0.01, blocks
   enc = sum(int(np.prod(x.shape)) for x in
-            jax.tree.leaves(abstract.params['patch_encoder']))
+            jax.tree.leaves(params['patch_encoder']))
   assert 8.0e6 < enc < 9.0e6, enc  # ResNet-50's first three stacks: 8.5M
   step = step_lib.make_train_step(trainer.task, trainer.tx, trainer.lr_schedule, 0)
   new_state, metrics = jax.eval_shape(step, abstract, train.abstract_batch(config))

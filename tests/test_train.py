@@ -163,7 +163,7 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(reference, data_dir,
     train.run(config, str(tmp_path))
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path), keep=3)
   assert checkpointer.all_steps() == [4]
-  state = checkpointer.restore_state(4, train.Trainer(config).abstract_state())
+  state = checkpointer.restore_state(4, train.Trainer(config, num_classes=10).abstract_state())
   checkpointer.close()
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
