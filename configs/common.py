@@ -5,6 +5,15 @@ from __future__ import annotations
 import ml_collections
 
 
+def variant(arg: str | None, variants: tuple[str, ...], file: str) -> str:
+  """The variant named by `--config=FILE.py:ARG` (default: the first)."""
+  name = variants[0] if arg is None else arg
+  if name not in variants:
+    raise ValueError(f'unknown variant {name!r} of configs/{file}; '
+                     f'allowed: {", ".join(repr(v) for v in variants)}')
+  return name
+
+
 def eval_config(*, split: str, batch_size: int, every: int, crop_fraction: float,
                 monitors: tuple[str, ...] = (), train_split: str = '',
                 representation: str = '') -> ml_collections.ConfigDict:

@@ -48,10 +48,7 @@ VARIANTS = ('patchformer_tiny', 'patchformer', 'pixels_tiny')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or 'patchformer_tiny'
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown variant {variant!r} of configs/linear_probe.py; '
-                     f'allowed: {", ".join(repr(v) for v in VARIANTS)}')
+  variant = common.variant(arg or None, VARIANTS, 'linear_probe.py')
   tiny = variant.endswith('_tiny')
   c = common.classification_config(patchformer.get_config('tiny' if tiny else ''),
                                    mode='linear')

@@ -68,10 +68,7 @@ VARIANTS = ('', 'tiny')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or ''
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown variant {variant!r} of configs/patchformer.py; '
-                     f'allowed: {", ".join(repr(v) for v in VARIANTS)}')
+  variant = common.variant(arg or None, VARIANTS, 'patchformer.py')
   c = ml_collections.ConfigDict()
   c.objective = 'patchformer'
   c.seed = 0
