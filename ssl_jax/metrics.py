@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from typing import Any, Mapping
 
 import jax
@@ -123,7 +124,8 @@ class EvalResults:
 def markdown_table(records: list[dict[str, Any]], first: tuple[str, ...] = ('step',)) -> str:
   """Rows of {column: value} as a Markdown table; accuracies shown in %."""
   present = {k for r in records for k in r}
-  columns = [c for c in first if c in present] + sorted(present - set(first))
+  natural = lambda k: [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', k)]
+  columns = [c for c in first if c in present] + sorted(present - set(first), key=natural)
   head = [f'{c} (%)' if _is_accuracy(c) else c for c in columns]
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(columns)]
   for r in records:
