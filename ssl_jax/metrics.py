@@ -12,37 +12,32 @@ import jax
 import numpy as np
 from clu import metric_writers
 from clu.metric_writers import interface
+from etils import epath
 
 
 class JsonlWriter(interface.MetricWriter):
-  """Appends one JSON object per written step to a file: {"step": s, ...}.
+  """Keeps one JSON object per written step in a file: {"step": s, ...}.
 
   On resume from step `resume_step`, lines of later steps (written by the run
   that was interrupted, and about to be recomputed identically) are dropped,
-  as is a line torn by a kill, so the file holds each step once.
+  as is a line torn by a kill, so the file holds each step once. Each flush
+  rewrites the file atomically (a temporary file, then a rename), which works
+  on gs:// as well as on local disks.
   """
 
   def __init__(self, path: str, resume_step: int | None = None):
     self._path = path
-    if resume_step is not None and os.path.exists(path):
-      self._truncate_after(resume_step)
-    self._file = open(path, 'a', encoding='utf-8')
-    self._pending: dict[int, dict[str, Any]] = {}
-
-  def _truncate_after(self, step: int) -> None:
-    kept = []
-    with open(self._path, encoding='utf-8') as f:
-      for line in f:
+    self._lines: list[str] = []
+    if resume_step is not None and epath.Path(path).exists():
+      for line in epath.Path(path).read_text().splitlines():
         try:
           record = json.loads(line)
         except json.JSONDecodeError:
           continue
-        if record.get('step', math.inf) <= step:
-          kept.append(json.dumps(record))
-    tmp = self._path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      f.write(''.join(k + '\n' for k in kept))
-    os.replace(tmp, self._path)
+        if record.get('step', math.inf) <= resume_step:
+          self._lines.append(json.dumps(record))
+      write_atomic(path, ''.join(k + '\n' for k in self._lines))
+    self._pending: dict[int, dict[str, Any]] = {}
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     record = self._pending.setdefault(int(step), {'step': int(step)})
@@ -70,15 +65,14 @@ class JsonlWriter(interface.MetricWriter):
     pass
 
   def flush(self) -> None:
-    for step in sorted(self._pending):
-      self._file.write(json.dumps(self._pending[step]) + '\n')
+    if not self._pending:
+      return
+    self._lines += [json.dumps(self._pending[step]) for step in sorted(self._pending)]
     self._pending.clear()
-    self._file.flush()
-    os.fsync(self._file.fileno())
+    write_atomic(self._path, ''.join(k + '\n' for k in self._lines))
 
   def close(self) -> None:
     self.flush()
-    self._file.close()
 
 
 def make_writer(workdir: str, resume_step: int | None) -> metric_writers.MetricWriter:
@@ -106,9 +100,9 @@ class EvalResults:
     self.json_path = os.path.join(workdir, 'eval.json')
     self.md_path = os.path.join(workdir, 'eval.md')
     self.records: list[dict[str, Any]] = []
-    if resume_step is not None and os.path.exists(self.json_path):
-      with open(self.json_path, encoding='utf-8') as f:
-        self.records = [r for r in json.load(f) if r['step'] <= resume_step]
+    if resume_step is not None and epath.Path(self.json_path).exists():
+      saved = json.loads(epath.Path(self.json_path).read_text())
+      self.records = [r for r in saved if r['step'] <= resume_step]
 
   def add(self, step: int, scores: Mapping[str, float]) -> None:
     self.records = [r for r in self.records if r['step'] != step]
@@ -140,7 +134,7 @@ def markdown_table(records: list[dict[str, Any]], first: tuple[str, ...] = ('ste
 
 
 def write_atomic(path: str, text: str) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  """Replaces the file at `path` (local or gs://) with `text`, all or nothing."""
+  tmp = epath.Path(path + '.tmp')
+  tmp.write_text(text, encoding='utf-8')
+  tmp.replace(path)

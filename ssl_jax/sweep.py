@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
+from etils import epath
 
 from ssl_jax import config_lib, metrics as metrics_lib, train
 
@@ -44,11 +45,10 @@ def point_config(config: ml_collections.ConfigDict, batch_size: int, lr: float,
 
 
 def _finished(workdir: str, total_steps: int) -> dict[str, Any] | None:
-  path = os.path.join(workdir, 'eval.json')
-  if not os.path.exists(path):
+  path = epath.Path(workdir, 'eval.json')
+  if not path.exists():
     return None
-  with open(path, encoding='utf-8') as f:
-    records = json.load(f)
+  records = json.loads(path.read_text())
   return records[-1] if records and records[-1]['step'] == total_steps else None
 
 
@@ -64,7 +64,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str,
   for b, lr in grid:  # every point is checked before the first one trains
     config_lib.validate(point_config(config, b, lr, source.num_examples),
                         jax.device_count(), jax.process_count())
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   rows = []
   for i, (b, lr) in enumerate(grid):
     c = point_config(config, b, lr, source.num_examples)

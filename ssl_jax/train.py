@@ -334,8 +334,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   if init_from is not None:
     init_from.checkpointer.close()
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-      f.write(json.dumps(json.loads(config_lib.to_json(config)), indent=2))
+    metrics_lib.write_atomic(os.path.join(workdir, 'config.json'),
+                             json.dumps(json.loads(config_lib.to_json(config)), indent=2))
 
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
   logging.info('%s: %.2fM parameters, mesh %s', config.objective, num_params / 1e6,
