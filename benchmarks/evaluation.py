@@ -22,7 +22,6 @@ not a measurement).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -53,12 +52,10 @@ def _shorten(config, quick: bool):
 
 
 def _run(config, workdir: str) -> dict:
-  from ssl_jax import train
-  path = os.path.join(workdir, 'eval.json')
-  if os.path.exists(path):
-    records = json.load(open(path))
-    if records and records[-1]['step'] == config.total_steps:
-      return records[-1]
+  from ssl_jax import metrics, train
+  finished = metrics.final_evaluation(workdir, config.total_steps)
+  if finished is not None:
+    return finished
   t0 = time.perf_counter()
   result = train.run(config, workdir)
   logging.info('%s: %.0f s', workdir, time.perf_counter() - t0)

@@ -17,6 +17,12 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def _same_shapes(tree: Any, abstract: Any) -> bool:
+  """Whether `tree` has the structure, shapes and dtypes of `abstract`."""
+  shapes = lambda t: jax.tree.map(lambda x: (x.shape, x.dtype), t)
+  return shapes(tree) == shapes(abstract)
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used; the message says what to do."""
 
@@ -71,9 +77,7 @@ class Checkpointer:
     except Exception as e:
       raise self._unreadable(step, e) from e
     state = out['state']
-    got = jax.tree.map(lambda x: (x.shape, x.dtype), state)
-    want = jax.tree.map(lambda x: (x.shape, x.dtype), abstract_state)
-    if got != want:
+    if not _same_shapes(state, abstract_state):
       raise CheckpointError(
           f'checkpoint {step} in {self.directory} does not match this config\'s '
           'model (parameter shapes or dtypes differ); use the config it was written with '
@@ -96,9 +100,7 @@ class Checkpointer:
     tree = out['state']
     for key in path:
       tree = tree[key]
-    got = jax.tree.map(lambda x: (x.shape, x.dtype), tree)
-    want = jax.tree.map(lambda x: (x.shape, x.dtype), abstract)
-    if got != want:
+    if not _same_shapes(tree, abstract):
       raise CheckpointError(f'checkpoint {step} in {self.directory}: the parameters under '
                             f'{"/".join(path)} do not have the shapes this config expects')
     return tree

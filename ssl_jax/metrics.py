@@ -20,23 +20,27 @@ class JsonlWriter(interface.MetricWriter):
 
   On resume from step `resume_step`, lines of later steps (written by the run
   that was interrupted, and about to be recomputed identically) are dropped,
-  as is a line torn by a kill, so the file holds each step once. Each flush
-  rewrites the file atomically (a temporary file, then a rename), which works
-  on gs:// as well as on local disks.
+  as is a line torn by a kill, so the file holds each step once. Local files
+  are appended to (and fsync'ed) at each flush; object stores (gs://) have no
+  appends, so there each flush rewrites the file atomically.
   """
 
   def __init__(self, path: str, resume_step: int | None = None):
     self._path = path
-    self._lines: list[str] = []
+    self._remote = '://' in path
+    self._lines: list[str] = []  # the whole file, kept only for remote paths
     if resume_step is not None and epath.Path(path).exists():
+      kept = []
       for line in epath.Path(path).read_text().splitlines():
         try:
           record = json.loads(line)
         except json.JSONDecodeError:
           continue
         if record.get('step', math.inf) <= resume_step:
-          self._lines.append(json.dumps(record))
-      write_atomic(path, ''.join(k + '\n' for k in self._lines))
+          kept.append(json.dumps(record) + '\n')
+      write_atomic(path, ''.join(kept))
+      self._lines = kept if self._remote else []
+    self._file = None if self._remote else open(path, 'a', encoding='utf-8')
     self._pending: dict[int, dict[str, Any]] = {}
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -65,14 +69,20 @@ class JsonlWriter(interface.MetricWriter):
     pass
 
   def flush(self) -> None:
-    if not self._pending:
-      return
-    self._lines += [json.dumps(self._pending[step]) for step in sorted(self._pending)]
+    new = [json.dumps(self._pending[step]) + '\n' for step in sorted(self._pending)]
     self._pending.clear()
-    write_atomic(self._path, ''.join(k + '\n' for k in self._lines))
+    if self._file is not None:
+      self._file.write(''.join(new))
+      self._file.flush()
+      os.fsync(self._file.fileno())
+    elif new:
+      self._lines += new
+      write_atomic(self._path, ''.join(self._lines))
 
   def close(self) -> None:
     self.flush()
+    if self._file is not None:
+      self._file.close()
 
 
 def make_writer(workdir: str, resume_step: int | None) -> metric_writers.MetricWriter:
@@ -113,6 +123,13 @@ class EvalResults:
 
   def latest(self) -> dict[str, Any] | None:
     return self.records[-1] if self.records else None
+
+
+def final_evaluation(workdir: str, total_steps: int) -> dict[str, Any] | None:
+  """The evaluation of a run that has reached `total_steps`, read from its
+  eval.json; None while the run is unfinished."""
+  last = EvalResults(workdir, resume_step=total_steps).latest()
+  return last if last is not None and last['step'] == total_steps else None
 
 
 def markdown_table(records: list[dict[str, Any]], first: tuple[str, ...] = ('step',)) -> str:

@@ -44,14 +44,6 @@ def point_config(config: ml_collections.ConfigDict, batch_size: int, lr: float,
   return c
 
 
-def _finished(workdir: str, total_steps: int) -> dict[str, Any] | None:
-  path = epath.Path(workdir, 'eval.json')
-  if not path.exists():
-    return None
-  records = json.loads(path.read_text())
-  return records[-1] if records and records[-1]['step'] == total_steps else None
-
-
 def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
   """Runs (or resumes) every grid point; returns the table's rows."""
   if 'sweep' not in config:
@@ -69,7 +61,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str,
   for i, (b, lr) in enumerate(grid):
     c = point_config(config, b, lr, source.num_examples)
     sub = os.path.join(workdir, f'batch{b}_lr{lr:g}')
-    scores = _finished(sub, c.total_steps)
+    scores = metrics_lib.final_evaluation(sub, c.total_steps)
     if scores is None:
       logging.info('sweep point %d/%d: batch %d, lr %g, %d steps -> %s', i + 1, len(grid),
                    b, lr, c.total_steps, sub)
