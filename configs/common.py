@@ -61,9 +61,13 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
   c.init = ml_collections.ConfigDict(dict(
       workdir=ml_collections.FieldReference(None, field_type=str),
       step=ml_collections.FieldReference(None, field_type=int)))
+  # whiten (linear probes only): the classifier reads the frozen features
+  # whitened with their mean and covariance on the first `whiten_examples`
+  # training images (labels unused), computed once when the probe starts.
   c.classifier = ml_collections.ConfigDict(dict(
       mode=mode, representation='attention_pool', head='linear', dropout=0.0,
-      label_smoothing=0.0, mask_ratio=0.0))
+      label_smoothing=0.0, mask_ratio=0.0, whiten=mode == 'linear',
+      whiten_examples=10_000))
   image_size = ml_collections.FieldReference(pretrain.data.image_size)
   c.backbone.data.image_size = image_size
   c.data = ml_collections.ConfigDict(dict(

@@ -251,6 +251,13 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.classifier.mask_ratio={config.classifier.mask_ratio} is not '
                       "allowed with classifier.mode='linear': must be 0 (the frozen "
                       'backbone sees whole images)')
+  _require(config, c + 'whiten', lambda v: isinstance(v, bool), 'True or False')
+  if config.classifier.whiten and config.classifier.mode != 'linear':
+    raise ConfigError(f'config.classifier.whiten=True is not allowed with classifier.mode='
+                      f"{config.classifier.mode!r}: the whitening is fitted once to frozen "
+                      'features, so it needs mode=\'linear\' (or set whiten=False)')
+  _require(config, c + 'whiten_examples', lambda v: _is_int(v) and v >= 2,
+           'an integer >= 2 (training images whose features fit the whitening)')
   _require(config, 'data.label_fraction', lambda v: _is_number(v) and 0 < v <= 1,
            'a number in (0, 1] (the fraction of training labels used)')
   _require(config, 'data.subset_seed', lambda v: _is_int(v) and v >= 0, 'an integer >= 0')

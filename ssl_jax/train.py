@@ -30,7 +30,7 @@ from ssl_jax import config_lib, metrics as metrics_lib, optim, tasks
 from ssl_jax import sharding as sharding_lib
 from ssl_jax import step as step_lib
 from ssl_jax.data import pipeline
-from ssl_jax.evaluate.evaluator import Evaluator
+from ssl_jax.evaluate.evaluator import Evaluator, open_split
 
 
 DataError = pipeline.DataError  # the dataset cannot be opened
@@ -296,6 +296,21 @@ def open_init_checkpoint(config: ml_collections.ConfigDict) -> _InitCheckpoint |
   return _InitCheckpoint(checkpointer, step)
 
 
+def _fit_whitening(config, task, evaluator: Evaluator, params: Any) -> Any:
+  """A linear probe's head with its whitening fitted to the frozen features
+  of the first `classifier.whiten_examples` training images (eval-mode
+  views; labels unused, so a label fraction sees the same statistics)."""
+  c = config.classifier
+  split = open_split(config, config.data.split)
+  n = min(c.whiten_examples, split.num_examples)
+  source = pipeline.SubsetSource(split, np.arange(n), f':{n}')
+  start = time.perf_counter()
+  features, _ = evaluator.features(params, source, c.representation)
+  logging.info('whitening fitted to %s features of %s (%.1f s)', features.shape, source.name,
+               time.perf_counter() - start)
+  return task.with_whitening(params, features)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
         stop_after: int | None = None) -> RunResult:
   """Trains from scratch or resumes from the latest checkpoint in `workdir`.
@@ -331,6 +346,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
       state = state.replace(params=dict(state.params, backbone=backbone))
       logging.info('backbone initialised from checkpoint %d in %s', init_from.step,
                    init_from.checkpointer.directory)
+    if getattr(trainer.task, 'whiten', False):
+      state = state.replace(params=_fit_whitening(config, trainer.task, evaluator, state.params))
   if init_from is not None:
     init_from.checkpointer.close()
   if jax.process_index() == 0:

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from conftest import small_classifier_config
 
-from ssl_jax import config_lib, sweep, train
+from ssl_jax import config_lib, sweep, tasks, train
+from ssl_jax.data import pipeline
+from ssl_jax.evaluate.evaluator import Evaluator, open_split
 
 
 def _probe_config(reference, mode='linear', **overrides):
@@ -26,13 +28,23 @@ def _records(workdir, name='metrics.jsonl'):
 
 
 def test_linear_probe_keeps_the_pretrained_backbone_frozen(reference, tmp_path):
-  config = _probe_config(reference)
+  config = _probe_config(reference, **{'classifier.whiten_examples': 48})
   result = train.run(config, str(tmp_path))
   pretrained = dict(reference[2].state.params['model'])
   del pretrained['decoder']  # section 2.2: removed
   for a, b in zip(jax.tree.leaves(result.state.params['backbone']),
                   jax.tree.leaves(pretrained), strict=True):
     np.testing.assert_array_equal(a, b)
+  # The head whitens the pretrained features of the first 48 training images.
+  trainer = train.Trainer(config, num_classes=10)
+  evaluator = Evaluator(config, trainer.task, trainer.mesh, 10)
+  source = pipeline.SubsetSource(open_split(config, 'train'), np.arange(48))
+  features, _ = evaluator.features(result.state.params, source, 'attention_pool')
+  mean, matrix = tasks.whitening(features)
+  head = result.state.params['head']
+  np.testing.assert_allclose(head['feature_mean'], mean, rtol=1e-5, atol=1e-6)
+  metric = np.asarray(head['whitening']) @ np.asarray(head['whitening']).T
+  np.testing.assert_allclose(metric, matrix @ matrix.T, rtol=1e-3, atol=1e-3 * np.abs(metric).max())
   evaluated = json.load(open(tmp_path / 'eval.json'))
   assert [r['step'] for r in evaluated] == [config.total_steps]
   final = evaluated[-1]
@@ -44,7 +56,8 @@ def test_linear_probe_keeps_the_pretrained_backbone_frozen(reference, tmp_path):
 
 
 def test_raw_pixel_probe_runs_through_the_same_loop(reference, tmp_path):
-  config = _probe_config(reference, **{'init.workdir': None, 'total_steps': 4})
+  config = _probe_config(reference, **{'init.workdir': None, 'total_steps': 4,
+                                       'classifier.whiten': False})  # as pixels_tiny
   config.backbone = {'objective': 'pixels', 'data': {'image_size': 32}}
   config.classifier.representation = 'pixels'
   result = train.run(config, str(tmp_path))

@@ -63,10 +63,42 @@ def test_linear_probe_updates_only_the_head_and_keeps_no_backbone_state():
   assert 'decoder' not in state.params['backbone']  # section 2.2: decoder removed
   chex.assert_trees_all_equal(new.params['backbone'], state.params['backbone'])
   assert not np.allclose(new.params['head']['classifier']['kernel'], 0)
-  n_head = sum(x.size for x in jax.tree.leaves(state.params['head']))
+  # The whitening is set once from the features (train.run), then frozen.
+  for name in ('feature_mean', 'whitening'):
+    np.testing.assert_array_equal(new.params['head'][name], state.params['head'][name])
+  n_classifier = sum(x.size for x in jax.tree.leaves(state.params['head']['classifier']))
   n_state = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim > 0)
-  assert n_state == 2 * n_head  # Adam's two moments of the head only
+  assert n_state == 2 * n_classifier  # Adam's two moments of the classifier only
   assert 0 <= float(metrics['top1']) <= 1
+
+
+def test_whitening_makes_ill_conditioned_features_white():
+  rng = np.random.default_rng(0)
+  # Five strong directions and eleven weak ones, mixed into every feature,
+  # off-centre: the shape of self-supervised features (condition number 400;
+  # the weak directions hold ~1% of an average feature's variance, well
+  # above eps, so whitening must bring them to ~1).
+  basis = np.linalg.qr(rng.normal(size=(16, 16)))[0]
+  scales = np.concatenate([np.full(5, 100.0), np.geomspace(10.0, 5.0, 11)])
+  x = (rng.normal(size=(4000, 16)) * scales) @ basis.T + 7.0
+  mean, matrix = tasks.whitening(x)
+  assert mean.dtype == matrix.dtype == np.float32
+  white = (x - mean) @ matrix
+  np.testing.assert_allclose(white.mean(0), 0, atol=1e-4)
+  eigenvalues = np.linalg.eigvalsh(np.cov(white.T, bias=True))
+  assert eigenvalues.min() > 0.85 and eigenvalues.max() < 1.0 + 1e-4, eigenvalues
+  # eps bounds the amplification of directions with no variance at all.
+  _, degenerate = tasks.whitening(np.c_[x, np.zeros(4000)])
+  assert np.abs(degenerate).max() < 1 / np.sqrt(tasks.WHITEN_EPS) + 1e-3
+  with pytest.raises(ValueError, match=r'features \[n >= 2, D\]'):
+    tasks.whitening(x[:1])
+
+
+def test_whitening_is_for_frozen_features_only():
+  config = small_classifier_config('finetune', **{'classifier.whiten': True})
+  with pytest.raises(config_lib.ConfigError, match="classifier.whiten=True is not allowed with "
+                     "classifier.mode='finetune'"):
+    config_lib.validate(config, 1, 1)
 
 
 def test_finetune_trains_everything_with_masking_dropout_and_residual_head():

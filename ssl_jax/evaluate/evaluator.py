@@ -100,14 +100,16 @@ class Evaluator:
     n = host.pop('examples')
     return dict({f'eval/{k}': v / n for k, v in host.items()}, **{'eval/examples': n})
 
-  def features(self, params: Any, source: pipeline.Source) -> tuple[np.ndarray, np.ndarray]:
-    """(features [n, d], labels [n]) of every example of `source`, in order."""
-    name = self.config.eval.representation
+  def features(self, params: Any, source: pipeline.Source,
+               representation: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(features [n, d], labels [n]) of every example of `source`, in order,
+    in evaluation mode; `representation` defaults to eval.representation."""
+    name = representation or self.config.eval.representation
 
     def represent(params, batch):
       return self.task.represent(params, batch)[name], batch['label'], batch['valid']
 
-    fn = self._jit('represent', represent, params)
+    fn = self._jit(f'represent/{name}', represent, params)
     xs, ys = [], []
     for batch in self._batches(source):
       x, y, valid = jax.device_get(fn(params, batch))

@@ -104,16 +104,30 @@ class ResidualMlpBlock(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-  """Features [B, D] -> logits [B, classes]: optional residual block, dropout
-  ("dropout noise at the end", PatchFormer 2.2), then a zero-initialised
-  linear classifier."""
+  """Features [B, D] -> logits [B, classes]: optional whitening, optional
+  residual block, dropout ("dropout noise at the end", PatchFormer 2.2), then
+  a zero-initialised linear classifier.
+
+  whiten=True: the features are first mapped to (x - feature_mean) @
+  whitening, two parameters that start as the identity map and are meant to
+  be set once from the frozen features' statistics (ssl_jax.tasks.whitening)
+  and then kept frozen. An invertible linear map followed by a linear
+  classifier is still a linear classifier of x: whitening only preconditions
+  the optimisation.
+  """
   classes: int
   residual: bool = False
   dropout: float = 0.0
+  whiten: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    if self.whiten:
+      d = x.shape[-1]
+      mean = self.param('feature_mean', nn.initializers.zeros, (d,), jnp.float32)
+      whitening = self.param('whitening', lambda _, s: jnp.eye(*s), (d, d))
+      x = (x.astype(jnp.float32) - mean) @ whitening
     if self.residual:
       x = ResidualMlpBlock(self.dtype, name='residual')(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
