@@ -16,8 +16,8 @@ where it stopped.
 
   python benchmarks/evaluation.py --workdir=/tmp/ssl_jax_eval_bench
 
-About 35 minutes on 2 CPU cores; --quick shortens every run 4x (a smoke run,
-not a measurement).
+Under an hour on 2 CPU cores; --quick shortens every run 4x (a smoke run,
+not a measurement). The table measured with it is in the README (Evaluation).
 """
 
 from __future__ import annotations
