@@ -214,6 +214,65 @@ def validate_patchformer(config: ml_collections.ConfigDict) -> None:
   _require(config, m + 'remat', lambda v: isinstance(v, bool), 'True or False')
 
 
+def validate_randsac(config: ml_collections.ConfigDict) -> None:
+  """RandSAC's keys: patches, segments and their hierarchy, loss, model."""
+  from ssl_jax import masking
+  from ssl_jax.models.randsac import ARCHITECTURES
+  r = 'randsac.'
+  size = config.data.image_size
+  patch = _require(config, r + 'patch_size',
+                   lambda v: _is_int(v) and v > 0 and size % v == 0,
+                   f'a positive integer that divides data.image_size={size}')
+  grid = size // patch
+  n = grid * grid
+  s = r + 'segments.'
+  kind = one_of(config, s + 'kind', masking.SEGMENT_KINDS)
+  counts = _require(config, s + 'counts',
+                    lambda v: len(v) >= 1 and all(_is_int(c) for c in v)
+                    and 2 <= v[0] <= n and all(a > b >= 1 for a, b in zip(v, v[1:])),
+                    f'a non-empty tuple of segment counts, finest first and decreasing '
+                    f'(e.g. (16, 4): 16 segments grouped into 4 partitions), the first in '
+                    f'[2, {n}] (the {grid}x{grid} tokens; one segment leaves nothing to '
+                    'predict)')
+  if kind == 'square':
+    sides = []
+    for level, count in enumerate(counts):
+      try:
+        sides.append(masking.square_side((grid, grid), count))
+      except ValueError:
+        allowed = [(grid // m) ** 2 for m in range(1, grid + 1) if grid % m == 0]
+        raise ConfigError(
+            f'config.{s}counts={tuple(counts)!r} is not allowed: {count} squares do not tile '
+            f'the {grid}x{grid} token grid; square counts for it: '
+            + ', '.join(map(str, sorted(allowed, reverse=True)))) from None
+    for fine, coarse in zip(sides, sides[1:]):
+      if coarse % fine:
+        raise ConfigError(f'config.{s}counts={tuple(counts)!r} is not allowed: {fine}x{fine} '
+                          f'squares do not nest in {coarse}x{coarse} partitions')
+  order = one_of(config, s + 'order', masking.ORDERS)
+  if order == 'raster' and kind != 'square':
+    raise ConfigError(f"config.{s}order='raster' is not allowed with kind={kind!r}: blobs have "
+                      "no raster order; use order='random' (or kind='square')")
+  _require(config, s + 'coherent', lambda v: isinstance(v, bool), 'True or False')
+  _require(config, s + 'blob_mean', lambda v: len(v) == 2 and all(map(_is_number, v))
+           and v[0] <= v[1], 'a pair (lo, hi) with lo <= hi (token positions are in [-2, 2])')
+  _require(config, s + 'blob_std', lambda v: len(v) == 2 and all(map(_is_number, v))
+           and 0 < v[0] <= v[1], 'a pair (lo, hi) with 0 < lo <= hi')
+  _require(config, r + 'norm_pix_loss', lambda v: isinstance(v, bool), 'True or False')
+  m = r + 'model.'
+  one_of(config, m + 'architecture', ARCHITECTURES)
+  width = _require(config, m + 'width', lambda v: _is_int(v) and v > 0 and v % 4 == 0,
+                   'a positive multiple of 4 (2D sine-cosine position encodings)')
+  for k in ('num_layers', 'mlp_ratio', 'decoder_layers'):
+    positive_int(config, m + k)
+  for k in ('heads', 'decoder_heads'):
+    _require(config, m + k, lambda v: _is_int(v) and v > 0 and width % v == 0,
+             f'a positive integer that divides model.width={width}')
+  _require(config, m + 'drop_path', lambda v: _is_number(v) and 0 <= v < 1,
+           'a number in [0, 1)')
+  _require(config, m + 'remat', lambda v: isinstance(v, bool), 'True or False')
+
+
 def validate_online_probe(config: ml_collections.ConfigDict) -> None:
   _require(config, 'online_probe.representation', lambda v: isinstance(v, str),
            "a representation name, or '' for no online probe")
@@ -247,6 +306,11 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
            'a number in [0, 1)')
   _require(config, c + 'mask_ratio', lambda v: _is_number(v) and 0 <= v < 1,
            'a number in [0, 1) (fraction of patches masked while fine-tuning)')
+  backbone = objectives.REGISTRY[config.backbone.objective]
+  if config.classifier.mask_ratio and not getattr(backbone, 'supports_finetune_masking', True):
+    raise ConfigError(f'config.classifier.mask_ratio={config.classifier.mask_ratio} is not '
+                      f'allowed with backbone {config.backbone.objective!r}: must be 0 (it '
+                      'fine-tunes on whole images)')
   if config.classifier.mode == 'linear' and config.classifier.mask_ratio:
     raise ConfigError(f'config.classifier.mask_ratio={config.classifier.mask_ratio} is not '
                       "allowed with classifier.mode='linear': must be 0 (the frozen "
@@ -270,8 +334,10 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
 
 
 VALIDATORS = {'patchformer': lambda c: (validate_patchformer(c), validate_online_probe(c)),
+              'randsac': lambda c: (validate_randsac(c), validate_online_probe(c)),
               CLASSIFICATION: validate_classification}
-BACKBONE_VALIDATORS = {'patchformer': validate_patchformer, 'pixels': lambda c: None}
+BACKBONE_VALIDATORS = {'patchformer': validate_patchformer, 'randsac': validate_randsac,
+                       'pixels': lambda c: None}
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -26,15 +27,77 @@ def decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def _key_name(entry: Any) -> str:
+  """One key-path entry as a string: a dict key, attribute name or index."""
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def layer_decay_scales(params: Any, layer_of: Callable[[tuple[str, ...]], int],
+                       num_layers: int, decay: float) -> Any:
+  """Per-leaf learning-rate scales for layer-wise decay (BEiT, MAE fine-tune).
+
+  `layer_of(path)` maps a leaf's key path (a tuple of its dict keys, as
+  strings) to its layer id in [0, num_layers + 1]: 0 the patch embedding and
+  anything before the blocks, i in [1, num_layers] transformer block i, and
+  num_layers + 1 the head and final norm. Layer id i gets the scale
+  decay ** (num_layers + 1 - i): the embedding decay ** (num_layers + 1), the
+  head 1. Returns a tree of Python floats with the structure of `params`
+  (`optax.MaskedNode`s, having no leaves, are kept as they are).
+  """
+  def scale(path, _):
+    layer = layer_of(tuple(_key_name(k) for k in path))
+    if not 0 <= layer <= num_layers + 1:
+      raise ValueError(f'layer id {layer} of {jax.tree_util.keystr(path)} is not in '
+                       f'[0, {num_layers + 1}]')
+    return float(decay) ** (num_layers + 1 - layer)
+  return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def scale_by_tree(scales: Any) -> optax.GradientTransformation:
+  """Multiplies each update leaf by its scale; stateless.
+
+  `scales` is a tree of scalars with the params' structure, or a callable
+  applied to the updates it receives (same structure and key paths as the
+  params, e.g. `functools.partial(layer_decay_scales, layer_of=...,
+  num_layers=..., decay=...)`). Works inside `optax.multi_transform` and
+  `optax.masked`: leaves of other groups arrive as `optax.MaskedNode` and are
+  passed through (with a callable, the scales of such leaves are never
+  computed). Scales are cast to each update's dtype.
+  """
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+
+  def update_fn(updates, state, params=None):
+    del params
+    tree = scales(updates) if callable(scales) else scales
+    scaled = jax.tree.map(
+        lambda u, s: u if masked(u) else u * jnp.asarray(s, u.dtype),
+        updates, tree, is_leaf=masked)
+    return scaled, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def make_optimizer(config: ml_collections.ConfigDict,
-                   param_labels: Callable[[Any], Any] | None = None
-                   ) -> optax.GradientTransformation:
+                   param_labels: Callable[[Any], Any] | None = None,
+                   lr_scales: Any | None = None) -> optax.GradientTransformation:
   """AdamW (with optional clipping) from `config.optimizer`.
 
   With `param_labels` (params -> tree of 'train' | 'probe' | 'frozen'), each
   group gets its own transformation: 'train' the configured optimizer (its
   clipping sees only these gradients), 'probe' a constant-rate Adam for the
   online probe (`config.online_probe.lr`), 'frozen' no update and no state.
+
+  `lr_scales` (a tree of per-leaf scales with the params' structure, or a
+  callable params -> that tree, e.g. `layer_decay_scales` with its other
+  arguments bound, called on the updates as `scale_by_tree` says) multiplies the
+  'train' group's updates after AdamW (and after clipping, which sees the
+  unscaled gradients), which equals scaling each parameter's learning rate:
+  the decoupled weight decay is scaled too, as in BEiT and MAE, where the
+  decay is a per-group lr scale. The 'probe' group is never scaled. Without
+  it the optimizer and its state are unchanged.
   """
   o = config.optimizer
   parts = []
@@ -42,6 +105,8 @@ def make_optimizer(config: ml_collections.ConfigDict,
     parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
   parts.append(optax.adamw(schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
                            weight_decay=o.weight_decay, mask=decay_mask))
+  if lr_scales is not None:
+    parts.append(scale_by_tree(lr_scales))
   main = optax.chain(*parts)
   if param_labels is None:
     return main

@@ -26,7 +26,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, metrics as metrics_lib, optim, tasks
+from ssl_jax import config_lib, metrics as metrics_lib, optim, pictures, tasks
 from ssl_jax import sharding as sharding_lib
 from ssl_jax import step as step_lib
 from ssl_jax.data import pipeline
@@ -394,6 +394,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
     results.add(step, scores)
     logging.info('eval at step %d (%.1f s): %s', step, time.perf_counter() - t0,
                  ' | '.join(f'{k} {v:.4f}' for k, v in scores.items()))
+    drawn = evaluator.pictures(state.params)
+    if drawn is not None:
+      writer.write_images(step, {'pictures': drawn})
+      writer.flush()
+      if jax.process_index() == 0:
+        pictures.save_png(pictures.png_path(workdir, step), drawn)
 
   def log(step: int, host: dict[str, float], flush: bool = True):
     nonlocal last_log_time, last_log_step

@@ -60,6 +60,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from array_record.python import array_record_data_source
 
+from ssl_jax.data import randaugment as randaugment_lib
 from ssl_jax.data import shapes
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -71,6 +72,7 @@ FOLDER_SPLITS = ('train', 'validation', 'test')
 # Independent random streams derived from the user seed.
 _SHUFFLE_STREAM = 1
 _AUGMENT_STREAM = 2
+_RANDAUGMENT_STREAM = 3
 # Inception-style random resized crop.
 _ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 _CROP_MAX_ATTEMPTS = 10
@@ -685,6 +687,13 @@ def _augment_keys(g: tf.Tensor, seed: int) -> tuple[tf.Tensor, tf.Tensor]:
   return keys[0], keys[1]
 
 
+def _randaugment_key(g: tf.Tensor, seed: int) -> tf.Tensor:
+  """Scalar global index -> RandAugment key, [2] int64 (its own stream, so
+  the crop and flip keys do not depend on whether RandAugment is on)."""
+  return tf.random.experimental.stateless_fold_in(
+      _stream_key(seed, _RANDAUGMENT_STREAM), g)
+
+
 def _local_batch_size(global_batch_size: int, process_index: int,
                       process_count: int) -> int:
   if process_count < 1 or not 0 <= process_index < process_count:
@@ -782,13 +791,43 @@ def _center_crop(image: tf.Tensor, image_size: int,
   return tf.slice(image, [offset[0], offset[1], 0], [image_size, image_size, 3])
 
 
-def _train_image(image, g, *, seed, image_size, min_area, flip) -> tf.Tensor:
+def _train_image(image, g, *, seed, image_size, min_area, flip,
+                 randaugment=None) -> tf.Tensor:
   crop_key, flip_key = _augment_keys(g, seed)
   image = _decode_and_random_crop(image, crop_key, min_area)
   image = _resize(image, image_size, image_size)
   if flip:
     image = tf.image.stateless_random_flip_left_right(image, flip_key)
+  if randaugment is not None:
+    num_ops, magnitude, magnitude_std = randaugment
+    image = randaugment_lib.randaugment(
+        image, _randaugment_key(g, seed), num_ops=num_ops,
+        magnitude=magnitude, magnitude_std=magnitude_std)
   return image
+
+
+def _check_randaugment(randaugment) -> tuple[int, float, float] | None:
+  """Validates ``make_dataset``'s ``randaugment`` argument."""
+  if randaugment is None:
+    return None
+  usage = ('randaugment must be None or (num_ops, magnitude, magnitude_std) '
+           'with num_ops an integer >= 1, 0 <= magnitude <= 10 and '
+           f'magnitude_std >= 0 (e.g. (2, 9.0, 0.5)); got {randaugment!r}')
+  try:
+    num_ops, magnitude, magnitude_std = randaugment
+  except (TypeError, ValueError):
+    raise DataError(usage + '.') from None
+  integer, real = (int, np.integer), (int, float, np.integer, np.floating)
+  if isinstance(num_ops, bool) or not isinstance(num_ops, integer) or (
+      num_ops < 1):
+    raise DataError(f'{usage}: bad num_ops.')
+  if isinstance(magnitude, bool) or not isinstance(magnitude, real) or not (
+      0.0 <= magnitude <= 10.0):
+    raise DataError(f'{usage}: bad magnitude.')
+  if isinstance(magnitude_std, bool) or not isinstance(
+      magnitude_std, real) or not magnitude_std >= 0.0:  # Also rejects NaN.
+    raise DataError(f'{usage}: bad magnitude_std.')
+  return int(num_ops), float(magnitude), float(magnitude_std)
 
 
 def _eval_image(image, *, image_size, crop_fraction) -> tf.Tensor:
@@ -825,7 +864,9 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
                  start_step: int, image_size: int, train: bool,
                  process_index: int = 0, process_count: int = 1,
                  min_area: float = 0.08, flip: bool = True,
-                 eval_crop_fraction: float = 1.0) -> tf.data.Dataset:
+                 eval_crop_fraction: float = 1.0,
+                 randaugment: tuple[int, float, float] | None = None
+                 ) -> tf.data.Dataset:
   """This process's batches, a pure function of (seed, global index).
 
   Args:
@@ -836,16 +877,23 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
     image_size: output height and width.
     train: True: infinite stream of shuffled, augmented examples (Inception
       random resized crop, area in [min_area, 1], aspect ratio in [3/4, 4/3],
-      then an optional random horizontal flip). False: one pass over the split
-      in order, resized so the shorter side is ``image_size /
-      eval_crop_fraction``, centre-cropped; the last batch is padded by
-      repeating examples from the start, marked ``valid=False``.
+      then an optional random horizontal flip and optional RandAugment).
+      False: one pass over the split in order, resized so the shorter side is
+      ``image_size / eval_crop_fraction``, centre-cropped; the last batch is
+      padded by repeating examples from the start, marked ``valid=False``.
     process_index, process_count: this process handles the contiguous slice
       ``[process_index * B / process_count, (process_index + 1) * B /
       process_count)`` of every global batch.
     min_area, flip: training augmentation parameters.
     eval_crop_fraction: fraction of the resized image kept by the eval
       centre crop (1.0: no border cropped; ImageNet convention: 0.875).
+    randaugment: None (off) or ``(num_ops, magnitude, magnitude_std)``:
+      RandAugment of training images after the resize and flip
+      (:func:`ssl_jax.data.randaugment.randaugment`: timm's op set with
+      increasing magnitudes, each op applied with probability 0.5; ``(2, 9.0,
+      0.5)`` is timm's ``rand-m9-mstd0.5-inc1``), keyed by (seed, global
+      index) on its own random stream: the crops and flips are the same with
+      or without it. Ignored for evaluation, but always validated.
 
   Returns:
     Batches ``{'image': float32 [b, S, S, 3] in [0, 1], 'label': int32 [b],
@@ -861,6 +909,7 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
     raise DataError(f'{source!r} has no examples.')
   if not 0.0 < min_area <= 1.0 or not 0.0 < eval_crop_fraction <= 1.0:
     raise DataError('min_area and eval_crop_fraction must be in (0, 1].')
+  randaugment = _check_randaugment(randaugment)
   local_batch = _local_batch_size(global_batch_size, process_index,
                                   process_count)
   ds = _index_batches(source, seed=seed, global_batch_size=global_batch_size,
@@ -876,7 +925,8 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
     image, label = source.parse(example)
     if train:
       image = _train_image(image, example['index'], seed=seed,
-                           image_size=image_size, min_area=min_area, flip=flip)
+                           image_size=image_size, min_area=min_area, flip=flip,
+                           randaugment=randaugment)
     else:
       image = _eval_image(image, image_size=image_size,
                           crop_fraction=eval_crop_fraction)

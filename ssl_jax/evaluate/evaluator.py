@@ -142,6 +142,30 @@ class Evaluator:
       out['knn/top1'] = float(np.mean(pred == test_y))
     return out
 
+  @property
+  def draws(self) -> bool:
+    """Whether `pictures` has something to draw (a pretraining objective
+    with a `pictures` method, and an evaluation split)."""
+    objective = getattr(self.task, 'objective', None)
+    return self.test is not None and hasattr(objective, 'pictures')
+
+  def pictures(self, params: Any, num_images: int = 8) -> np.ndarray | None:
+    """uint8 [k, H, W, 3]: the objective's pictures of the first k images
+    of eval.split, drawn with a fixed key (the same segments and orders at
+    every step, so pictures from different steps compare). None if there is
+    nothing to draw."""
+    if not self.draws:
+      return None
+    objective = self.task.objective
+    k = min(num_images, self.config.eval.batch_size)
+    key = jax.random.key(self.config.seed)
+
+    def draw(params, batch):
+      return objective.pictures(params['model'], batch['image'][:k], key)
+
+    fn = self._jit(f'pictures/{k}', draw, params)
+    return np.asarray(jax.device_get(fn(params, next(iter(self._batches(self.test))))))
+
   def __call__(self, params: Any) -> dict[str, float]:
     """Every configured evaluation of `params`: {metric name: value}."""
     out = {}

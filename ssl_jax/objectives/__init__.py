@@ -23,8 +23,9 @@ import ml_collections
 
 from ssl_jax.objectives.patchformer import PatchFormer
 from ssl_jax.objectives.pixels import Pixels
+from ssl_jax.objectives.randsac import RandSAC
 
-REGISTRY = {'patchformer': PatchFormer, 'pixels': Pixels}
+REGISTRY = {'patchformer': PatchFormer, 'pixels': Pixels, 'randsac': RandSAC}
 SELF_SUPERVISED = tuple(sorted(k for k, v in REGISTRY.items() if v.self_supervised))
 
 

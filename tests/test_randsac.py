@@ -1,0 +1,161 @@
+"""RandSAC: the masks hide later segments from every architecture, the skip
+connections' shapes, the loss, the paper's settings at full size, config
+errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax import config_lib
+from ssl_jax.objectives.randsac import RandSAC, normalise_patches, patch_vectors
+
+
+def small_randsac_config(**overrides):
+  """configs/randsac.py:tiny shrunk: 16x16 images in 2x2 patches (8x8
+  tokens), 2 encoder layers 16 wide, 1 decoder layer."""
+  from configs import randsac
+  from tests.conftest import _override
+  c = randsac.get_config('tiny')
+  c.data.name = 'ssl_jax_shapes/small'
+  c.data.image_size = 16
+  c.randsac.patch_size = 2
+  c.randsac.model.update(dict(width=16, num_layers=2, heads=2, decoder_layers=1,
+                              decoder_heads=2))
+  return _override(c, overrides)
+
+
+def _images(b=4, size=16, key=0):
+  return jax.random.uniform(jax.random.key(key), (b, size, size, 3))
+
+
+@pytest.mark.parametrize('architecture', ['masked', 'masked_skip', 'two_stream'])
+@pytest.mark.parametrize('kind,counts', [('square', (16, 4)), ('blob', (7,))])
+def test_predictions_never_see_later_segments(architecture, kind, counts):
+  """Perturb the pixels of every segment from rank r on: the predictions of
+  segments up to r (which may read only segments < r) do not move, those of
+  segment r + 1 do (so the test can fail)."""
+  config = small_randsac_config(**{'randsac.model.architecture': architecture,
+                                   'randsac.segments.kind': kind,
+                                   'randsac.segments.counts': counts})
+  obj = RandSAC(config)
+  batch = {'image': _images()}
+  params = obj.init(jax.random.key(0), batch)
+  ser = obj.serialise(jax.random.key(1), 4)
+  forward = jax.jit(lambda p, x: obj.forward(p, x, ser)[0])
+  patches = patch_vectors(batch['image'], 2)
+  # The segment rank of every token (row-major).
+  token_rank = jnp.zeros_like(ser.rank).at[jnp.arange(4)[:, None], ser.order].set(ser.rank)
+  _, _, _, tgt_rank = obj.split(ser)
+  r = 2
+  noise = jax.random.normal(jax.random.key(2), patches.shape)
+  perturbed = jnp.where((token_rank >= r)[..., None], noise, patches)
+  before, after = np.asarray(forward(params, patches)), np.asarray(forward(params, perturbed))
+  early = np.asarray(tgt_rank <= r)
+  np.testing.assert_allclose(before[early], after[early], atol=1e-5)
+  later = np.asarray(tgt_rank == r + 1)
+  assert later.any() and np.abs(before[later] - after[later]).max() > 1e-3
+
+
+def test_skip_connection_shapes_and_start():
+  config = small_randsac_config(**{'randsac.model.num_layers': 3,
+                                   'randsac.model.decoder_layers': 2})
+  params = RandSAC(config).init(jax.random.key(0), {'image': _images(2)})
+  w = np.asarray(params['skip']['weights'])
+  assert w.shape == (2, 3)  # [decoder layers, encoder layers]
+  assert (w == np.array([[0, 0, 1], [0, 0, 1]])).all()  # starts as the last layer
+  assert sorted(k for k in params['skip'] if k.startswith('norm')) == ['norm1', 'norm2']
+  plain = RandSAC(small_randsac_config(**{'randsac.model.architecture': 'masked'}))
+  assert 'skip' not in plain.init(jax.random.key(0), {'image': _images(2)})
+  two = RandSAC(small_randsac_config(**{'randsac.model.architecture': 'two_stream'}))
+  params = two.init(jax.random.key(0), {'image': _images(2)})
+  assert not any(k.startswith('decoder') for k in params)
+  assert sorted(k for k in params if k.startswith('block')) == ['block1', 'block2', 'block3']
+
+
+def test_norm_pix_targets_and_loss_weights():
+  x = patch_vectors(_images(2), 2)
+  t = normalise_patches(x)
+  np.testing.assert_allclose(t.mean(-1), 0, atol=1e-5)
+  np.testing.assert_allclose(t.std(-1), 1, atol=1e-2)
+  obj = RandSAC(small_randsac_config(**{'randsac.segments.kind': 'blob',
+                                        'randsac.segments.counts': (5,)}))
+  batch = {'image': _images(4)}
+  params = obj.init(jax.random.key(0), batch)
+  loss_fn = jax.jit(lambda b: obj.loss(params, b, jax.random.key(1), train=False)[0])
+  full = loss_fn(dict(batch, valid=jnp.array([True, True, False, False])))
+  # Padded examples do not count: the loss equals that of the valid ones...
+  half = loss_fn({'image': batch['image'].at[2:].set(batch['image'][:2]),
+                  'valid': jnp.array([True, True, False, False])})
+  np.testing.assert_allclose(full, half, rtol=1e-6)
+  # ...and the first segment is never predicted: changing the model's
+  # predictions for it (through its own pixels only) cannot move the loss.
+  assert np.isfinite(float(full)) and 0.5 < float(full) < 5
+
+
+def test_representations_average_whole_images():
+  obj = RandSAC(small_randsac_config())
+  batch = {'image': _images(3)}
+  params = obj.init(jax.random.key(0), batch, decoder=False)
+  assert sorted(params) == ['block1', 'block2', 'final_norm', 'patch_embed']
+  feats = obj.represent(params, batch)
+  assert set(feats) == set(obj.representations()) == {'encoder', 'layer_1', 'layer_2'}
+  assert all(v.shape == (3, 16) for v in feats.values())
+  with pytest.raises(ValueError, match='mask_ratio'):
+    obj.represent(params, batch, mask_ratio=0.1)
+
+
+# Table 10 reports encoder / decoder parameters of 5M / 2M (ViT-T, CIFAR-10)
+# and 21M / 9M (ViT-S, ImageNet-100).
+@pytest.mark.parametrize('variant,encoder,decoder,grid', [
+    ('cifar10', 5.4e6, 2.4e6, 8), ('imagenet100', 21.4e6, 9.77e6, 14),
+    ('', 85.8e6, 75.6e6, 12)])
+def test_paper_settings_build_at_full_size(variant, encoder, decoder, grid):
+  """Full-size states and a train step traced with jax.eval_shape."""
+  from configs import randsac
+  from ssl_jax import step as step_lib
+  from ssl_jax import train
+  config = randsac.get_config(variant)
+  if config.data.name == 'folder':
+    config.data.data_dir = '/imagenet100'
+  trainer = train.Trainer(config, num_classes=10)
+  abstract = trainer.abstract_state()
+  params = abstract.params['model']
+  count = lambda keys: sum(int(np.prod(x.shape)) for k in keys  # noqa: E731
+                           for x in jax.tree.leaves(params[k]))
+  enc = count([k for k in params if k.startswith(('block', 'patch_embed', 'final_norm'))])
+  dec = count([k for k in params if k.startswith(('decoder', 'skip', 'pixels'))])
+  assert abs(enc - encoder) / encoder < 0.02, enc
+  assert abs(dec - decoder) / decoder < 0.02, dec
+  assert trainer.task.objective.grid == (grid, grid)
+  step = step_lib.make_train_step(trainer.task, trainer.tx, trainer.lr_schedule, 0)
+  new_state, metrics = jax.eval_shape(step, abstract, train.abstract_batch(config))
+  assert metrics['loss'].shape == () and new_state.step.shape == ()
+
+
+@pytest.mark.parametrize('key,value,match', [
+    ('randsac.segments.counts', (9,), 'do not tile the 8x8 token grid; square counts'),
+    ('randsac.segments.counts', (16, 16), 'decreasing'),
+    ('randsac.segments.counts', (1,), 'one segment leaves nothing'),
+    ('randsac.segments.kind', 'hexagon', "one of 'square', 'blob'"),
+    ('randsac.segments.blob_std', (0.0, 1.0), '0 < lo <= hi'),
+    ('randsac.model.architecture', 'xlnet', "'masked', 'masked_skip', 'two_stream'"),
+    ('randsac.model.width', 18, 'multiple of 4'),
+    ('randsac.patch_size', 5, 'divides data.image_size=16'),
+])
+def test_bad_config_values_fail_with_the_key(key, value, match):
+  config = small_randsac_config(**{key: value})
+  with pytest.raises(config_lib.ConfigError, match=match) as e:
+    config_lib.validate(config, 1)
+  assert key in str(e.value)
+
+
+def test_raster_blobs_and_unnested_squares_are_rejected():
+  config = small_randsac_config(**{'randsac.segments.kind': 'blob',
+                                   'randsac.segments.order': 'raster'})
+  with pytest.raises(config_lib.ConfigError, match='blobs have no raster order'):
+    config_lib.validate(config, 1)
+  # On 12x12 tokens, 16 squares are 3x3 and 9 are 4x4: they do not nest.
+  config = small_randsac_config(**{'data.image_size': 24, 'randsac.segments.counts': (16, 9)})
+  with pytest.raises(config_lib.ConfigError, match='do not nest'):
+    config_lib.validate(config, 1)
