@@ -64,10 +64,13 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
   # whiten (linear probes only): the classifier reads the frozen features
   # whitened with their mean and covariance on the first `whiten_examples`
   # training images (labels unused), computed once when the probe starts.
+  # mixup / cutmix: Beta alphas of Mixup / CutMix on the device (0: off; both
+  # on: one or the other per batch, evenly). layer_decay < 1: layer-wise
+  # learning-rate decay over the backbone's blocks (BEiT, MAE).
   c.classifier = ml_collections.ConfigDict(dict(
-      mode=mode, representation='attention_pool', head='linear', dropout=0.0,
+      mode=mode, representation=pretrain.eval.representation, head='linear', dropout=0.0,
       label_smoothing=0.0, mask_ratio=0.0, whiten=mode == 'linear',
-      whiten_examples=10_000))
+      whiten_examples=10_000, mixup=0.0, cutmix=0.0, layer_decay=1.0))
   image_size = ml_collections.FieldReference(pretrain.data.image_size)
   c.backbone.data.image_size = image_size
   c.data = ml_collections.ConfigDict(dict(
@@ -75,7 +78,8 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
       split=pretrain.data.split, image_size=image_size, min_area=pretrain.data.min_area,
       flip=pretrain.data.flip,
       label_fraction=1.0,  # e.g. 0.01, 0.1, 0.2: class-balanced, deterministic
-      subset_seed=0))      # which examples make up a label fraction
+      subset_seed=0,       # which examples make up a label fraction
+      randaugment=()))     # () or (num_ops, magnitude, magnitude_std), e.g. (2, 9, 0.5)
   c.optimizer = ml_collections.ConfigDict(pretrain.optimizer.to_dict())
   c.sharding = ml_collections.ConfigDict(pretrain.sharding.to_dict())
   c.eval = eval_config(split=pretrain.eval.split, batch_size=pretrain.eval.batch_size,

@@ -23,6 +23,13 @@ Variants:
   patchformer       the paper's network on imagenet2012 (224x224).
   pixels_tiny       the baseline: a linear classifier on raw pixels
                     (64x64x3 = 12288 inputs), same data, steps and optimizer.
+  randsac_tiny, randsac, randsac_cifar10
+                    the networks of configs/randsac.py (tiny, ImageNet-1K
+                    ViT-B, CIFAR-10 ViT-T), representation 'encoder': the
+                    encoder's output averaged over tokens (B.5). RandSAC's
+                    probe (Table 19: LARS, base lr 0.1, batch 16384, 90
+                    epochs) is replaced by this file's AdamW probe on
+                    whitened features, the same for every method here.
 Without --config.init.workdir the backbone is randomly initialised (the
 random-features baseline). Pick the layer with --config.classifier.representation
 (PatchFormer: attention_pool, tokens, patch_embed, layer_1..layer_L). If the
@@ -65,16 +72,21 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common, patchformer
+from configs import common, patchformer, randsac
 
-VARIANTS = ('patchformer_tiny', 'patchformer', 'pixels_tiny')
+VARIANTS = ('patchformer_tiny', 'patchformer', 'pixels_tiny', 'randsac_tiny', 'randsac',
+            'randsac_cifar10')
+RANDSAC_PRETRAINING = {'randsac': '', 'randsac_cifar10': 'cifar10', 'randsac_tiny': 'tiny'}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = common.variant(arg or None, VARIANTS, 'linear_probe.py')
   tiny = variant.endswith('_tiny')
-  c = common.classification_config(patchformer.get_config('tiny' if tiny else ''),
-                                   mode='linear')
+  if variant.startswith('randsac'):
+    pretrain = randsac.get_config(RANDSAC_PRETRAINING[variant])
+  else:
+    pretrain = patchformer.get_config('tiny' if tiny else '')
+  c = common.classification_config(pretrain, mode='linear')
   c.optimizer.update(dict(weight_decay=0.0, grad_clip_norm=None))
   if tiny:
     c.total_steps = 400
@@ -90,6 +102,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.update(dict(lr=1e-3, warmup_steps=1000))
     c.eval.split = 'validation'
     c.eval.every = 5000
+  if variant == 'randsac_cifar10':  # 90 epochs of CIFAR-10's 50k (B.5)
+    c.total_steps = 4395
+    c.eval.split = 'test'
   if variant.startswith('pixels'):
     c.backbone = ml_collections.ConfigDict(dict(
         objective='pixels', data=dict(image_size=c.data.get_ref('image_size'))))

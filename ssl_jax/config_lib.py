@@ -322,6 +322,21 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
                       'features, so it needs mode=\'linear\' (or set whiten=False)')
   _require(config, c + 'whiten_examples', lambda v: _is_int(v) and v >= 2,
            'an integer >= 2 (training images whose features fit the whitening)')
+  for key in ('mixup', 'cutmix'):
+    _require(config, c + key, lambda v: _is_number(v) and v >= 0,
+             'a number >= 0 (the Beta distribution\'s alpha; 0: off)')
+  decay = _require(config, c + 'layer_decay', lambda v: _is_number(v) and 0 < v <= 1,
+                   'a number in (0, 1] (1: no layer-wise decay)')
+  if decay != 1 and not hasattr(backbone, 'layer_of'):
+    raise ConfigError(f'config.classifier.layer_decay={decay} is not allowed with backbone '
+                      f'{config.backbone.objective!r}: must be 1 (its layers are not '
+                      'numbered for layer-wise decay)')
+  _require(config, 'data.randaugment',
+           lambda v: len(v) == 0 or (len(v) == 3 and _is_int(v[0]) and v[0] >= 1
+                                     and _is_number(v[1]) and 0 <= v[1] <= 10
+                                     and _is_number(v[2]) and v[2] >= 0),
+           '() (off) or (num_ops >= 1, magnitude in [0, 10], magnitude_std >= 0), '
+           'e.g. (2, 9, 0.5)')
   _require(config, 'data.label_fraction', lambda v: _is_number(v) and 0 < v <= 1,
            'a number in (0, 1] (the fraction of training labels used)')
   _require(config, 'data.subset_seed', lambda v: _is_int(v) and v >= 0, 'an integer >= 0')

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ssl_jax import objectives
+from ssl_jax import mixing, objectives, optim
 from ssl_jax.models.heads import ClassifierHead
 
 MODES = ('linear', 'finetune')
@@ -50,12 +50,16 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 
 def classification_loss(logits: jax.Array, batch: dict[str, jax.Array],
-                        label_smoothing: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+                        label_smoothing: float, targets: jax.Array | None = None
+                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean softmax cross-entropy against smoothed one-hot labels ("soft
-  labels") over the valid examples, and the batch's top-1 accuracy."""
+  labels"), or against `targets` [batch, classes] when given (Mixup /
+  CutMix), over the valid examples, and the batch's top-1 accuracy against
+  its labels."""
   labels = batch['label']
-  soft = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-  xent = optax.softmax_cross_entropy(logits, soft)
+  if targets is None:
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  xent = optax.softmax_cross_entropy(logits, targets)
   w = _weights(batch, logits.shape[0])
   denom = jnp.maximum(w.sum(), 1.0)
   top1 = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
@@ -155,6 +159,9 @@ class Classification:
     self.label_smoothing = c.label_smoothing
     self.mask_ratio = c.mask_ratio
     self.whiten = c.whiten
+    self.num_classes = num_classes
+    self.mixup, self.cutmix = c.mixup, c.cutmix
+    self.layer_decay = c.layer_decay
     self.head = ClassifierHead(num_classes, residual=c.head == 'residual',
                                dropout=c.dropout, whiten=c.whiten, dtype=dtype)
 
@@ -175,11 +182,29 @@ class Classification:
 
   def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, *,
            train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
-    k_features, k_dropout = jax.random.split(rng)
+    k_features, k_dropout, k_mix = jax.random.split(rng, 3)
+    targets = None
+    if train and (self.mixup or self.cutmix):  # on the device, from the step's key
+      images, targets = mixing.mix(
+          k_mix, batch['image'], batch['label'], self.num_classes, mixup_alpha=self.mixup,
+          cutmix_alpha=self.cutmix, label_smoothing=self.label_smoothing,
+          weights=batch.get('valid'))
+      batch = dict(batch, image=images)
     logits = self.head.apply({'params': params['head']},
                              self._features(params, batch, k_features, train),
                              train=train, rngs={'dropout': k_dropout})
-    return classification_loss(logits, batch, self.label_smoothing)
+    return classification_loss(logits, batch, self.label_smoothing, targets)
+
+  def lr_scales(self, updates: Any) -> Any:
+    """Layer-wise learning-rate decay (classifier.layer_decay < 1): block k
+    of L is scaled by decay^(L + 1 - k), the patch embedding by
+    decay^(L + 1), the head and final norm by 1 (BEiT, MAE)."""
+    depth = self.backbone.num_blocks
+
+    def layer_of(path: tuple[str, ...]) -> int:
+      return self.backbone.layer_of(path[1:]) if path[0] == 'backbone' else depth + 1
+
+    return optim.layer_decay_scales(updates, layer_of, depth, self.layer_decay)
 
   def predict(self, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
     feats = self._features(params, batch, None, train=False)

@@ -133,7 +133,8 @@ def global_batches(config, source, mesh, start_step: int) -> Iterator[dict[str, 
       source, seed=config.seed, global_batch_size=config.batch_size,
       start_step=start_step, image_size=config.data.image_size, train=True,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      min_area=config.data.min_area, flip=config.data.flip)
+      min_area=config.data.min_area, flip=config.data.flip,
+      randaugment=tuple(config.data.get('randaugment', ())) or None)
   sharding = sharding_lib.batch_sharding(mesh)
   for local in ds.as_numpy_iterator():
     yield sharding_lib.to_global(local, sharding)
@@ -165,7 +166,9 @@ class Trainer:
     self.mesh = sharding_lib.make_mesh(config.sharding.fsdp_axis_size, devices)
     self.task = tasks.build(config, num_classes, dtype_of(config))
     config_lib.validate_representations(config, self.task.representations())
-    self.tx = optim.make_optimizer(config, self.task.param_labels)
+    decay = getattr(self.task, 'layer_decay', 1.0) != 1.0
+    self.tx = optim.make_optimizer(config, self.task.param_labels,
+                                   lr_scales=self.task.lr_scales if decay else None)
     self.lr_schedule = optim.schedule(config)
     self.batch_sharding = sharding_lib.batch_sharding(mesh=self.mesh)
     self.replicated = sharding_lib.replicated(self.mesh)

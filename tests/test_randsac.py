@@ -159,3 +159,71 @@ def test_raster_blobs_and_unnested_squares_are_rejected():
   config = small_randsac_config(**{'data.image_size': 24, 'randsac.segments.counts': (16, 9)})
   with pytest.raises(config_lib.ConfigError, match='do not nest'):
     config_lib.validate(config, 1)
+
+
+def _finetune_config(data_dir, init_workdir=None, **overrides):
+  """configs/finetune.py:randsac_tiny's recipe on small_randsac_config's
+  network."""
+  from configs import common, finetune
+  from tests.conftest import _override
+  c = common.classification_config(small_randsac_config(**{'data.data_dir': data_dir}),
+                                   mode='finetune')
+  recipe = finetune.get_config('randsac_tiny')
+  c.classifier.update(recipe.classifier.to_dict())
+  c.optimizer.update(recipe.optimizer.to_dict())
+  c.data.randaugment = recipe.data.randaugment
+  c.backbone.randsac.model.drop_path = recipe.backbone.randsac.model.drop_path
+  c.init.workdir = init_workdir
+  c.update(dict(total_steps=4, batch_size=16, log_every=1))
+  c.optimizer.warmup_steps = 1
+  c.checkpoint.every = 4
+  c.eval.update(dict(split='test[:48]', batch_size=48, every=0))
+  return _override(c, overrides)
+
+
+def test_finetune_recipe_layer_decay_scales(data_dir):
+  from ssl_jax import train
+  config = _finetune_config(data_dir)
+  trainer = train.Trainer(config, num_classes=10)
+  params = trainer.abstract_state().params
+  scales = trainer.task.lr_scales(params)
+  d, depth = 0.65, 2
+  assert scales['backbone']['patch_embed']['kernel'] == pytest.approx(d ** (depth + 1))
+  assert scales['backbone']['block1']['norm1']['scale'] == pytest.approx(d ** depth)
+  assert scales['backbone']['block2']['mlp']['Dense_0']['kernel'] == pytest.approx(d)
+  assert scales['backbone']['final_norm']['scale'] == 1.0
+  assert scales['head']['classifier']['kernel'] == 1.0
+  bad = _finetune_config(data_dir, **{'classifier.layer_decay': 0.0})
+  with pytest.raises(config_lib.ConfigError, match='layer_decay'):
+    config_lib.validate(bad, 1)
+
+
+def test_tiny_pretraining_pictures_and_finetune_end_to_end(data_dir, tmp_path):
+  """A few RandSAC steps on 8 devices: the loss falls, metrics, checkpoints
+  and the PNG pictures exist; the fine-tune recipe (Mixup/CutMix,
+  RandAugment, layer decay, drop path) then starts from the checkpoint."""
+  import json
+  import os
+
+  from ssl_jax import pictures, train
+  workdir = str(tmp_path / 'pretrain')
+  config = small_randsac_config(**{
+      'data.data_dir': data_dir, 'total_steps': 12, 'batch_size': 16, 'log_every': 1,
+      'checkpoint.every': 12, 'optimizer.warmup_steps': 2, 'optimizer.lr': 3e-3})
+  config.eval.update(dict(split='test[:48]', train_split='train[:96]', batch_size=48,
+                          every=0, fewshot_shots=(1,), fewshot_seeds=1, knn_k=5))
+  result = train.run(config, workdir)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    losses = [r['loss'] for r in map(json.loads, f) if 'loss' in r]
+  assert len(losses) == 12 and np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+  assert 'knn/top1' in result.evaluation
+  png = pictures.png_path(workdir, 12)
+  assert os.path.getsize(png) > 1000
+  import tensorflow as tf
+  image = tf.io.decode_png(tf.io.read_file(png)).numpy()
+  # 8 rows of four 128-pixel panels (16x16 images upscaled x8).
+  assert image.shape == (8 * 128 + 7 * 2, 4 * 128 + 3 * 2, 3)
+
+  ft = _finetune_config(data_dir, init_workdir=workdir)
+  out = train.run(ft, str(tmp_path / 'finetune'))
+  assert set(out.evaluation) >= {'eval/top1', 'eval/top5'}

@@ -142,6 +142,20 @@ class RandSAC:
     segments = (ser.num_segments * example_w).sum() / jnp.maximum(example_w.sum(), 1.0)
     return loss, ({'segments': segments}, feats)
 
+  @property
+  def num_blocks(self) -> int:
+    return self.net.encoder_layers
+
+  def layer_of(self, path: tuple[str, ...]) -> int:
+    """The layer of an encoder parameter (its key path in the encoder's
+    params), for layer-wise lr decay: 0 patch embedding, k block k, and
+    num_blocks + 1 for what follows the blocks (final norm)."""
+    if path[0] == 'patch_embed':
+      return 0
+    if path[0].startswith('block'):
+      return int(path[0][len('block'):])
+    return self.num_blocks + 1
+
   def representations(self) -> tuple[str, ...]:
     return ('encoder',) + tuple(f'layer_{k + 1}' for k in range(self.net.encoder_layers))
 
