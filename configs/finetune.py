@@ -54,7 +54,12 @@ rand-m9-mstd0.5-inc1), random resized crop (area 0.08-1) and flip, batch
 Choices: the head reads the encoder's final-normed tokens averaged (MAE
 averages first and normalises after); RandAugment's geometric ops fill with
 grey 128 and interpolate bilinearly (ssl_jax/data/randaugment.py).
-randsac_tiny keeps the recipe at 500 steps of batch 64, lr 1e-3.
+randsac_tiny is a 500-step run (batch 64, lr 1e-3) of the recipe without
+Mixup, CutMix and RandAugment, regularisers meant for 100 epochs: measured
+from configs/randsac.py:tiny's checkpoint (top-1 on 1000 test images), the
+whole recipe reaches 15.2% in 500 steps, without those three 26.4% (the
+linear probe: 26.2%). Add them back with --config.classifier.mixup=0.8
+--config.classifier.cutmix=1.0 --config.data.randaugment='(2, 9, 0.5)'.
 """
 
 from __future__ import annotations
@@ -106,7 +111,9 @@ def randsac_finetune(variant: str) -> ml_collections.ConfigDict:
   c.optimizer.update(dict(weight_decay=0.05, b1=0.9, b2=0.95, eps=1e-8, grad_clip_norm=None))
   c.sweep.epochs = 100.0
   examples = randsac.EXAMPLES.get(p.data.name, 50_000)
-  if variant == 'randsac_tiny':
+  if variant == 'randsac_tiny':  # a short run: no Mixup / CutMix / RandAugment
+    c.classifier.update(dict(mixup=0.0, cutmix=0.0))
+    c.data.randaugment = ()
     c.total_steps = 500
     c.batch_size = 64
     c.optimizer.update(dict(lr=1e-3, warmup_steps=25))

@@ -35,6 +35,13 @@ Variants (`--config=configs/randsac.py:VARIANT`):
                     CIFAR-10 grid), square 16 -> 4, a 4-layer 64-wide encoder
                     and 2-layer decoder with skips, batch 64, 1000 steps.
 
+Expected result. The paper (ImageNet-1K, ViT-B, square 16 -> 4): linear
+probe 68.9, fine-tune 83.9; CIFAR-10 ViT-T (Table 10, with skips): 89.5 /
+94.4. `tiny` (measured, 2 CPU cores, 7m40s with the dataset's generation):
+the loss starts at 1.96 and averages 0.37 over steps 600-1000; 25-shot
+ridge 13% at step 200 -> 16-18% later, kNN 13% -> 15-16% (chance 10%);
+configs/linear_probe.py:randsac_tiny 26.2% top-1 (random init 22.6%).
+
 Learning rates follow the paper's linear scaling rule, lr = base_lr * batch /
 256, computed here for the paper's batch: pass --config.optimizer.lr too when
 you change batch_size. Steps are epochs x examples / batch, rounded up.

@@ -162,15 +162,16 @@ def test_raster_blobs_and_unnested_squares_are_rejected():
 
 
 def _finetune_config(data_dir, init_workdir=None, **overrides):
-  """configs/finetune.py:randsac_tiny's recipe on small_randsac_config's
+  """configs/finetune.py:randsac's recipe (D.3) on small_randsac_config's
   network."""
   from configs import common, finetune
   from tests.conftest import _override
   c = common.classification_config(small_randsac_config(**{'data.data_dir': data_dir}),
                                    mode='finetune')
-  recipe = finetune.get_config('randsac_tiny')
+  recipe = finetune.get_config('randsac')  # the whole D.3 recipe
   c.classifier.update(recipe.classifier.to_dict())
   c.optimizer.update(recipe.optimizer.to_dict())
+  c.optimizer.lr = 1e-3
   c.data.randaugment = recipe.data.randaugment
   c.backbone.randsac.model.drop_path = recipe.backbone.randsac.model.drop_path
   c.init.workdir = init_workdir
@@ -227,3 +228,47 @@ def test_tiny_pretraining_pictures_and_finetune_end_to_end(data_dir, tmp_path):
   ft = _finetune_config(data_dir, init_workdir=workdir)
   out = train.run(ft, str(tmp_path / 'finetune'))
   assert set(out.evaluation) >= {'eval/top1', 'eval/top5'}
+
+
+# The ablation rows of configs/randsac.py's docstring, as overrides of a
+# variant; each must be a valid config (no run: validation only).
+ABLATIONS = {
+    'pixel-raster (T1)': ('cifar10_ablation', {'randsac.patch_size': 1,
+                                               'randsac.segments.counts': (1024,),
+                                               'randsac.segments.order': 'raster'}),
+    'patch-raster (T1, T2)': ('cifar10_ablation', {'randsac.segments.counts': (64,),
+                                                   'randsac.segments.order': 'raster'}),
+    'patch-random (T2, T3 M=1, T4)': ('cifar10_ablation', {'randsac.segments.counts': (64,)}),
+    'IN100 patch-raster (T2)': ('imagenet100', {'randsac.segments.kind': 'square',
+                                                'randsac.segments.counts': (196,),
+                                                'randsac.segments.order': 'raster'}),
+    'square M=4 (T3, T6)': ('cifar10_ablation', {'randsac.segments.counts': (4,)}),
+    'blob K=11 (T5)': ('cifar10_ablation', {'randsac.segments.kind': 'blob',
+                                            'randsac.segments.counts': (11,)}),
+    'blob shuffle K=9 (T5)': ('cifar10_ablation', {'randsac.segments.kind': 'blob',
+                                                   'randsac.segments.counts': (9,),
+                                                   'randsac.segments.coherent': False}),
+    'square 16->4 (T6)': ('cifar10_ablation', {'randsac.segments.counts': (16, 4)}),
+    'blob 7->3 (T6)': ('cifar10_ablation', {'randsac.segments.kind': 'blob',
+                                            'randsac.segments.counts': (7, 3)}),
+    'deeper 64->16->4': ('cifar10_ablation', {'randsac.segments.counts': (64, 16, 4)}),
+    'patch size 2 (T9)': ('cifar10_ablation', {'randsac.patch_size': 2,
+                                               'randsac.segments.counts': (256,)}),
+    'patch size 16 (T9)': ('cifar10_ablation', {'randsac.patch_size': 16,
+                                                'randsac.segments.counts': (4,)}),
+    'two-stream (T10)': ('cifar10', {'randsac.model.architecture': 'two_stream'}),
+    'masked (T10)': ('imagenet100', {'randsac.model.architecture': 'masked'}),
+    'IN100 squares at 192': ('imagenet100', {'data.image_size': 192,
+                                            'randsac.segments.kind': 'square'}),
+}
+
+
+@pytest.mark.parametrize('row', sorted(ABLATIONS))
+def test_ablation_rows_are_valid_overrides(row):
+  from configs import randsac
+  from tests.conftest import _override
+  variant, overrides = ABLATIONS[row]
+  config = _override(randsac.get_config(variant), overrides)
+  if config.data.name == 'folder':
+    config.data.data_dir = '/imagenet100'
+  config_lib.validate(config, 8)

@@ -193,7 +193,7 @@ class RandSAC:
     recon = patches.at[rows, tgt_idx].set(predicted)
     token_rank = jnp.zeros_like(ser.rank).at[rows, ser.order].set(ser.rank)
     colours = jnp.asarray(pictures.palette(self.segments['counts'][0]))[ser.segment]
-    if len(self.segments['counts']) > 1:  # partitions: three brightness levels
+    if len(self.segments['counts']) > 1:  # partitions: four brightness levels
       colours = colours * (1.0 - 0.2 * (ser.partition % 4))[..., None]
     late = token_rank / jnp.maximum(ser.num_segments - 1, 1)[:, None]
     order = jnp.broadcast_to(late[..., None], late.shape + (3,))
