@@ -8,6 +8,17 @@ _DEVICES = os.environ.get('SSL_JAX_TEST_DEVICES_PER_PROCESS', '8')
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            f' --xla_force_host_platform_device_count={_DEVICES}').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# One persistent compilation cache per test session, shared with the
+# processes the tests launch: the same small programs are compiled by many
+# tests (and by every resumed subprocess) only once. Removed at exit.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  import atexit  # noqa: E402
+  import shutil  # noqa: E402
+  import tempfile  # noqa: E402
+  _CACHE = tempfile.mkdtemp(prefix='ssl_jax_test_jit_cache_')
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.2'
 
 import sys  # noqa: E402
 

@@ -70,7 +70,7 @@ def test_module_shapes():
   key = jax.random.key(0)
   x = jnp.zeros((2, 3, 14, 14, 3))
   net = resnet.ResNetStacks(stage_sizes=(1, 1, 1), width=8, stem_width=8)
-  out, _ = net.init_with_output(key, x)
+  out, _ = jax.jit(net.init_with_output)(key, x)
   chex.assert_shape(out, (2, 3, 128))  # width 8 * 2**2 * 4 (expansion)
   pos = transformer.FactorizedPosEmbed((4, 5), 6)
   emb, variables = pos.init_with_output(key, jnp.array([[0, 6, 19]]))
@@ -78,10 +78,10 @@ def test_module_shapes():
   np.testing.assert_allclose(emb[0, 1], v['row'][1] + v['col'][1])
   np.testing.assert_allclose(emb[0, 2], v['row'][3] + v['col'][4])
   pool = heads.AttentionPool(heads=2)
-  pooled, _ = pool.init_with_output(key, jnp.zeros((2, 7, 16)), jnp.ones((2, 3, 16)))
+  pooled, _ = jax.jit(pool.init_with_output)(key, jnp.zeros((2, 7, 16)), jnp.ones((2, 3, 16)))
   chex.assert_shape(pooled, (2, 7, 16))
   dec = heads.UpsamplingDecoder(size=8, classes=4, width=8)
-  logits, _ = dec.init_with_output(key, jnp.zeros((2, 7, 16)))
+  logits, _ = jax.jit(dec.init_with_output)(key, jnp.zeros((2, 7, 16)))
   chex.assert_shape(logits, (2, 7, 8, 8, 4))
 
 
@@ -90,12 +90,12 @@ def small_objective():
   config = small_config()
   obj = objectives.build(config, jnp.float32)
   batch = {'image': jax.random.uniform(jax.random.key(0), (4, 32, 32, 3))}
-  return obj, obj.init(jax.random.key(0), batch), batch
+  return obj, jax.jit(obj.init)(jax.random.key(0), batch), batch
 
 
 def test_loss_starts_near_uniform(small_objective):
   obj, params, batch = small_objective
-  loss, (metrics, features) = obj.loss(params, batch, jax.random.key(1))
+  loss, (metrics, features) = jax.jit(obj.loss)(params, batch, jax.random.key(1))
   assert abs(float(loss) - np.log(4)) < 0.3
   assert 0 <= float(metrics['pixel_accuracy']) <= 1
   assert set(features) == set(obj.representations())
@@ -112,15 +112,17 @@ def test_padded_examples_do_not_count(small_objective):
 
 def test_named_representations(small_objective):
   obj, params, batch = small_objective
-  reps = obj.represent(params, batch)
+  reps = jax.jit(obj.represent)(params, batch)
   assert set(reps) == set(obj.representations()) == {
       'attention_pool', 'tokens', 'patch_embed', 'layer_1'}
   for v in reps.values():
     chex.assert_shape(v, (4, 32))
   # Fine-tuning's view: 10% of the patches masked, random jitter crops.
-  masked = obj.represent(params, batch, rng=jax.random.key(2), train=True, mask_ratio=0.1)
+  fine_tune_view = jax.jit(lambda p, b, k: obj.represent(p, b, rng=k, train=True,
+                                                         mask_ratio=0.1))
+  masked = fine_tune_view(params, batch, jax.random.key(2))
   assert not np.allclose(masked['tokens'], reps['tokens'])
-  again = obj.represent(params, batch, rng=jax.random.key(2), train=True, mask_ratio=0.1)
+  again = fine_tune_view(params, batch, jax.random.key(2))
   np.testing.assert_array_equal(masked['tokens'], again['tokens'])
 
 
@@ -128,9 +130,9 @@ def test_bfloat16_compute_keeps_float32_params():
   config = small_config()
   obj = objectives.build(config, jnp.bfloat16)
   batch = {'image': jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))}
-  params = obj.init(jax.random.key(0), batch)
+  params = jax.jit(obj.init)(jax.random.key(0), batch)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-  loss, _ = obj.loss(params, batch, jax.random.key(1))
+  loss, _ = jax.jit(obj.loss)(params, batch, jax.random.key(1))
   assert loss.dtype == jnp.float32 and abs(float(loss) - np.log(4)) < 0.3
 
 
