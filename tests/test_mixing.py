@@ -88,7 +88,7 @@ def test_mixup_is_convex_combination_with_partner():
       t, lam[..., None] * onehot + (1 - lam[..., None]) * onehot[::-1], atol=1e-6)
 
 
-@pytest.mark.parametrize('switch_prob', [0.0, 0.5, 1.0])
+@pytest.mark.parametrize('switch_prob', [0.0, 1.0])
 def test_switch_prob_chooses_cutmix(switch_prob):
   x, y = batch()
   out, t = many(200, x, y, **dict(RECIPE, switch_prob=switch_prob))
