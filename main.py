@@ -5,6 +5,8 @@ r"""Pretrain, probe and fine-tune self-supervised image models.
       --config.init.workdir=/tmp/pf_tiny --workdir=/tmp/pf_tiny_probe
   python main.py --config=configs/finetune.py:patchformer_tiny --sweep \
       --config.init.workdir=/tmp/pf_tiny --workdir=/tmp/pf_tiny_ft_sweep
+  python main.py --config=configs/linear_probe.py:igpt_tiny --layer_sweep \
+      --config.init.workdir=/tmp/igpt_tiny --workdir=/tmp/igpt_tiny_layers
   python main.py --config=configs/patchformer.py --workdir=gs://B/pf \
       --config.data.data_dir=gs://B/tensorflow_datasets --distributed
 
@@ -36,6 +38,13 @@ _SWEEP = flags.DEFINE_bool(
     'sweep', False, 'Run the grid of config.sweep (batch sizes x learning rates), one run '
     'per point under --workdir, and write one table: sweep.md / sweep.json.')
 
+_LAYER_SWEEP = flags.DEFINE_bool(
+    'layer_sweep', False, 'With a linear-probe config: a logistic-regression probe of every '
+    'layer\'s frozen features; writes layers.md / layers.json / layers.png.')
+_LOW_DATA = flags.DEFINE_bool(
+    'low_data', False, 'With a linear-probe config: logistic regression on a few labels per '
+    'class (feature_probe.shots) over seeds; writes low_data.md / low_data.json.')
+
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -66,15 +75,21 @@ def main(argv):
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()
 
-  from ssl_jax import checkpoint, config_lib, sweep, train
+  from ssl_jax import checkpoint, config_lib, palette, sweep, train
   logging.set_verbosity(logging.INFO)
   train.quiet_library_logs()
   try:
+    if sum([_SWEEP.value, _LAYER_SWEEP.value, _LOW_DATA.value]) > 1:
+      raise config_lib.ConfigError('pass at most one of --sweep, --layer_sweep, --low_data')
     if _SWEEP.value:
       sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
+    elif _LAYER_SWEEP.value or _LOW_DATA.value:
+      from ssl_jax.evaluate import feature_probe
+      feature_probe.run(_CONFIG.value, _WORKDIR.value,
+                        'layers' if _LAYER_SWEEP.value else 'low_data')
     else:
       train.run(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, train.DataError) as e:
+  except (config_lib.ConfigError, train.DataError, palette.PaletteError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except (checkpoint.CheckpointError, train.NonFiniteLossError) as e:

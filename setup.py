@@ -26,6 +26,7 @@ setup(
         'chex>=0.1.92',
         'numpy>=2.0',
         'pillow>=10',
+        'matplotlib>=3.8',
         'absl-py>=2.1',
     ],
     extras_require={

@@ -67,10 +67,13 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
   # mixup / cutmix: Beta alphas of Mixup / CutMix on the device (0: off; both
   # on: one or the other per batch, evenly). layer_decay < 1: layer-wise
   # learning-rate decay over the backbone's blocks (BEiT, MAE).
+  # generative_weight > 0 (fine-tunes of generative backbones, e.g. iGPT):
+  # the backbone's own loss is optimised too, times this weight.
   c.classifier = ml_collections.ConfigDict(dict(
       mode=mode, representation=pretrain.eval.representation, head='linear', dropout=0.0,
       label_smoothing=0.0, mask_ratio=0.0, whiten=mode == 'linear',
-      whiten_examples=10_000, mixup=0.0, cutmix=0.0, layer_decay=1.0))
+      whiten_examples=10_000, mixup=0.0, cutmix=0.0, layer_decay=1.0,
+      generative_weight=0.0))
   image_size = ml_collections.FieldReference(pretrain.data.image_size)
   c.backbone.data.image_size = image_size
   c.data = ml_collections.ConfigDict(dict(
@@ -80,6 +83,8 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
       label_fraction=1.0,  # e.g. 0.01, 0.1, 0.2: class-balanced, deterministic
       subset_seed=0,       # which examples make up a label fraction
       randaugment=()))     # () or (num_ops, magnitude, magnitude_std), e.g. (2, 9, 0.5)
+  if 'crop' in pretrain.data:  # 'resized' or 'pad' (reflection padding + crop)
+    c.data.update(dict(crop=pretrain.data.crop, pad=pretrain.data.pad))
   c.optimizer = ml_collections.ConfigDict(pretrain.optimizer.to_dict())
   c.sharding = ml_collections.ConfigDict(pretrain.sharding.to_dict())
   c.eval = eval_config(split=pretrain.eval.split, batch_size=pretrain.eval.batch_size,
@@ -90,6 +95,15 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
   c.sweep = ml_collections.ConfigDict(dict(
       batch_size=(16, 32, 64, 128, 256), lr=(3e-5, 2e-4, 4e-4, 1e-3),
       epochs=ml_collections.FieldReference(None, field_type=float)))
+  # `--layer_sweep` / `--low_data` (ssl_jax.evaluate.feature_probe):
+  # logistic regressions (L-BFGS, `steps` iterations) on frozen features of
+  # the first `train_examples` images of data.split, tested on eval.split.
+  # layers: () = every representation; l2 from l2_grid on a held-out
+  # val_fraction. Low-data: `shots` labels per class x `seeds` draws, l2 =
+  # low_data_l2, on classifier.representation.
+  c.feature_probe = ml_collections.ConfigDict(dict(
+      train_examples=50_000, layers=(), l2_grid=(1e-4, 1e-3, 1e-2, 1e-1), val_fraction=0.1,
+      steps=100, shots=(4, 25, 400), seeds=5, low_data_l2=1e-2))
   c.log_every = pretrain.log_every
   c.checkpoint = ml_collections.ConfigDict(pretrain.checkpoint.to_dict())
   return c

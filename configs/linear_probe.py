@@ -30,6 +30,19 @@ Variants:
                     probe (Table 19: LARS, base lr 0.1, batch 16384, 90
                     epochs) is replaced by this file's AdamW probe on
                     whitened features, the same for every method here.
+  igpt_tiny, igpt_l, igpt_l_cifar10, igpt_l_cifar100
+                    the networks of configs/igpt.py (tiny; iGPT-L on ImageNet
+                    at 32x32), representation: the middle layer's normed
+                    output averaged over positions (the paper's best
+                    probes sit mid-network; pick one with
+                    --config.classifier.representation=layer_K). The _cifar
+                    variants probe ImageNet features on CIFAR (Table 1).
+                    iGPT's own probes are logistic regressions: run them
+                    with --layer_sweep (every layer, Figure 2) or
+                    --low_data (Table 4), e.g.
+                      python main.py --config=configs/linear_probe.py:igpt_tiny \
+                          --layer_sweep --config.init.workdir=workdirs/igpt_tiny \
+                          --workdir=workdirs/igpt_tiny_layers
 Without --config.init.workdir the backbone is randomly initialised (the
 random-features baseline). Pick the layer with --config.classifier.representation
 (PatchFormer: attention_pool, tokens, patch_embed, layer_1..layer_L). If the
@@ -72,10 +85,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common, patchformer, randsac
+from configs import common, igpt, patchformer, randsac
 
 VARIANTS = ('patchformer_tiny', 'patchformer', 'pixels_tiny', 'randsac_tiny', 'randsac',
-            'randsac_cifar10')
+            'randsac_cifar10', 'igpt_tiny', 'igpt_l', 'igpt_l_cifar10', 'igpt_l_cifar100')
 RANDSAC_PRETRAINING = {'randsac': '', 'randsac_cifar10': 'cifar10', 'randsac_tiny': 'tiny'}
 
 
@@ -84,6 +97,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   tiny = variant.endswith('_tiny')
   if variant.startswith('randsac'):
     pretrain = randsac.get_config(RANDSAC_PRETRAINING[variant])
+  elif variant.startswith('igpt'):
+    pretrain = igpt.get_config('tiny' if tiny else 'l')
   else:
     pretrain = patchformer.get_config('tiny' if tiny else '')
   c = common.classification_config(pretrain, mode='linear')
@@ -105,6 +120,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == 'randsac_cifar10':  # 90 epochs of CIFAR-10's 50k (B.5)
     c.total_steps = 4395
     c.eval.split = 'test'
+  if variant.startswith('igpt'):
+    c.data.crop = 'resized'
+    if tiny:
+      c.feature_probe.update(dict(train_examples=5000, shots=(4, 25, 100)))
+    elif variant != 'igpt_l':  # ImageNet features probed on CIFAR (Tables 1, 4)
+      c.data.update(dict(name=variant.split('_')[-1], split='train', min_area=1.0))
+      c.eval.update(dict(split='test', crop_fraction=1.0))
+      c.total_steps = 20_000
+      c.batch_size = 256
   if variant.startswith('pixels'):
     c.backbone = ml_collections.ConfigDict(dict(
         objective='pixels', data=dict(image_size=c.data.get_ref('image_size'))))

@@ -91,6 +91,12 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int,
   _require(config, 'data.min_area', lambda v: _is_number(v) and 0 < v <= 1,
            'a number in (0, 1]')
   _require(config, 'data.flip', lambda v: isinstance(v, bool), 'True or False')
+  if 'crop' in config.data:
+    from ssl_jax.data import pipeline
+    one_of(config, 'data.crop', pipeline.CROPS)
+    size = config.data.image_size
+    _require(config, 'data.pad', lambda v: _is_int(v) and 0 <= v < size,
+             f'an integer in [0, data.image_size={size}) (reflection padding of data.crop=\'pad\')')
 
   o = 'optimizer.'
   _require(config, o + 'lr', lambda v: _is_number(v) and v > 0, 'a number > 0')
@@ -273,6 +279,45 @@ def validate_randsac(config: ml_collections.ConfigDict) -> None:
   _require(config, m + 'remat', lambda v: isinstance(v, bool), 'True or False')
 
 
+def validate_igpt(config: ml_collections.ConfigDict) -> None:
+  """iGPT's keys: objective, reading order, palette, model and context."""
+  from ssl_jax.objectives import igpt
+  g = 'igpt.'
+  objective = one_of(config, g + 'objective', igpt.OBJECTIVES)
+  one_of(config, g + 'order', igpt.ORDERS)
+  _require(config, g + 'order_seed', lambda v: _is_int(v) and v >= 0, 'an integer >= 0')
+  vocab = _require(config, g + 'vocab_size', lambda v: _is_int(v) and v >= 2,
+                   'an integer >= 2 (the palette\'s number of colours; the paper: 512)')
+  _unit_interval(config, g + 'bert_mask_rate', open_=True)
+  _require(config, g + 'bert_eval_masks', lambda v: _is_int(v) and v >= 0,
+           'an integer >= 0 (masks averaged when evaluating a BERT model; 0: none)')
+  p = g + 'palette.'
+  _require(config, p + 'path', lambda v: isinstance(v, str),
+           "a palette file (.npy [vocab_size, 3]) or '' (the dataset's default palette)")
+  _require(config, p + 'fit_if_missing', lambda v: isinstance(v, bool), 'True or False')
+  positive_int(config, p + 'fit_images')
+  _require(config, p + 'fit_pixels', lambda v: _is_int(v) and v >= vocab,
+           f'an integer >= igpt.vocab_size={vocab}')
+  positive_int(config, p + 'fit_iterations')
+  _require(config, p + 'fit_seed', lambda v: _is_int(v) and v >= 0, 'an integer >= 0')
+  m = g + 'model.'
+  width = positive_int(config, m + 'width')
+  for k in ('num_layers', 'mlp_ratio'):
+    positive_int(config, m + k)
+  _require(config, m + 'heads', lambda v: _is_int(v) and v > 0 and width % v == 0,
+           f'a positive integer that divides model.width={width}')
+  size = config.data.image_size
+  context = positive_int(config, m + 'context')
+  if size * size > context:
+    fits = int(context ** 0.5)
+    raise ConfigError(
+        f'config.data.image_size={size} is not allowed with igpt.model.context={context}: '
+        f'{size}x{size} = {size * size} tokens do not fit; use data.image_size <= {fits} or '
+        f'model.context >= {size * size} (the paper: 32 -> 1024, 48 -> 2304, 64 -> 4096)')
+  _require(config, m + 'remat', lambda v: isinstance(v, bool), 'True or False')
+  del objective
+
+
 def validate_online_probe(config: ml_collections.ConfigDict) -> None:
   _require(config, 'online_probe.representation', lambda v: isinstance(v, str),
            "a representation name, or '' for no online probe")
@@ -331,6 +376,20 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.classifier.layer_decay={decay} is not allowed with backbone '
                       f'{config.backbone.objective!r}: must be 1 (its layers are not '
                       'numbered for layer-wise decay)')
+  weight = _require(config, c + 'generative_weight', lambda v: _is_number(v) and v >= 0,
+                    'a number >= 0 (weight of the backbone\'s own loss while fine-tuning; 0: '
+                    'off)')
+  if weight and (config.classifier.mode != 'finetune'
+                 or not hasattr(backbone, 'finetune_features')):
+    raise ConfigError(f'config.classifier.generative_weight={weight} is not allowed with '
+                      f'classifier.mode={config.classifier.mode!r} and backbone '
+                      f'{config.backbone.objective!r}: must be 0 (it needs a fine-tune of a '
+                      'backbone with a generative loss, e.g. igpt)')
+  if (config.backbone.objective == 'igpt' and config.init.workdir is None
+      and not config.backbone.igpt.palette.path):
+    raise ConfigError('config.backbone.igpt.palette.path=\'\' is not allowed with '
+                      'init.workdir=None: a randomly initialised iGPT backbone needs a palette '
+                      'file (a checkpoint carries its own)')
   _require(config, 'data.randaugment',
            lambda v: len(v) == 0 or (len(v) == 3 and _is_int(v[0]) and v[0] >= 1
                                      and _is_number(v[1]) and 0 <= v[1] <= 10
@@ -340,6 +399,8 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
   _require(config, 'data.label_fraction', lambda v: _is_number(v) and 0 < v <= 1,
            'a number in (0, 1] (the fraction of training labels used)')
   _require(config, 'data.subset_seed', lambda v: _is_int(v) and v >= 0, 'an integer >= 0')
+  if 'feature_probe' in config:
+    validate_feature_probe(config)
   s = 'sweep.'
   for key in ('batch_size', 'lr'):
     _require(config, s + key, lambda v: len(v) >= 1 and all(_is_number(x) and x > 0 for x in v),
@@ -348,11 +409,28 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
            'None (every run takes total_steps) or a number of epochs > 0')
 
 
-VALIDATORS = {'patchformer': lambda c: (validate_patchformer(c), validate_online_probe(c)),
+def validate_feature_probe(config: ml_collections.ConfigDict) -> None:
+  """The logistic-regression probes of --layer_sweep / --low_data."""
+  f = 'feature_probe.'
+  _require(config, f + 'train_examples', lambda v: _is_int(v) and v >= 2, 'an integer >= 2')
+  _require(config, f + 'layers', lambda v: all(isinstance(x, str) and x for x in v),
+           "a tuple of representation names (() for all), e.g. ('layer_4', 'layer_8')")
+  _require(config, f + 'l2_grid', lambda v: len(v) >= 1 and all(
+      _is_number(x) and x >= 0 for x in v), 'a non-empty tuple of numbers >= 0')
+  _unit_interval(config, f + 'val_fraction', open_=True)
+  positive_int(config, f + 'steps')
+  _require(config, f + 'shots', lambda v: len(v) >= 1 and all(_is_int(x) and x > 0 for x in v),
+           'a non-empty tuple of labels per class, e.g. (4, 25, 400)')
+  positive_int(config, f + 'seeds')
+  _require(config, f + 'low_data_l2', lambda v: _is_number(v) and v >= 0, 'a number >= 0')
+
+
+VALIDATORS = {'igpt': lambda c: (validate_igpt(c), validate_online_probe(c)),
+              'patchformer': lambda c: (validate_patchformer(c), validate_online_probe(c)),
               'randsac': lambda c: (validate_randsac(c), validate_online_probe(c)),
               CLASSIFICATION: validate_classification}
-BACKBONE_VALIDATORS = {'patchformer': validate_patchformer, 'randsac': validate_randsac,
-                       'pixels': lambda c: None}
+BACKBONE_VALIDATORS = {'igpt': validate_igpt, 'patchformer': validate_patchformer,
+                       'randsac': validate_randsac, 'pixels': lambda c: None}
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int,
@@ -388,7 +466,7 @@ RESUMABLE_KEYS = ('total_steps', 'log_every', 'checkpoint.every', 'checkpoint.ke
                   'data.data_dir', 'sharding.rule', 'sharding.fsdp_axis_size',
                   'sharding.fsdp_min_size', 'init.workdir', 'init.step')
 # Evaluation reads the state and never changes it.
-RESUMABLE_PREFIXES = ('eval.', 'sweep.')
+RESUMABLE_PREFIXES = ('eval.', 'sweep.', 'feature_probe.')
 
 
 def flatten(d: dict, prefix: str = '') -> dict[str, Any]:

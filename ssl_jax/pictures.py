@@ -84,33 +84,39 @@ def png_path(workdir: str, step: int) -> str:
   return os.path.join(workdir, 'pictures', f'step_{step:08d}.png')
 
 
-def main(argv: list[str]) -> None:
-  del argv
+def restore(workdir: str, step: int | None):
+  """(config, trainer, evaluator, params, step) of a pretraining run's
+  checkpoint `step` (None: the latest), for drawing from it. SystemExit
+  with a one-line message when there is nothing to restore."""
   import ml_collections
-  from absl import logging
 
   from ssl_jax import checkpoint as ckpt_lib
   from ssl_jax import train
   from ssl_jax.evaluate.evaluator import Evaluator
-  workdir = FLAGS.workdir
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=None, read_only=True)
   steps = checkpointer.all_steps()
   if not steps:
     raise SystemExit(f'error: {workdir} has no checkpoint to draw from')
-  step = FLAGS.step if FLAGS.step is not None else max(steps)
+  step = step if step is not None else max(steps)
   if step not in steps:
     raise SystemExit(f'error: no checkpoint {step} in {workdir}; available: {sorted(steps)}')
   config = ml_collections.ConfigDict(checkpointer.restore_meta(step)['config'])
   source = train.build_source(config)
   trainer = train.Trainer(config, num_classes=source.num_classes)
   evaluator = Evaluator(config, trainer.task, trainer.mesh, source.num_classes)
+  params = checkpointer.restore_subtree(step, ('params',), trainer.abstract_state().params)
+  checkpointer.close()
+  return config, trainer, evaluator, params, step
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  from absl import logging
+  config, _, evaluator, params, step = restore(FLAGS.workdir, FLAGS.step)
   if not evaluator.draws:
     raise SystemExit(f'error: objective {config.objective!r} has no pictures to draw')
-  abstract = trainer.abstract_state()
-  params = checkpointer.restore_subtree(step, ('params',), abstract.params)
-  checkpointer.close()
   pictures = evaluator.pictures(params, FLAGS.num_images)
-  path = png_path(workdir, step)
+  path = png_path(FLAGS.workdir, step)
   save_png(path, pictures)
   logging.info('wrote %s', path)
   print(path)

@@ -70,6 +70,12 @@ def _label(tree: Any, label: str) -> Any:
   return jax.tree.map(lambda _: label, tree)
 
 
+def _label_model(objective: Any, params: Any, label: str) -> Any:
+  """`label` for every parameter but the objective's frozen constants."""
+  frozen = getattr(objective, 'frozen_params', ())
+  return {k: _label(v, 'frozen' if k in frozen else label) for k, v in params.items()}
+
+
 WHITEN_EPS = 1e-3
 
 
@@ -135,7 +141,7 @@ class Pretraining:
     return loss + probe_loss, metrics
 
   def param_labels(self, params: Any) -> Any:
-    labels = {'model': _label(params['model'], 'train')}
+    labels = {'model': _label_model(self.objective, params['model'], 'train')}
     if 'online_probe' in params:
       labels['online_probe'] = _label(params['online_probe'], 'probe')
     return labels
@@ -162,6 +168,7 @@ class Classification:
     self.num_classes = num_classes
     self.mixup, self.cutmix = c.mixup, c.cutmix
     self.layer_decay = c.layer_decay
+    self.generative_weight = c.get('generative_weight', 0.0) if self.mode == 'finetune' else 0.0
     self.head = ClassifierHead(num_classes, residual=c.head == 'residual',
                                dropout=c.dropout, whiten=c.whiten, dtype=dtype)
 
@@ -173,6 +180,16 @@ class Classification:
             'head': self.head.init(k_head, feats, train=False)['params']}
 
   def _features(self, params, batch, rng, train: bool) -> jax.Array:
+    return self._features_and_loss(params, batch, rng, train)[0]
+
+  def _features_and_loss(self, params, batch, rng, train: bool):
+    """(features, the backbone's self-supervised loss or None)."""
+    if train and self.generative_weight:  # one forward pass gives both
+      feats, loss = self.backbone.finetune_features(params['backbone'], batch, rng)
+      return feats[self.representation], loss
+    return self._frozen_or_tuned(params, batch, rng, train), None
+
+  def _frozen_or_tuned(self, params, batch, rng, train: bool) -> jax.Array:
     if self.mode == 'linear':  # frozen backbone, evaluation mode
       feats = self.backbone.represent(params['backbone'], batch)
       return jax.lax.stop_gradient(feats[self.representation])
@@ -190,10 +207,15 @@ class Classification:
           cutmix_alpha=self.cutmix, label_smoothing=self.label_smoothing,
           weights=batch.get('valid'))
       batch = dict(batch, image=images)
-    logits = self.head.apply({'params': params['head']},
-                             self._features(params, batch, k_features, train),
-                             train=train, rngs={'dropout': k_dropout})
-    return classification_loss(logits, batch, self.label_smoothing, targets)
+    feats, generative = self._features_and_loss(params, batch, k_features, train)
+    logits = self.head.apply({'params': params['head']}, feats, train=train,
+                             rngs={'dropout': k_dropout})
+    loss, metrics = classification_loss(logits, batch, self.label_smoothing, targets)
+    if generative is None:
+      return loss, metrics
+    # iGPT fine-tuning: L_CLF + weight * L_GEN on the same forward pass.
+    return loss + self.generative_weight * generative, dict(
+        metrics, classification_loss=loss, generative_loss=generative)
 
   def lr_scales(self, updates: Any) -> Any:
     """Layer-wise learning-rate decay (classifier.layer_decay < 1): block k
@@ -214,8 +236,8 @@ class Classification:
     head = _label(params['head'], 'train')
     if self.whiten:  # set once from the frozen features (`with_whitening`)
       head.update(feature_mean='frozen', whitening='frozen')
-    return {'backbone': _label(params['backbone'],
-                               'frozen' if self.mode == 'linear' else 'train'),
+    return {'backbone': _label_model(self.backbone, params['backbone'],
+                                     'frozen' if self.mode == 'linear' else 'train'),
             'head': head}
 
   def with_whitening(self, params: Any, features: np.ndarray) -> Any:

@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 
 from ssl_jax import checkpoint as ckpt_lib
 from ssl_jax import config_lib, metrics as metrics_lib, optim, pictures, tasks
+from ssl_jax import palette as palette_lib
 from ssl_jax import sharding as sharding_lib
 from ssl_jax import step as step_lib
 from ssl_jax.data import pipeline
@@ -127,6 +128,25 @@ def build_source(config: ml_collections.ConfigDict):
   return source if source is not None else open_source()
 
 
+def prepare_palette(config: ml_collections.ConfigDict) -> None:
+  """iGPT pretraining: fits the palette when its file is missing and
+  igpt.palette.fit_if_missing is set (process 0; the others wait). Loading
+  it, and every error about it, happens when the objective is built."""
+  if config.objective != 'igpt':
+    return
+  path = palette_lib.resolve_path(config)
+  if jax.process_index() == 0 and config.igpt.palette.fit_if_missing and not epath.Path(
+      path).exists():
+    t0 = time.perf_counter()
+    logging.info('palette %s is missing: fitting k-means (k=%d) on %d images of %s',
+                 path, config.igpt.vocab_size, config.igpt.palette.fit_images,
+                 config.data.name)
+    palette_lib.fit_for_config(config, path)
+    logging.info('wrote palette %s (%.1f s)', path, time.perf_counter() - t0)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('ssl_jax: palette ready')
+
+
 def global_batches(config, source, mesh, start_step: int) -> Iterator[dict[str, jax.Array]]:
   """The training stream from `start_step` on, as global sharded jax.Arrays."""
   ds = pipeline.make_dataset(
@@ -134,7 +154,8 @@ def global_batches(config, source, mesh, start_step: int) -> Iterator[dict[str, 
       start_step=start_step, image_size=config.data.image_size, train=True,
       process_index=jax.process_index(), process_count=jax.process_count(),
       min_area=config.data.min_area, flip=config.data.flip,
-      randaugment=tuple(config.data.get('randaugment', ())) or None)
+      randaugment=tuple(config.data.get('randaugment', ())) or None,
+      crop=config.data.get('crop', 'resized'), pad=config.data.get('pad', 4))
   sharding = sharding_lib.batch_sharding(mesh)
   for local in ds.as_numpy_iterator():
     yield sharding_lib.to_global(local, sharding)
@@ -299,6 +320,19 @@ def open_init_checkpoint(config: ml_collections.ConfigDict) -> _InitCheckpoint |
   return _InitCheckpoint(checkpointer, step)
 
 
+def initial_state(trainer: Trainer, abstract: Any, init_from: _InitCheckpoint | None) -> Any:
+  """A new run's state: initialised, with the backbone of a classification
+  run restored from its pretraining checkpoint (when `init_from` names one)."""
+  state = trainer.init_state(abstract)
+  if init_from is not None:
+    backbone = init_from.checkpointer.restore_subtree(
+        init_from.step, ('params', 'model'), abstract.params['backbone'])
+    state = state.replace(params=dict(state.params, backbone=backbone))
+    logging.info('backbone initialised from checkpoint %d in %s', init_from.step,
+                 init_from.checkpointer.directory)
+  return state
+
+
 def _fit_whitening(config, task, evaluator: Evaluator, params: Any) -> Any:
   """A linear probe's head with its whitening fitted to the frozen features
   of the first `classifier.whiten_examples` training images (eval-mode
@@ -323,6 +357,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   num_devices = len(devices) if devices is not None else jax.device_count()
   config_lib.validate(config, num_devices, jax.process_count())  # before any I/O
   source = build_source(config)
+  prepare_palette(config)
   trainer = Trainer(config, devices, num_classes=source.num_classes)
   init_from = open_init_checkpoint(config)
   evaluator = Evaluator(config, trainer.task, trainer.mesh, source.num_classes)
@@ -342,13 +377,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
     logging.info('resumed from checkpoint %d in %s', start, checkpointer.directory)
   else:
     start = 0
-    state = trainer.init_state(abstract)
-    if init_from is not None:
-      backbone = init_from.checkpointer.restore_subtree(
-          init_from.step, ('params', 'model'), abstract.params['backbone'])
-      state = state.replace(params=dict(state.params, backbone=backbone))
-      logging.info('backbone initialised from checkpoint %d in %s', init_from.step,
-                   init_from.checkpointer.directory)
+    state = initial_state(trainer, abstract, init_from)
     if getattr(trainer.task, 'whiten', False):
       state = state.replace(params=_fit_whitening(config, trainer.task, evaluator, state.params))
   if init_from is not None:

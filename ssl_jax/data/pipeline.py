@@ -791,11 +791,29 @@ def _center_crop(image: tf.Tensor, image_size: int,
   return tf.slice(image, [offset[0], offset[1], 0], [image_size, image_size, 3])
 
 
+def _pad_and_random_crop(image: tf.Tensor, key: tf.Tensor, image_size: int,
+                         pad: int) -> tf.Tensor:
+  """The whole image resized to image_size, reflection-padded by `pad`
+  pixels on every side, and a random image_size crop of that (Wide ResNet's
+  CIFAR augmentation, as iGPT fine-tunes)."""
+  image = _resize(_to_uint8_rgb(image), image_size, image_size)
+  if pad:
+    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode='REFLECT')
+    image = tf.image.stateless_random_crop(image, [image_size, image_size, 3], seed=key)
+  return image
+
+
+CROPS = ('resized', 'pad')
+
+
 def _train_image(image, g, *, seed, image_size, min_area, flip,
-                 randaugment=None) -> tf.Tensor:
+                 randaugment=None, crop='resized', pad=4) -> tf.Tensor:
   crop_key, flip_key = _augment_keys(g, seed)
-  image = _decode_and_random_crop(image, crop_key, min_area)
-  image = _resize(image, image_size, image_size)
+  if crop == 'pad':
+    image = _pad_and_random_crop(image, crop_key, image_size, pad)
+  else:
+    image = _decode_and_random_crop(image, crop_key, min_area)
+    image = _resize(image, image_size, image_size)
   if flip:
     image = tf.image.stateless_random_flip_left_right(image, flip_key)
   if randaugment is not None:
@@ -865,8 +883,8 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
                  process_index: int = 0, process_count: int = 1,
                  min_area: float = 0.08, flip: bool = True,
                  eval_crop_fraction: float = 1.0,
-                 randaugment: tuple[int, float, float] | None = None
-                 ) -> tf.data.Dataset:
+                 randaugment: tuple[int, float, float] | None = None,
+                 crop: str = 'resized', pad: int = 4) -> tf.data.Dataset:
   """This process's batches, a pure function of (seed, global index).
 
   Args:
@@ -894,6 +912,9 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
       0.5)`` is timm's ``rand-m9-mstd0.5-inc1``), keyed by (seed, global
       index) on its own random stream: the crops and flips are the same with
       or without it. Ignored for evaluation, but always validated.
+    crop: training crops: 'resized' (the Inception crop above) or 'pad' (the
+      whole image resized to image_size, reflection-padded by ``pad`` pixels
+      and randomly cropped back to image_size; ``min_area`` unused).
 
   Returns:
     Batches ``{'image': float32 [b, S, S, 3] in [0, 1], 'label': int32 [b],
@@ -910,6 +931,10 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
   if not 0.0 < min_area <= 1.0 or not 0.0 < eval_crop_fraction <= 1.0:
     raise DataError('min_area and eval_crop_fraction must be in (0, 1].')
   randaugment = _check_randaugment(randaugment)
+  if crop not in CROPS:
+    raise DataError(f'crop must be one of {CROPS}, got {crop!r}.')
+  if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < image_size:
+    raise DataError(f'pad must be an integer in [0, image_size={image_size}), got {pad!r}.')
   local_batch = _local_batch_size(global_batch_size, process_index,
                                   process_count)
   ds = _index_batches(source, seed=seed, global_batch_size=global_batch_size,
@@ -926,7 +951,7 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
     if train:
       image = _train_image(image, example['index'], seed=seed,
                            image_size=image_size, min_area=min_area, flip=flip,
-                           randaugment=randaugment)
+                           randaugment=randaugment, crop=crop, pad=pad)
     else:
       image = _eval_image(image, image_size=image_size,
                           crop_fraction=eval_crop_fraction)

@@ -105,17 +105,26 @@ class Evaluator:
     """(features [n, d], labels [n]) of every example of `source`, in order,
     in evaluation mode; `representation` defaults to eval.representation."""
     name = representation or self.config.eval.representation
+    feats, labels = self.features_by_name(params, source, (name,))
+    return feats[name], labels
+
+  def features_by_name(self, params: Any, source: pipeline.Source, names: tuple[str, ...]
+                       ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """({name: features [n, d]}, labels [n]) of several representations of
+    every example of `source`, from one pass."""
 
     def represent(params, batch):
-      return self.task.represent(params, batch)[name], batch['label'], batch['valid']
+      feats = self.task.represent(params, batch)
+      return {k: feats[k] for k in names}, batch['label'], batch['valid']
 
-    fn = self._jit(f'represent/{name}', represent, params)
-    xs, ys = [], []
+    fn = self._jit('represent/' + ','.join(names), represent, params)
+    xs, ys = {k: [] for k in names}, []
     for batch in self._batches(source):
       x, y, valid = jax.device_get(fn(params, batch))
-      xs.append(np.asarray(x)[valid])
+      for k in names:
+        xs[k].append(np.asarray(x[k])[valid])
       ys.append(np.asarray(y)[valid])
-    return np.concatenate(xs), np.concatenate(ys)
+    return {k: np.concatenate(v) for k, v in xs.items()}, np.concatenate(ys)
 
   def _shots(self, labels: np.ndarray) -> tuple[int, ...]:
     fewest = int(np.bincount(labels, minlength=self.num_classes).min())

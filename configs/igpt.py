@@ -1,0 +1,166 @@
+r"""iGPT pretraining: autoregressive or BERT objectives over a 512-colour palette.
+
+Commands:
+
+  # Laptop / CI: the built-in offline dataset on 2 CPU cores (fits the
+  # palette first if it is missing, about 10 s):
+  python main.py --config=configs/igpt.py:tiny --workdir=workdirs/igpt_tiny
+  python main.py --config=configs/igpt.py:tiny,bert --workdir=workdirs/igpt_tiny_bert
+
+  # iGPT-L on ImageNet at 32x32, on a v3-32 (every host); fit the palette once:
+  python -m ssl_jax.palette --config=configs/igpt.py:l \
+      --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+  python main.py --config=configs/igpt.py:l --workdir=gs://BUCKET/igpt_l \
+      --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+
+Variants (`--config=configs/igpt.py:VARIANT[,bert]`; `,bert` switches the
+objective to BERT with 15% of tokens masked):
+  s     iGPT-S: 24 layers, 512 wide, 8 heads; ImageNet at 32x32 (context 1024).
+  m     iGPT-M: 36 layers, 1024 wide, 8 heads; 32x32; remat, FSDP over 8 devices.
+  l     iGPT-L: 48 layers, 1536 wide, 16 heads; 32x32; remat, FSDP over 32
+        devices (a v3-32). The default.
+  l48   iGPT-L at 48x48 (context 2304; Table 2's 65.2% probe).
+  tiny  2 CPU cores: ssl_jax_shapes at 16x16 (context 256), 4 layers, 64
+        wide, 2 heads, batch 32, lr 3e-3, 500 steps.
+
+Parameters (the paper: S 76M, M 455M, L 1362M): 76.6M, 455.2M and 1362.3M
+at context 1024, counting the palette (1536 frozen numbers).
+
+The palette: igpt.palette.path names a .npy file [512, 3] of RGB centroids
+in [-1, 1] (the released kmeans_centers.npy loads as is); '' means the
+dataset's default file, DATA_DIR/ssl_jax_palettes/NAME_SPLIT_SIZEpx_k512.npy,
+which `python -m ssl_jax.palette --config=...` writes, and which a run fits
+itself when igpt.palette.fit_if_missing (tiny only: a pod run should not fit
+one silently). k-means: k-means++ seeds, then Lloyd iterations, on
+fit_pixels pixels drawn from fit_images images at the model's resolution.
+Checkpoints carry the palette (a frozen parameter).
+
+Choices where the summary is silent (from the released model and the full
+paper where they say; otherwise ours):
+* The network follows the released model (ssl_jax/models/gpt.py): RMS-style
+  norms with a gain, no biases, sigmoid GELU, untied zero-initialised output
+  embedding, a start-of-sequence vector, learned position embeddings.
+* Optimiser: Adam, betas (0.9, 0.95), no weight decay, no dropout, no
+  gradient clipping; warmup one epoch, then cosine decay to 0; batch 128 for
+  1M steps. The paper picks each model's learning rate from a grid (0.01,
+  0.003, 0.001, ...) without reporting the pick: we use 0.003 for S and
+  0.001 for M and L.
+* Augmentation for pretraining: Inception random resized crop (area 0.25-1)
+  and horizontal flips, then the resize to 32x32 (or 48x48). The summary
+  lists "random crops, resizing, reflection padding and flips, depending on
+  the dataset": data.crop='pad' gives the reflection-padding crop (used by
+  the CIFAR fine-tunes, configs/finetune.py).
+* BERT: masked tokens' embeddings are zeroed (the released model has no mask
+  token); the loss is averaged per example over its masked tokens.
+* Reading order: raster by default; igpt.order='random' reads the positions
+  in one fixed random permutation (seeded by igpt.order_seed), the same for
+  every image: the density of the paper's formula under another pi.
+* Representation: the average over positions of a layer's normed output
+  (layer_0 = embeddings .. layer_L = the final norm). The paper finds the
+  best linear probes in the middle of the network: the online probe and the
+  monitors read the middle layer.
+* tiny at 16x16: 32x32 means 1024 tokens, and attention over 1024 positions
+  does not fit a 2-core CPU's budget; the palette still has 512 colours.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from configs import common
+
+VARIANTS = ('l', 's', 'm', 'l48', 'tiny')
+MODIFIERS = ('bert',)
+IMAGENET_TRAIN = 1_281_167
+
+SIZES = {'s': dict(width=512, num_layers=24, heads=8),
+         'm': dict(width=1024, num_layers=36, heads=8),
+         'l': dict(width=1536, num_layers=48, heads=16)}
+
+
+def parse(arg: str | None) -> tuple[str, tuple[str, ...]]:
+  """'VARIANT[,MODIFIER...]' -> (variant, modifiers)."""
+  parts = [p for p in (arg or '').split(',') if p]
+  base = common.variant(parts[0] if parts and parts[0] not in MODIFIERS else None,
+                        VARIANTS, 'igpt.py')
+  mods = tuple(p for p in parts if p != base)
+  bad = [m for m in mods if m not in MODIFIERS]
+  if bad:
+    raise ValueError(f'unknown modifier {bad[0]!r} of configs/igpt.py; allowed: '
+                     + ', '.join(repr(m) for m in MODIFIERS))
+  return base, mods
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant, modifiers = parse(arg)
+  c = ml_collections.ConfigDict()
+  c.objective = 'igpt'
+  c.seed = 0
+  c.total_steps = 1_000_000
+  c.batch_size = 128
+  c.compute_dtype = 'float32'  # or 'bfloat16' (parameters stay float32)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'imagenet2012'
+  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  c.data.split = 'train'
+  c.data.image_size = 32
+  c.data.min_area = 0.25
+  c.data.flip = True
+  c.data.crop = 'resized'  # or 'pad': reflection padding + random crop
+  c.data.pad = 4
+
+  g = c.igpt = ml_collections.ConfigDict()
+  g.objective = 'bert' if 'bert' in modifiers else 'ar'
+  g.order = 'raster'  # or 'random' (one fixed permutation, seeded by order_seed)
+  g.order_seed = 0
+  g.vocab_size = 512
+  g.bert_mask_rate = 0.15
+  g.bert_eval_masks = 1  # masks averaged when evaluating a BERT model (0: none)
+  g.palette = ml_collections.ConfigDict(dict(
+      path='', fit_if_missing=False, fit_images=10_000, fit_pixels=1_000_000,
+      fit_iterations=30, fit_seed=0))
+  g.model = ml_collections.ConfigDict(dict(context=1024, mlp_ratio=4, remat=False,
+                                           **SIZES['l']))
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      lr=1e-3, weight_decay=0.0, b1=0.9, b2=0.95, eps=1e-8,
+      warmup_steps=math.ceil(IMAGENET_TRAIN / 128), schedule='cosine', grad_clip_norm=None))
+  c.sharding = ml_collections.ConfigDict(dict(
+      rule='replicate', fsdp_axis_size=1, fsdp_min_size=2**18))
+  c.online_probe = ml_collections.ConfigDict(dict(representation='', lr=1e-3))
+  c.eval = common.eval_config(
+      split='validation[:10000]', train_split='train[:50000]', batch_size=512,
+      every=50_000, crop_fraction=1.0, monitors=('fewshot', 'knn'), representation='')
+  c.log_every = 100
+  c.checkpoint = ml_collections.ConfigDict(dict(every=5000, keep=3))
+
+  if variant in SIZES or variant == 'l48':
+    g.model.update(SIZES['l' if variant == 'l48' else variant])
+    c.optimizer.lr = 3e-3 if variant == 's' else 1e-3
+    if variant in ('m', 'l', 'l48'):
+      g.model.remat = True
+      c.sharding.update(dict(rule='fsdp', fsdp_axis_size=8 if variant == 'm' else 32))
+    if variant == 'l48':
+      c.data.image_size = 48
+      g.model.context = 48 * 48
+  elif variant == 'tiny':
+    c.data.name = 'ssl_jax_shapes'
+    c.data.image_size = 16
+    c.data.min_area = 0.35
+    g.model.update(dict(width=64, num_layers=4, heads=2, context=256))
+    g.palette.update(dict(fit_if_missing=True, fit_images=2000, fit_pixels=200_000,
+                          fit_iterations=20))
+    c.total_steps = 500
+    c.batch_size = 32
+    c.optimizer.update(dict(lr=3e-3, warmup_steps=30))
+    c.log_every = 20
+    c.checkpoint.every = 250
+    c.eval.update(dict(split='test[:1000]', train_split='train[:2000]', batch_size=200,
+                       every=250))
+  middle = f'layer_{g.model.num_layers // 2}'
+  c.online_probe.representation = middle
+  c.eval.representation = middle
+  return c
