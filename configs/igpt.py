@@ -23,6 +23,17 @@ objective to BERT with 15% of tokens masked):
   tiny  2 CPU cores: ssl_jax_shapes at 16x16 (context 256), 4 layers, 64
         wide, 2 heads, batch 32, lr 3e-3, 500 steps.
 
+Expected result (tiny; measured in a new virtual environment, 2 CPU cores):
+7m48s with the palette's fit (8.7 s); ~0.7 s/step. The AR loss falls from
+6.24 (ln 512) to 1.35 nats per token over steps 400-500, next-token accuracy
+72%; ,bert: 6.24 -> 1.32 on the masked tokens (mask rate 14.5%, accuracy
+76%), 6m39s. Sampling (python -m ssl_jax.sample) takes 14 s and continues
+shapes and backgrounds. The representations of this tiny model are at
+chance on ssl_jax_shapes: the layer sweep's logistic regressions reach
+10.0-12.4% (chance 10%), the low-data probe about 90% error at 40 to 1000
+labels, the short fine-tune 11.3%. The iGPT paper finds good features only
+at scale (its Figure 3); use tiny to check the pipeline, not the method.
+
 Parameters (the paper: S 76M, M 455M, L 1362M): 76.6M, 455.2M and 1362.3M
 at context 1024, counting the palette (1536 frozen numbers).
 

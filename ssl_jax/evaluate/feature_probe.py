@@ -107,11 +107,12 @@ def low_data(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, 
       accs.append(logistic.accuracy(params, xs, test_y))
     accs = np.asarray(accs)
     rows.append({'labels': int(shots * classes), 'per_class': int(shots),
-                 'top1': float(accs.mean()), 'top1_std': float(accs.std()),
-                 'error': float(100 * (1 - accs.mean())), 'error_std': float(100 * accs.std()),
+                 'top1': float(accs.mean()), 'std_top1': float(accs.std()),
+                 'error_pct': float(100 * (1 - accs.mean())),
+                 'error_std_pct': float(100 * accs.std()),
                  'seeds': int(f.seeds)})
-    logging.info('%d labels: error %.1f +- %.1f%%', rows[-1]['labels'], rows[-1]['error'],
-                 rows[-1]['error_std'])
+    logging.info('%d labels: error %.1f +- %.1f%%', rows[-1]['labels'],
+                 rows[-1]['error_pct'], rows[-1]['error_std_pct'])
   _write(workdir, 'low_data', rows, {'representation': name,
                                      'test_examples': int(len(test_y))})
   return rows
