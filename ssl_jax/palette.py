@@ -19,6 +19,7 @@ the device inside the step.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -152,12 +153,16 @@ def load(path: str, k: int) -> np.ndarray:
     raise PaletteError(f'palette file {path} does not exist: fit one with '
                        '`python -m ssl_jax.palette --config=<your iGPT config>` (or set '
                        'igpt.palette.fit_if_missing=True)')
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    data = f.read()
+  if not data.startswith(b'\x93NUMPY'):
+    raise PaletteError(f'palette file {path} is not a .npy array (no NumPy header): write '
+                       'one with numpy.save or `python -m ssl_jax.palette`')
   try:
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      array = np.load(f, allow_pickle=False)
-  except Exception as e:  # noqa: BLE001 (any unreadable content)
-    raise PaletteError(f'palette file {path} is not a .npy array: {type(e).__name__}: {e}'
-                       ) from None
+    array = np.load(io.BytesIO(data), allow_pickle=False)
+  except Exception as e:  # noqa: BLE001 (a damaged file)
+    raise PaletteError(f'palette file {path} is not a readable .npy array: '
+                       f'{type(e).__name__}: {e}') from None
   if array.ndim != 2 or array.shape[1] != 3:
     raise PaletteError(f'palette file {path} holds an array of shape {array.shape}: must be '
                        f'[k, 3] RGB centroids in [-1, 1]')
@@ -182,8 +187,6 @@ def fingerprint(palette: np.ndarray) -> str:
 def save(path: str, palette: np.ndarray, info: dict[str, Any]) -> None:
   """Writes the palette (.npy) and how it was fitted (.json), each
   atomically (a temporary file renamed), on any filesystem tf.io.gfile knows."""
-  import io
-
   import tensorflow as tf
   directory = os.path.dirname(path)
   if directory:
