@@ -19,17 +19,15 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.patchformer_step import matmul_peak  # noqa: E402
+from benchmarks.patchformer_step import matmul_peak, time_compiled_step  # noqa: E402
 from configs import igpt  # noqa: E402
-from ssl_jax import palette, train  # noqa: E402
+from ssl_jax import palette  # noqa: E402
 
 
 def config_for(shape: str, remat: bool, palette_path: str, batch: int, size: int):
@@ -45,26 +43,10 @@ def config_for(shape: str, remat: bool, palette_path: str, batch: int, size: int
 
 
 def measure(config, steps: int) -> dict[str, float]:
-  trainer = train.Trainer(config)
-  abstract = trainer.abstract_state()
-  state = trainer.init_state(abstract)
-  compiled, flops = trainer.compile_step(abstract, train.abstract_batch(config))
+  dt, flops, compiled = time_compiled_step(config, steps)
   memory = compiled.memory_analysis()
   peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
           - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
-  b, s = config.batch_size, config.data.image_size
-  batch = jax.device_put({
-      'image': jnp.asarray(np.random.RandomState(0).rand(b, s, s, 3), jnp.float32),
-      'label': jnp.zeros((b,), jnp.int32), 'valid': jnp.ones((b,), bool)},
-      trainer.batch_sharding)
-  for _ in range(2):
-    state, m = compiled(state, batch)
-  jax.block_until_ready(m)
-  t = time.perf_counter()
-  for _ in range(steps):
-    state, m = compiled(state, batch)
-  jax.block_until_ready(m)
-  dt = (time.perf_counter() - t) / steps
   return {'dt': dt, 'flops': flops, 'peak': peak, 'temp': memory.temp_size_in_bytes}
 
 

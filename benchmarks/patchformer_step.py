@@ -65,6 +65,14 @@ def config_for(size: str, data_dir: str):
 
 
 def time_step(config, steps: int):
+  """(seconds per step, model FLOPs per step) of config's train step."""
+  dt, flops, _ = time_compiled_step(config, steps)
+  return dt, flops
+
+
+def time_compiled_step(config, steps: int):
+  """(seconds per step, model FLOPs per step, the compiled step) on a random
+  batch, after two warm-up steps."""
   trainer = train.Trainer(config)
   abstract = trainer.abstract_state()
   state = trainer.init_state(abstract)
@@ -81,7 +89,7 @@ def time_step(config, steps: int):
   for _ in range(steps):
     state, m = compiled(state, batch)
   jax.block_until_ready(m)
-  return (time.perf_counter() - t) / steps, flops
+  return (time.perf_counter() - t) / steps, flops, compiled
 
 
 def time_pipeline(config, batches: int) -> float:

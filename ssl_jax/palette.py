@@ -45,14 +45,19 @@ def to_signed(images: jax.Array) -> jax.Array:
   return images * 2.0 - 1.0
 
 
+def _relative_distances(x: jax.Array, centroids: jax.Array) -> jax.Array:
+  """[..., k]: |x - c|^2 - |x|^2 = |c|^2 - 2 x.c for every centroid c (the
+  same argmin as the squared distance, without |x|^2)."""
+  scores = jnp.einsum('...c,kc->...k', x, centroids, precision=jax.lax.Precision.HIGHEST)
+  return (centroids * centroids).sum(-1) - 2.0 * scores
+
+
 def quantise(images: jax.Array, palette: jax.Array) -> jax.Array:
   """int32 [..., H, W]: the index of each pixel's nearest centroid
   (Euclidean, in [-1, 1] RGB), for images [..., H, W, 3] in [0, 1]."""
   x = to_signed(images.astype(jnp.float32))
-  c = palette.astype(jnp.float32)
-  # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 is the same for every c.
-  scores = jnp.einsum('...c,kc->...k', x, c, precision=jax.lax.Precision.HIGHEST)
-  return jnp.argmin((c * c).sum(-1) - 2.0 * scores, axis=-1).astype(jnp.int32)
+  return jnp.argmin(_relative_distances(x, palette.astype(jnp.float32)),
+                    axis=-1).astype(jnp.int32)
 
 
 def dequantise(tokens: jax.Array, palette: jax.Array) -> jax.Array:
@@ -66,11 +71,8 @@ def dequantise(tokens: jax.Array, palette: jax.Array) -> jax.Array:
 def _nearest(pixels: jax.Array, centroids: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(index [n], squared distance [n]) of each pixel's nearest centroid, in
   blocks of _CHUNK pixels (n must be a multiple of it)."""
-  c2 = (centroids * centroids).sum(-1)
-
   def block(x):
-    d = (x * x).sum(-1, keepdims=True) - 2.0 * jnp.einsum(
-        'nc,kc->nk', x, centroids, precision=jax.lax.Precision.HIGHEST) + c2
+    d = (x * x).sum(-1, keepdims=True) + _relative_distances(x, centroids)
     i = jnp.argmin(d, axis=-1)
     return i, jnp.maximum(jnp.take_along_axis(d, i[:, None], -1)[:, 0], 0.0)
 

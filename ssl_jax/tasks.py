@@ -179,17 +179,14 @@ class Classification:
     return {'backbone': backbone,
             'head': self.head.init(k_head, feats, train=False)['params']}
 
-  def _features(self, params, batch, rng, train: bool) -> jax.Array:
-    return self._features_and_loss(params, batch, rng, train)[0]
-
   def _features_and_loss(self, params, batch, rng, train: bool):
     """(features, the backbone's self-supervised loss or None)."""
     if train and self.generative_weight:  # one forward pass gives both
       feats, loss = self.backbone.finetune_features(params['backbone'], batch, rng)
       return feats[self.representation], loss
-    return self._frozen_or_tuned(params, batch, rng, train), None
+    return self._features(params, batch, rng, train), None
 
-  def _frozen_or_tuned(self, params, batch, rng, train: bool) -> jax.Array:
+  def _features(self, params, batch, rng, train: bool) -> jax.Array:
     if self.mode == 'linear':  # frozen backbone, evaluation mode
       feats = self.backbone.represent(params['backbone'], batch)
       return jax.lax.stop_gradient(feats[self.representation])

@@ -153,10 +153,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> list[dict
   if config.objective != config_lib.CLASSIFICATION or 'feature_probe' not in config:
     raise config_lib.ConfigError('--layer_sweep / --low_data need a linear-probe config '
                                  '(configs/linear_probe.py) with a feature_probe block')
-  config_lib.validate(config, _num_devices())
-  return layer_sweep(config, workdir) if mode == 'layers' else low_data(config, workdir)
-
-
-def _num_devices() -> int:
   import jax
-  return jax.device_count()
+  config_lib.validate(config, jax.device_count())
+  return layer_sweep(config, workdir) if mode == 'layers' else low_data(config, workdir)
