@@ -75,21 +75,21 @@ def main(argv):
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()
 
-  from ssl_jax import checkpoint, config_lib, palette, sweep, train
+  from ssl_jax.config import ConfigError
+  from ssl_jax.core import checkpoint, feature_probe, sweep, train
   logging.set_verbosity(logging.INFO)
   train.quiet_library_logs()
   try:
     if sum([_SWEEP.value, _LAYER_SWEEP.value, _LOW_DATA.value]) > 1:
-      raise config_lib.ConfigError('pass at most one of --sweep, --layer_sweep, --low_data')
+      raise ConfigError('pass at most one of --sweep, --layer_sweep, --low_data')
     if _SWEEP.value:
       sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
     elif _LAYER_SWEEP.value or _LOW_DATA.value:
-      from ssl_jax.evaluate import feature_probe
       feature_probe.run(_CONFIG.value, _WORKDIR.value,
                         'layers' if _LAYER_SWEEP.value else 'low_data')
     else:
       train.run(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, train.DataError, palette.PaletteError) as e:
+  except (ConfigError, train.DataError) as e:  # a bad config, palette or dataset
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except (checkpoint.CheckpointError, train.NonFiniteLossError) as e:

@@ -30,6 +30,6 @@ setup(
         'absl-py>=2.1',
     ],
     extras_require={
-        'test': ['pytest>=9', 'pytest-xdist>=3.8'],
+        'test': ['pytest>=9', 'pytest-xdist>=3.8', 'import-linter>=2.17,<3'],
     },
 )

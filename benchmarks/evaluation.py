@@ -52,7 +52,7 @@ def _shorten(config, quick: bool):
 
 
 def _run(config, workdir: str) -> dict:
-  from ssl_jax import metrics, train
+  from ssl_jax.core import metrics, train
   finished = metrics.final_evaluation(workdir, config.total_steps)
   if finished is not None:
     return finished
@@ -64,7 +64,7 @@ def _run(config, workdir: str) -> dict:
 
 def main(argv):
   del argv
-  from ssl_jax import train
+  from ssl_jax.core import train
   train.quiet_library_logs()
   root, quick = _WORKDIR.value, _QUICK.value
   pre_dir = os.path.join(root, 'pretrain')

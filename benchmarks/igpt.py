@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.patchformer_step import matmul_peak, time_compiled_step  # noqa: E402
 from configs import igpt  # noqa: E402
-from ssl_jax import palette  # noqa: E402
+from ssl_jax.methods.igpt import palette  # noqa: E402
 
 
 def config_for(shape: str, remat: bool, palette_path: str, batch: int, size: int):

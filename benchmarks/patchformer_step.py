@@ -25,7 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import patchformer  # noqa: E402
-from ssl_jax import train  # noqa: E402
+from ssl_jax.core import assembly  # noqa: E402
 from ssl_jax.data import pipeline  # noqa: E402
 
 
@@ -73,10 +73,10 @@ def time_step(config, steps: int):
 def time_compiled_step(config, steps: int):
   """(seconds per step, model FLOPs per step, the compiled step) on a random
   batch, after two warm-up steps."""
-  trainer = train.Trainer(config)
+  trainer = assembly.assemble(config, data=False).trainer
   abstract = trainer.abstract_state()
   state = trainer.init_state(abstract)
-  compiled, flops = trainer.compile_step(abstract, train.abstract_batch(config))
+  compiled, flops = trainer.compile_step(abstract, assembly.abstract_batch(config))
   b, s = config.batch_size, config.data.image_size
   batch = jax.device_put({
       'image': jnp.asarray(np.random.RandomState(0).rand(b, s, s, 3), jnp.float32),
@@ -93,7 +93,7 @@ def time_compiled_step(config, steps: int):
 
 
 def time_pipeline(config, batches: int) -> float:
-  source = train.build_source(config)
+  source = assembly.build_source(config)
   ds = pipeline.make_dataset(
       source, seed=0, global_batch_size=config.batch_size, start_step=0,
       image_size=config.data.image_size, train=True, min_area=config.data.min_area)

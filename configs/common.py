@@ -107,3 +107,60 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
   c.log_every = pretrain.log_every
   c.checkpoint = ml_collections.ConfigDict(pretrain.checkpoint.to_dict())
   return c
+
+
+def linear_probe_config(pretrain: ml_collections.ConfigDict, *, tiny: bool
+                        ) -> ml_collections.ConfigDict:
+  """The linear probe every method shares (configs/linear_probe.py's
+  Choices): AdamW without weight decay or clipping on whitened frozen
+  features; tiny: batch 64, lr 3e-3, 400 steps on whole images; otherwise
+  batch 1024, lr 1e-3, 30k steps, evaluated on the validation split. A
+  method's `linear_probe_config` adjusts it."""
+  c = classification_config(pretrain, mode='linear')
+  c.optimizer.update(dict(weight_decay=0.0, grad_clip_norm=None))
+  if tiny:
+    c.total_steps = 400
+    c.batch_size = 64
+    c.optimizer.update(dict(lr=3e-3, warmup_steps=20))
+    c.classifier.whiten_examples = 5000
+    c.data.min_area = 1.0  # whole images, flipped at random (see Choices)
+    c.log_every = 20
+    c.checkpoint.every = 200
+  else:
+    c.total_steps = 30_000
+    c.batch_size = 1024
+    c.optimizer.update(dict(lr=1e-3, warmup_steps=1000))
+    c.eval.split = 'validation'
+    c.eval.every = 5000
+  return c
+
+
+def method_variants(kind: str) -> dict[str, tuple[str, str]]:
+  """{'METHOD_VARIANT' (or 'METHOD' for its default): (method, variant)}
+  of every method whose config file (configs/METHOD.py) offers `kind`
+  ('linear_probe' or 'finetune') through its `LINEAR_PROBE_VARIANTS` /
+  `FINETUNE_VARIANTS` and `linear_probe_config(variant)` /
+  `finetune_config(variant)`; methods come from the registry."""
+  import importlib
+
+  from ssl_jax.methods import registry
+  out = {}
+  for name in registry.names():
+    try:
+      module = importlib.import_module(f'configs.{name}')
+    except ModuleNotFoundError:
+      continue
+    for v in getattr(module, f'{kind.upper()}_VARIANTS', ()):
+      out[f'{name}_{v}' if v else name] = (name, v)
+  return out
+
+
+def method_config(kind: str, arg: str | None, default: str, file: str
+                  ) -> ml_collections.ConfigDict:
+  """The config of variant `arg` (default: `default`) of configs/FILE: the
+  method's own `linear_probe_config` / `finetune_config`."""
+  import importlib
+  variants = method_variants(kind)
+  name = variant(arg or default, tuple(sorted(variants)), file)
+  method, v = variants[name]
+  return getattr(importlib.import_module(f'configs.{method}'), f'{kind}_config')(v)

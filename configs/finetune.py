@@ -79,101 +79,13 @@ checkpoint's own, whatever the fine-tuning data:
 
 from __future__ import annotations
 
-import math
-
 import ml_collections
 
-from configs import common, igpt, patchformer, randsac
+from configs import common
 
-VARIANTS = ('patchformer_tiny', 'patchformer', 'randsac_tiny', 'randsac', 'randsac_cifar10',
-            'igpt_tiny', 'igpt_l_cifar10', 'igpt_l_cifar100')
+DEFAULT = 'patchformer_tiny'
+VARIANTS = tuple(sorted(common.method_variants('finetune')))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = common.variant(arg or None, VARIANTS, 'finetune.py')
-  if variant.startswith('randsac'):
-    return randsac_finetune(variant)
-  if variant.startswith('igpt'):
-    return igpt_finetune(variant)
-  tiny = variant.endswith('_tiny')
-  c = common.classification_config(patchformer.get_config('tiny' if tiny else ''),
-                                   mode='finetune')
-  c.classifier.update(dict(head='residual', dropout=0.1, label_smoothing=0.1,
-                           mask_ratio=0.1))
-  c.data.label_fraction = 0.1
-  c.sweep.epochs = 30.0
-  if tiny:
-    c.total_steps = 500
-    c.batch_size = 32
-    c.optimizer.update(dict(lr=2e-4, warmup_steps=25))
-    c.log_every = 20
-    c.checkpoint.every = 250
-  else:
-    c.total_steps = 30_000
-    c.batch_size = 128
-    c.optimizer.update(dict(lr=2e-4, warmup_steps=1000))
-    c.eval.split = 'validation'
-    c.eval.every = 5000
-  return c
-
-
-def randsac_finetune(variant: str) -> ml_collections.ConfigDict:
-  """RandSAC's fine-tune recipe (D.3, Table 18) on a RandSAC backbone."""
-  pretrain = {'randsac': '', 'randsac_cifar10': 'cifar10', 'randsac_tiny': 'tiny'}[variant]
-  p = randsac.get_config(pretrain)
-  c = common.classification_config(p, mode='finetune')
-  c.backbone.randsac.model.drop_path = 0.1
-  c.classifier.update(dict(representation='encoder', head='linear', dropout=0.0,
-                           label_smoothing=0.1, mixup=0.8, cutmix=1.0, layer_decay=0.65))
-  c.data.update(dict(randaugment=(2, 9, 0.5), label_fraction=1.0, min_area=0.08))
-  c.optimizer.update(dict(weight_decay=0.05, b1=0.9, b2=0.95, eps=1e-8, grad_clip_norm=None))
-  c.sweep.epochs = 100.0
-  examples = randsac.EXAMPLES.get(p.data.name, 50_000)
-  if variant == 'randsac_tiny':  # a short run: no Mixup / CutMix / RandAugment
-    c.classifier.update(dict(mixup=0.0, cutmix=0.0))
-    c.data.randaugment = ()
-    c.total_steps = 500
-    c.batch_size = 64
-    c.optimizer.update(dict(lr=1e-3, warmup_steps=25))
-    c.log_every = 20
-    c.checkpoint.every = 250
-    return c
-  batch = 1024 if variant == 'randsac' else 512
-  c.batch_size = batch
-  c.total_steps = math.ceil(100 * examples / batch)
-  c.optimizer.update(dict(lr=5e-4 * batch / 256,
-                          warmup_steps=math.ceil(5 * examples / batch)))
-  if variant == 'randsac':
-    c.eval.split = 'validation'
-  c.eval.every = 5000
-  return c
-
-
-def igpt_finetune(variant: str) -> ml_collections.ConfigDict:
-  """iGPT fine-tuning (Step 3): the final norm's output averaged over
-  positions, a linear classifier, and the generative loss kept:
-  L = L_CLF + L_GEN, every parameter trained."""
-  tiny = variant == 'igpt_tiny'
-  p = igpt.get_config('tiny' if tiny else 'l')
-  c = common.classification_config(p, mode='finetune')
-  c.classifier.update(dict(representation=f'layer_{p.igpt.model.num_layers}', head='linear',
-                           generative_weight=1.0))
-  c.data.update(dict(crop='pad', flip=True))
-  c.optimizer.update(dict(schedule='constant', warmup_steps=0))
-  c.sweep.lr = (1e-5, 3e-5, 1e-4, 3e-4)
-  c.sweep.batch_size = (c.batch_size,) if not tiny else (32,)
-  if tiny:
-    c.data.pad = 2
-    c.total_steps = 300
-    c.batch_size = 32
-    c.optimizer.lr = 3e-4
-    c.log_every = 20
-    c.checkpoint.every = 150
-    return c
-  c.data.update(dict(name=variant.split('_')[-1], split='train', pad=4))
-  c.eval.update(dict(split='test', every=5000, crop_fraction=1.0))
-  c.batch_size = 128
-  c.total_steps = 50_000  # early stopping in the paper: read eval.json
-  c.optimizer.lr = 3e-5
-  c.eval.every = 2000
-  return c
+  return common.method_config('finetune', arg, DEFAULT, 'finetune.py')

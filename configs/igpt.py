@@ -175,3 +175,56 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.online_probe.representation = middle
   c.eval.representation = middle
   return c
+
+
+LINEAR_PROBE_VARIANTS = ('tiny', 'l', 'l_cifar10', 'l_cifar100')
+FINETUNE_VARIANTS = ('tiny', 'l_cifar10', 'l_cifar100')
+
+
+def linear_probe_config(variant: str) -> ml_collections.ConfigDict:
+  """configs/linear_probe.py:igpt_{tiny,l,l_cifar10,l_cifar100}: the middle
+  layer's normed output averaged over positions; the _cifar variants probe
+  ImageNet features on CIFAR (Tables 1, 4)."""
+  tiny = variant == 'tiny'
+  c = common.linear_probe_config(get_config('tiny' if tiny else 'l'), tiny=tiny)
+  c.data.crop = 'resized'
+  if tiny:
+    c.feature_probe.update(dict(train_examples=5000, shots=(4, 25, 100)))
+  elif variant != 'l':
+    c.data.update(dict(name=variant.split('_')[-1], split='train', min_area=1.0))
+    c.eval.update(dict(split='test', crop_fraction=1.0))
+    c.total_steps = 20_000
+    c.batch_size = 256
+  return c
+
+
+def finetune_config(variant: str) -> ml_collections.ConfigDict:
+  """configs/finetune.py:igpt_{tiny,l_cifar10,l_cifar100}: iGPT fine-tuning
+  (Step 3): the final norm's output averaged over positions, a linear
+  classifier, and the generative loss kept: L = L_CLF + L_GEN, every
+  parameter trained."""
+  tiny = variant == 'tiny'
+  p = get_config('tiny' if tiny else 'l')
+  c = common.classification_config(p, mode='finetune')
+  c.classifier.update(dict(representation=f'layer_{p.igpt.model.num_layers}', head='linear',
+                           generative_weight=1.0))
+  c.data.update(dict(crop='pad', flip=True))
+  c.optimizer.update(dict(schedule='constant', warmup_steps=0))
+  c.sweep.lr = (1e-5, 3e-5, 1e-4, 3e-4)
+  if tiny:
+    c.data.pad = 2
+    c.total_steps = 300
+    c.batch_size = 32
+    c.optimizer.lr = 3e-4
+    c.log_every = 20
+    c.checkpoint.every = 150
+    c.sweep.batch_size = (32,)
+    return c
+  c.data.update(dict(name=variant.split('_')[-1], split='train', pad=4))
+  c.eval.update(dict(split='test', every=5000, crop_fraction=1.0))
+  c.batch_size = 128  # the pretraining's batch
+  c.sweep.batch_size = (128,)
+  c.total_steps = 50_000  # early stopping in the paper: read eval.json
+  c.optimizer.lr = 3e-5
+  c.eval.every = 2000
+  return c

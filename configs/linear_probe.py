@@ -18,7 +18,8 @@ workdirs/patchformer_tiny; about 3 minutes on 2 CPU cores):
       --config.init.workdir=gs://BUCKET/patchformer --workdir=gs://BUCKET/patchformer_probe \
       --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 
-Variants:
+Variants (each comes from its method's config file, configs/METHOD.py:
+LINEAR_PROBE_VARIANTS and linear_probe_config):
   patchformer_tiny  the network of configs/patchformer.py:tiny, on ssl_jax_shapes.
   patchformer       the paper's network on imagenet2012 (224x224).
   pixels_tiny       the baseline: a linear classifier on raw pixels
@@ -85,55 +86,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common, igpt, patchformer, randsac
+from configs import common
 
-VARIANTS = ('patchformer_tiny', 'patchformer', 'pixels_tiny', 'randsac_tiny', 'randsac',
-            'randsac_cifar10', 'igpt_tiny', 'igpt_l', 'igpt_l_cifar10', 'igpt_l_cifar100')
-RANDSAC_PRETRAINING = {'randsac': '', 'randsac_cifar10': 'cifar10', 'randsac_tiny': 'tiny'}
+DEFAULT = 'patchformer_tiny'
+VARIANTS = tuple(sorted(common.method_variants('linear_probe')))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = common.variant(arg or None, VARIANTS, 'linear_probe.py')
-  tiny = variant.endswith('_tiny')
-  if variant.startswith('randsac'):
-    pretrain = randsac.get_config(RANDSAC_PRETRAINING[variant])
-  elif variant.startswith('igpt'):
-    pretrain = igpt.get_config('tiny' if tiny else 'l')
-  else:
-    pretrain = patchformer.get_config('tiny' if tiny else '')
-  c = common.classification_config(pretrain, mode='linear')
-  c.optimizer.update(dict(weight_decay=0.0, grad_clip_norm=None))
-  if tiny:
-    c.total_steps = 400
-    c.batch_size = 64
-    c.optimizer.update(dict(lr=3e-3, warmup_steps=20))
-    c.classifier.whiten_examples = 5000
-    c.data.min_area = 1.0  # whole images, flipped at random (see Choices)
-    c.log_every = 20
-    c.checkpoint.every = 200
-  else:
-    c.total_steps = 30_000
-    c.batch_size = 1024
-    c.optimizer.update(dict(lr=1e-3, warmup_steps=1000))
-    c.eval.split = 'validation'
-    c.eval.every = 5000
-  if variant == 'randsac_cifar10':  # 90 epochs of CIFAR-10's 50k (B.5)
-    c.total_steps = 4395
-    c.eval.split = 'test'
-  if variant.startswith('igpt'):
-    c.data.crop = 'resized'
-    if tiny:
-      c.feature_probe.update(dict(train_examples=5000, shots=(4, 25, 100)))
-    elif variant != 'igpt_l':  # ImageNet features probed on CIFAR (Tables 1, 4)
-      c.data.update(dict(name=variant.split('_')[-1], split='train', min_area=1.0))
-      c.eval.update(dict(split='test', crop_fraction=1.0))
-      c.total_steps = 20_000
-      c.batch_size = 256
-  if variant.startswith('pixels'):
-    c.backbone = ml_collections.ConfigDict(dict(
-        objective='pixels', data=dict(image_size=c.data.get_ref('image_size'))))
-    c.classifier.representation = 'pixels'
-    # 12288 inputs: a 12288 x 12288 whitening (600 MB) from a covariance of
-    # rank < whiten_examples would be neither cheap nor well-defined.
-    c.classifier.whiten = False
-  return c
+  return common.method_config('linear_probe', arg, DEFAULT, 'linear_probe.py')

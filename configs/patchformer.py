@@ -144,3 +144,35 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.update(dict(split='test[:1000]', train_split='train[:2000]', batch_size=200,
                        every=200, crop_fraction=1.0))
   return c
+
+
+LINEAR_PROBE_VARIANTS = ('tiny', '')
+FINETUNE_VARIANTS = ('tiny', '')
+
+
+def linear_probe_config(variant: str) -> ml_collections.ConfigDict:
+  """configs/linear_probe.py:patchformer[_tiny]."""
+  return common.linear_probe_config(get_config(variant or None), tiny=variant == 'tiny')
+
+
+def finetune_config(variant: str) -> ml_collections.ConfigDict:
+  """configs/finetune.py:patchformer[_tiny]: section 2.2's fine-tune."""
+  tiny = variant == 'tiny'
+  c = common.classification_config(get_config('tiny' if tiny else ''), mode='finetune')
+  c.classifier.update(dict(head='residual', dropout=0.1, label_smoothing=0.1,
+                           mask_ratio=0.1))
+  c.data.label_fraction = 0.1
+  c.sweep.epochs = 30.0
+  if tiny:
+    c.total_steps = 500
+    c.batch_size = 32
+    c.optimizer.update(dict(lr=2e-4, warmup_steps=25))
+    c.log_every = 20
+    c.checkpoint.every = 250
+  else:
+    c.total_steps = 30_000
+    c.batch_size = 128
+    c.optimizer.update(dict(lr=2e-4, warmup_steps=1000))
+    c.eval.split = 'validation'
+    c.eval.every = 5000
+  return c

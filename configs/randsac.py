@@ -225,3 +225,50 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.update(dict(split='test[:1000]', train_split='train[:2000]', batch_size=200,
                        every=200, crop_fraction=1.0))
   return c
+
+
+LINEAR_PROBE_VARIANTS = ('tiny', '', 'cifar10')
+FINETUNE_VARIANTS = ('tiny', '', 'cifar10')
+
+
+def linear_probe_config(variant: str) -> ml_collections.ConfigDict:
+  """configs/linear_probe.py:randsac[_tiny|_cifar10]: representation
+  'encoder' (B.5); this repository's AdamW probe on whitened features
+  replaces Table 19's LARS probe (see configs/linear_probe.py)."""
+  c = common.linear_probe_config(get_config(variant or None), tiny=variant == 'tiny')
+  if variant == 'cifar10':  # 90 epochs of CIFAR-10's 50k (B.5)
+    c.total_steps = 4395
+    c.eval.split = 'test'
+  return c
+
+
+def finetune_config(variant: str) -> ml_collections.ConfigDict:
+  """configs/finetune.py:randsac[_tiny|_cifar10]: RandSAC's fine-tune recipe
+  (D.3, Table 18) on a RandSAC backbone."""
+  p = get_config(variant or None)
+  c = common.classification_config(p, mode='finetune')
+  c.backbone.randsac.model.drop_path = 0.1
+  c.classifier.update(dict(representation='encoder', head='linear', dropout=0.0,
+                           label_smoothing=0.1, mixup=0.8, cutmix=1.0, layer_decay=0.65))
+  c.data.update(dict(randaugment=(2, 9, 0.5), label_fraction=1.0, min_area=0.08))
+  c.optimizer.update(dict(weight_decay=0.05, b1=0.9, b2=0.95, eps=1e-8, grad_clip_norm=None))
+  c.sweep.epochs = 100.0
+  examples = EXAMPLES.get(p.data.name, 50_000)
+  if variant == 'tiny':  # a short run: no Mixup / CutMix / RandAugment
+    c.classifier.update(dict(mixup=0.0, cutmix=0.0))
+    c.data.randaugment = ()
+    c.total_steps = 500
+    c.batch_size = 64
+    c.optimizer.update(dict(lr=1e-3, warmup_steps=25))
+    c.log_every = 20
+    c.checkpoint.every = 250
+    return c
+  batch = 1024 if variant == '' else 512
+  c.batch_size = batch
+  c.total_steps = math.ceil(100 * examples / batch)
+  c.optimizer.update(dict(lr=5e-4 * batch / 256,
+                          warmup_steps=math.ceil(5 * examples / batch)))
+  if variant == '':
+    c.eval.split = 'validation'
+  c.eval.every = 5000
+  return c

@@ -1,15 +1,13 @@
-r"""Samples from an autoregressive iGPT checkpoint, as PNG grids in the workdir.
+r"""Samples from a checkpoint of a method that samples (`Method.samples`:
+autoregressive generative models), as PNG grids in the workdir.
 
   python -m ssl_jax.sample --workdir=workdirs/igpt_tiny [--step=600] \
       [--num_images=8] [--completions=3] [--temperature=1.0] [--seed=0]
 
-writes, under WORKDIR/samples/:
-  step_XXXXXXXX_t1.0_unconditional.png  num_images rows of `completions`
-      samples drawn from nothing (the start-of-sequence vector alone);
-  step_XXXXXXXX_t1.0_completions.png    one row per evaluation image: the
-      image | its palette version | the first half of the reading order
-      given (the rest grey) | `completions` samples of the second half.
-Colours come from the checkpoint's own palette. --temperature=0: greedy.
+writes WORKDIR/samples/step_XXXXXXXX_tT_NAME.png for each grid the method
+draws (`Method.sample_grids`, e.g. `unconditional` samples and
+`completions` of the evaluation images).
+--temperature=0: greedy.
 """
 
 from __future__ import annotations
@@ -17,77 +15,50 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from ssl_jax import pictures
-
-
-def sample_grids(objective, params: Any, images: jax.Array, key: jax.Array, *,
-                 completions: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-  """(unconditional uint8 [b, H, W', 3], completions uint8 [b, H, W'', 3])
-  for the model parameters `params` of an iGPT objective."""
-  b = images.shape[0]
-  half = objective.n // 2
-
-  @jax.jit
-  def draw(params, images, key):
-    keys = jax.random.split(key, 2 * completions)
-    empty = jnp.zeros((b, 0), jnp.int32)
-    free = [objective.to_images(params, objective.generate(params, keys[i], empty,
-                                                            temperature=temperature))
-            for i in range(completions)]
-    tokens = objective.tokens(params, images)
-    given = objective.to_images(params, tokens.at[:, half:].set(0))
-    shown = jnp.zeros((b, objective.n), bool).at[:, :half].set(True)
-    if objective.inverse is not None:
-      shown = shown[:, objective.inverse]
-    given = jnp.where(shown.reshape(given.shape[:3])[..., None], given, 0.5)
-    completed = [objective.to_images(params, objective.generate(
-        params, keys[completions + i], tokens[:, :half], temperature=temperature))
-                 for i in range(completions)]
-    return (pictures.panels(free),
-            pictures.panels([images, objective.to_images(params, tokens), given] + completed))
-
-  free, completed = jax.device_get(draw(params, images, key))
-  return np.asarray(free), np.asarray(completed)
-
 
 def main(argv: list[str]) -> None:
   del argv
   import time
 
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
   from absl import logging
-  config, trainer, evaluator, params, step = pictures.restore(FLAGS.workdir, FLAGS.step)
-  objective = getattr(trainer.task, 'objective', None)
-  if config.objective != 'igpt' or objective.bert:
-    raise SystemExit('error: sampling needs an autoregressive iGPT checkpoint '
-                     f'(objective igpt with igpt.objective=\'ar\'); {FLAGS.workdir} holds '
-                     f'{config.objective!r}'
-                     + (' with the BERT objective' if config.objective == 'igpt' else ''))
+
+  from ssl_jax import api, drawing
+  from ssl_jax.config.checks import ConfigError
+  from ssl_jax.tasks import is_classification
+  try:
+    run, params, state, step = api.restore_run(FLAGS.workdir, FLAGS.step)
+  except ConfigError as e:
+    raise SystemExit(f'error: {e}') from None
+  del state
+  if is_classification(run.config) or not run.method.samples:
+    raise SystemExit(f'error: {FLAGS.workdir} holds a {run.config.objective!r} model that '
+                     'cannot sample (its method must offer sampling: Method.samples, e.g. an '
+                     'autoregressive model)')
   if FLAGS.temperature < 0:
     raise SystemExit(f'error: --temperature={FLAGS.temperature} must be >= 0')
-  if evaluator.test is None:
+  if run.evaluator.test is None:
     raise SystemExit('error: the run has no evaluation split to take images from')
-  k = min(FLAGS.num_images, config.eval.batch_size)
-  batch = next(iter(evaluator._batches(evaluator.test)))  # noqa: SLF001
-  images = jax.device_get(batch['image'])[:k]
+  k = min(FLAGS.num_images, run.config.eval.batch_size)
+  images = jnp.asarray(run.evaluator.eval_images(k))
+  method = run.method
+  draw = jax.jit(lambda params, images, key: method.sample_grids(
+      params, images, key, completions=FLAGS.completions, temperature=FLAGS.temperature))
   start = time.perf_counter()
-  free, completed = sample_grids(objective, params['model'], jnp.asarray(images),
-                                 jax.random.key(FLAGS.seed), completions=FLAGS.completions,
-                                 temperature=FLAGS.temperature)
+  grids = jax.device_get(draw(params['model'], images, jax.random.key(FLAGS.seed)))
   logging.info('sampled in %.1f s', time.perf_counter() - start)
   stem = os.path.join(FLAGS.workdir, 'samples', f'step_{step:08d}_t{FLAGS.temperature:g}')
-  for name, grid in (('unconditional', free), ('completions', completed)):
+  for name, grid in grids.items():
     path = f'{stem}_{name}.png'
-    pictures.save_png(path, grid)
+    drawing.save_png(path, np.asarray(grid))
     print(path)
 
 
 def _define_flags():
   from absl import flags
-  flags.DEFINE_string('workdir', None, 'An iGPT pretraining run\'s --workdir.', required=True)
+  flags.DEFINE_string('workdir', None, 'A pretraining run\'s --workdir.', required=True)
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
   flags.DEFINE_integer('num_images', 8, 'Rows of each grid.')
   flags.DEFINE_integer('completions', 3, 'Samples per row.')

@@ -14,7 +14,7 @@ import conftest  # sets the fake devices before jax is imported
 import jax
 from absl import logging
 
-from ssl_jax import train
+from ssl_jax.core import assembly, train
 
 
 def main(workdir, data_dir, total_steps, every, coordinator=None, num_processes=None,

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, small_config
 
 from configs import patchformer
-from ssl_jax import config_lib
+from ssl_jax.core import validation as config_lib
 
 
 def test_paper_and_tiny_configs_are_valid():

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from conftest import small_classifier_config
 
-from ssl_jax import config_lib, sweep, tasks, train
+from ssl_jax.core import assembly, sweep, train
+from ssl_jax.core import validation as config_lib
+from ssl_jax.tasks import whitening as whitening_lib
 from ssl_jax.data import pipeline
 from ssl_jax.evaluate.evaluator import Evaluator, open_split
 
@@ -36,11 +38,11 @@ def test_linear_probe_keeps_the_pretrained_backbone_frozen(reference, tmp_path):
                   jax.tree.leaves(pretrained), strict=True):
     np.testing.assert_array_equal(a, b)
   # The head whitens the pretrained features of the first 48 training images.
-  trainer = train.Trainer(config, num_classes=10)
+  trainer = assembly.Trainer(config, num_classes=10)
   evaluator = Evaluator(config, trainer.task, trainer.mesh, 10)
   source = pipeline.SubsetSource(open_split(config, 'train'), np.arange(48))
   features, _ = evaluator.features(result.state.params, source, 'attention_pool')
-  mean, matrix = tasks.whitening(features)
+  mean, matrix = whitening_lib.whitening(features)
   head = result.state.params['head']
   np.testing.assert_allclose(head['feature_mean'], mean, rtol=1e-5, atol=1e-6)
   metric = np.asarray(head['whitening']) @ np.asarray(head['whitening']).T
@@ -70,7 +72,7 @@ def test_low_label_finetune_trains_the_backbone_and_resumes_exactly(reference, t
   config = _probe_config(reference, 'finetune', **{'data.label_fraction': 0.1})
   whole = train.run(config, str(tmp_path / 'whole'))
   # The 10% subset: 200 of the 2000 training images, 20 per class.
-  source = train.build_source(config)
+  source = assembly.build_source(config)
   assert source.num_examples == 200
   assert np.bincount(source.labels()).tolist() == [20] * 10
   # Interrupted after 4 steps (a checkpoint), then resumed from it.
@@ -93,8 +95,8 @@ def test_low_label_finetune_trains_the_backbone_and_resumes_exactly(reference, t
 def no_compiling(monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError('compiled or initialised before rejecting the input')
-  monkeypatch.setattr(train.Trainer, 'compile_step', fail)
-  monkeypatch.setattr(train.Trainer, 'init_state', fail)
+  monkeypatch.setattr(assembly.Trainer, 'compile_step', fail)
+  monkeypatch.setattr(assembly.Trainer, 'init_state', fail)
 
 
 @pytest.mark.parametrize('overrides, message', [

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import config_lib
-from ssl_jax import palette as palette_lib
-from ssl_jax.models.gpt import GPT, shift_right
-from ssl_jax.objectives.igpt import IGPT
+from ssl_jax.core import validation as config_lib
+from ssl_jax.methods.igpt import palette as palette_lib
+from ssl_jax.methods.igpt.model import GPT, shift_right
+from ssl_jax.methods.igpt.method import IGPT
 
 
 def small_igpt_config(**overrides):
@@ -124,10 +124,10 @@ def test_cached_decoding_matches_the_full_forward_pass(small_net):
   full = net.apply(variables, shift_right(tokens))[0]
   inputs = shift_right(tokens)
   cache = net.init_cache(2, 16)
-  logits, _, cache = net.apply(variables, inputs[:, :5], cache=cache, index=0)
+  (logits, cache), _ = net.apply(variables, inputs[:, :5], cache=cache, index=0)
   out = [logits]
   for i in range(5, 16):
-    logits, _, cache = net.apply(variables, inputs[:, i:i + 1], cache=cache, index=i)
+    (logits, cache), _ = net.apply(variables, inputs[:, i:i + 1], cache=cache, index=i)
     out.append(logits)
   np.testing.assert_allclose(np.concatenate(out, 1), full, atol=1e-5)
 
@@ -142,7 +142,8 @@ def test_bert_masks_have_the_configured_rate_and_only_masked_tokens_count(tmp_pa
   assert len({tuple(row) for row in keep}) == 64  # independent per example
   images = jax.random.uniform(jax.random.key(1), (4, 8, 8, 3))
   params = obj.init(jax.random.key(0), {'image': images})
-  loss, (metrics, _) = jax.jit(obj.loss)(params, {'image': images}, jax.random.key(2))
+  loss, aux = jax.jit(obj.loss)(params, {"image": images}, jax.random.key(2))
+  metrics = aux.metrics
   assert 0.05 < float(metrics['mask_rate']) < 0.3 and np.isfinite(float(loss))
   # The zero-initialised output gives uniform predictions: log(vocab) per token.
   np.testing.assert_allclose(float(loss), np.log(64), rtol=1e-5)
@@ -222,8 +223,8 @@ def test_tiny_pretraining_fits_the_palette_samples_and_finetunes(data_dir, tmp_p
   the PNG pictures exist; the sampler draws from the checkpoint; a fine-tune
   keeps the generative loss."""
   from configs import common
-  from ssl_jax import pictures, sample, train
-  from ssl_jax.evaluate import feature_probe
+  from ssl_jax import drawing
+  from ssl_jax.core import feature_probe, train
   workdir = str(tmp_path / 'pretrain')
   config = small_igpt_config(**{
       'data.data_dir': data_dir, 'total_steps': 12, 'batch_size': 16, 'log_every': 1,
@@ -237,14 +238,15 @@ def test_tiny_pretraining_fits_the_palette_samples_and_finetunes(data_dir, tmp_p
     losses = [r['loss'] for r in map(json.loads, f) if 'loss' in r]
   assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.2
   assert 'knn/top1' in result.evaluation
-  assert os.path.getsize(pictures.png_path(workdir, 12)) > 1000
+  assert os.path.getsize(drawing.png_path(workdir, 12)) > 1000
   np.testing.assert_array_equal(np.asarray(result.state.params['model']['palette']),
                                 palette_lib.load(path, 64))  # frozen: never trained
 
   objective = IGPT(config)
   images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
-  free, completed = sample.sample_grids(objective, result.state.params['model'], images,
-                                        jax.random.key(1), completions=2, temperature=1.0)
+  grids = objective.sample_grids(result.state.params['model'], images, jax.random.key(1),
+                                 completions=2, temperature=1.0)
+  free, completed = np.asarray(grids['unconditional']), np.asarray(grids['completions'])
   assert free.shape[0] == 2 and free.dtype == np.uint8
   assert completed.shape[2] > free.shape[2]  # image | palette | given | 2 completions
 

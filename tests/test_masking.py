@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import masking
+from ssl_jax.nn import masks as masking
+from ssl_jax.nn.patches import gather
 
 
 def test_paper_counts():
@@ -49,7 +50,7 @@ def test_mask_indices_partition():
 def test_gather_patches():
   x = jnp.arange(2 * 5 * 3).reshape(2, 5, 3)
   idx = jnp.array([[4, 0], [1, 2]])
-  np.testing.assert_array_equal(masking.gather_patches(x, idx), [[x[0, 4], x[0, 0]],
+  np.testing.assert_array_equal(gather(x, idx), [[x[0, 4], x[0, 0]],
                                                                   [x[1, 1], x[1, 2]]])
 
 

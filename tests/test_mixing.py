@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import mixing
+from ssl_jax.nn import losses
+from ssl_jax.tasks import mixing
 
 B, H, W, C, CLASSES = 8, 12, 10, 3, 10
 RECIPE = dict(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, prob=1.0,
@@ -68,7 +69,7 @@ def test_cutmix_pixels_come_from_image_or_partner_and_targets_match_area():
           len(rows) * len(cols))
   kept = own[..., 0].mean(axis=(2, 3))  # [keys, B]
   np.testing.assert_allclose(lam_from_targets(t, y, 0.1), kept, atol=1e-6)
-  smooth = np.asarray(mixing.smooth_one_hot(y, CLASSES, 0.1))
+  smooth = np.asarray(losses.smooth_one_hot(y, CLASSES, 0.1))
   np.testing.assert_allclose(
       t, kept[..., None] * smooth + (1 - kept[..., None]) * smooth[::-1], atol=1e-6)
   assert 0.2 < kept.mean() < 0.8 and (kept < 1).mean() > 0.8
@@ -107,7 +108,7 @@ def test_prob_skips_mixing():
   out, t = many(200, x, y, **dict(RECIPE, prob=0.5))
   unmixed = np.all(out == np.asarray(x), axis=(1, 2, 3, 4))
   assert 0.35 < unmixed.mean() < 0.65
-  smooth = np.asarray(mixing.smooth_one_hot(y, CLASSES, 0.1))
+  smooth = np.asarray(losses.smooth_one_hot(y, CLASSES, 0.1))
   np.testing.assert_allclose(t[unmixed], np.broadcast_to(smooth, t[unmixed].shape))
 
 
@@ -130,7 +131,7 @@ def test_padding_partners_leave_examples_unmixed():
   weights = jnp.array([1.0] * (B - 2) + [0.0] * 2)
   out, t = many(16, x, y, **RECIPE, weights=weights)
   xs = np.asarray(x)
-  smooth = np.asarray(mixing.smooth_one_hot(y, CLASSES, 0.1))
+  smooth = np.asarray(losses.smooth_one_hot(y, CLASSES, 0.1))
   # Examples 0 and 1 are partnered with the padding rows B-1 and B-2.
   np.testing.assert_array_equal(out[:, :2], np.broadcast_to(xs[:2], out[:, :2].shape))
   np.testing.assert_allclose(t[:, :2], np.broadcast_to(smooth[:2], t[:, :2].shape))

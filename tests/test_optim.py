@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from ssl_jax import optim
+from ssl_jax.core import optim
 
 L = 2  # transformer blocks in the toy tree
 

@@ -5,14 +5,19 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-from ssl_jax import augment, objectives
-from ssl_jax.models import heads, resnet, transformer
-from ssl_jax.objectives import patchformer as pf
+from ssl_jax.methods import registry
+from ssl_jax.methods.patchformer import augment
+from ssl_jax.methods.patchformer.model import UpsamplingDecoder
+from ssl_jax.nn import losses
+from ssl_jax.nn.patches import patchify
+from ssl_jax.nn.posembed import FactorizedPosEmbed
+from ssl_jax.nn import heads, resnet, transformer
+from ssl_jax.methods.patchformer import method as pf
 
 
 def test_patchify_row_major():
   img = jnp.arange(4 * 4).reshape(1, 4, 4, 1).astype(jnp.float32)
-  p = pf.patchify(img, 2)
+  p = patchify(img, 2)
   chex.assert_shape(p, (1, 4, 2, 2, 1))
   np.testing.assert_array_equal(p[0, 1, :, :, 0], [[2, 3], [6, 7]])
   np.testing.assert_array_equal(p[0, 2, :, :, 0], [[8, 9], [12, 13]])
@@ -36,7 +41,7 @@ def test_targets_are_most_significant_bits_of_subsampled_gray():
 
 def test_soft_label_noise():
   logits = jnp.log(jnp.array([[0.7, 0.1, 0.1, 0.1]]))
-  got = pf.soft_label_cross_entropy(logits, jnp.array([0]), 0.01)
+  got = losses.soft_cross_entropy(logits, jnp.array([0]), 0.01)
   soft = np.array([0.99 + 0.0025, 0.0025, 0.0025, 0.0025])
   np.testing.assert_allclose(got, -(soft * np.log([0.7, 0.1, 0.1, 0.1])).sum(), rtol=1e-5)
 
@@ -72,7 +77,7 @@ def test_module_shapes():
   net = resnet.ResNetStacks(stage_sizes=(1, 1, 1), width=8, stem_width=8)
   out, _ = jax.jit(net.init_with_output)(key, x)
   chex.assert_shape(out, (2, 3, 128))  # width 8 * 2**2 * 4 (expansion)
-  pos = transformer.FactorizedPosEmbed((4, 5), 6)
+  pos = FactorizedPosEmbed((4, 5), 6)
   emb, variables = pos.init_with_output(key, jnp.array([[0, 6, 19]]))
   v = variables['params']
   np.testing.assert_allclose(emb[0, 1], v['row'][1] + v['col'][1])
@@ -80,7 +85,7 @@ def test_module_shapes():
   pool = heads.AttentionPool(heads=2)
   pooled, _ = jax.jit(pool.init_with_output)(key, jnp.zeros((2, 7, 16)), jnp.ones((2, 3, 16)))
   chex.assert_shape(pooled, (2, 7, 16))
-  dec = heads.UpsamplingDecoder(size=8, classes=4, width=8)
+  dec = UpsamplingDecoder(size=8, classes=4, width=8)
   logits, _ = jax.jit(dec.init_with_output)(key, jnp.zeros((2, 7, 16)))
   chex.assert_shape(logits, (2, 7, 8, 8, 4))
 
@@ -88,14 +93,14 @@ def test_module_shapes():
 @pytest.fixture(scope='module')
 def small_objective():
   config = small_config()
-  obj = objectives.build(config, jnp.float32)
+  obj = registry.get(config.objective)(config, jnp.float32)
   batch = {'image': jax.random.uniform(jax.random.key(0), (4, 32, 32, 3))}
   return obj, jax.jit(obj.init)(jax.random.key(0), batch), batch
 
 
 def test_loss_starts_near_uniform(small_objective):
   obj, params, batch = small_objective
-  loss, (metrics, features) = jax.jit(obj.loss)(params, batch, jax.random.key(1))
+  loss, (metrics, features, _) = jax.jit(obj.loss)(params, batch, jax.random.key(1))
   assert abs(float(loss) - np.log(4)) < 0.3
   assert 0 <= float(metrics['pixel_accuracy']) <= 1
   assert set(features) == set(obj.representations())
@@ -128,7 +133,7 @@ def test_named_representations(small_objective):
 
 def test_bfloat16_compute_keeps_float32_params():
   config = small_config()
-  obj = objectives.build(config, jnp.bfloat16)
+  obj = registry.get(config.objective)(config, jnp.bfloat16)
   batch = {'image': jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))}
   params = jax.jit(obj.init)(jax.random.key(0), batch)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
@@ -140,10 +145,10 @@ def test_paper_setting_builds_at_full_size():
   """The default config (224x224, ResNet-41, 10x1024 transformer) traced
   with jax.eval_shape: no compilation, no memory."""
   from configs import patchformer
-  from ssl_jax import step as step_lib
-  from ssl_jax import train
+  from ssl_jax.core import step as step_lib
+  from ssl_jax.core import assembly, train
   config = patchformer.get_config()
-  trainer = train.Trainer(config)
+  trainer = assembly.Trainer(config)
   abstract = trainer.abstract_state()
   params = abstract.params['model']
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
@@ -155,7 +160,7 @@ def test_paper_setting_builds_at_full_size():
             jax.tree.leaves(params['patch_encoder']))
   assert 8.0e6 < enc < 9.0e6, enc  # ResNet-50's first three stacks: 8.5M
   step = step_lib.make_train_step(trainer.task, trainer.tx, trainer.lr_schedule, 0)
-  new_state, metrics = jax.eval_shape(step, abstract, train.abstract_batch(config))
+  new_state, metrics = jax.eval_shape(step, abstract, assembly.abstract_batch(config))
   assert metrics['loss'].shape == () and new_state.step.shape == ()
-  obj = trainer.task.objective
+  obj = trainer.task.method
   assert (obj.grid, obj.n_masked, obj.n_patches) == ((14, 14), 116, 196)

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import config_lib
-from ssl_jax.objectives.randsac import RandSAC, normalise_patches, patch_vectors
+from ssl_jax.core import validation as config_lib
+from ssl_jax.methods.randsac.method import RandSAC, normalise_patches, patch_vectors
 
 
 def small_randsac_config(**overrides):
@@ -117,12 +117,12 @@ def test_representations_average_whole_images():
 def test_paper_settings_build_at_full_size(variant, encoder, decoder, grid):
   """Full-size states and a train step traced with jax.eval_shape."""
   from configs import randsac
-  from ssl_jax import step as step_lib
-  from ssl_jax import train
+  from ssl_jax.core import step as step_lib
+  from ssl_jax.core import assembly, train
   config = randsac.get_config(variant)
   if config.data.name == 'folder':
     config.data.data_dir = '/imagenet100'
-  trainer = train.Trainer(config, num_classes=10)
+  trainer = assembly.Trainer(config, num_classes=10)
   abstract = trainer.abstract_state()
   params = abstract.params['model']
   count = lambda keys: sum(int(np.prod(x.shape)) for k in keys  # noqa: E731
@@ -131,9 +131,9 @@ def test_paper_settings_build_at_full_size(variant, encoder, decoder, grid):
   dec = count([k for k in params if k.startswith(('decoder', 'skip', 'pixels'))])
   assert abs(enc - encoder) / encoder < 0.02, enc
   assert abs(dec - decoder) / decoder < 0.02, dec
-  assert trainer.task.objective.grid == (grid, grid)
+  assert trainer.task.method.grid == (grid, grid)
   step = step_lib.make_train_step(trainer.task, trainer.tx, trainer.lr_schedule, 0)
-  new_state, metrics = jax.eval_shape(step, abstract, train.abstract_batch(config))
+  new_state, metrics = jax.eval_shape(step, abstract, assembly.abstract_batch(config))
   assert metrics['loss'].shape == () and new_state.step.shape == ()
 
 
@@ -187,11 +187,12 @@ def _finetune_config(data_dir, init_workdir=None, **overrides):
 
 
 def test_finetune_recipe_layer_decay_scales(data_dir):
-  from ssl_jax import train
+  from ssl_jax.core import assembly, optim
   config = _finetune_config(data_dir)
-  trainer = train.Trainer(config, num_classes=10)
+  trainer = assembly.Trainer(config, num_classes=10)
   params = trainer.abstract_state().params
-  scales = trainer.task.lr_scales(params)
+  task = trainer.task
+  scales = optim.layer_decay_scales(params, task.layer_of, task.depth, 0.65)
   d, depth = 0.65, 2
   assert scales['backbone']['patch_embed']['kernel'] == pytest.approx(d ** (depth + 1))
   assert scales['backbone']['block1']['norm1']['scale'] == pytest.approx(d ** depth)
@@ -210,7 +211,8 @@ def test_tiny_pretraining_pictures_and_finetune_end_to_end(data_dir, tmp_path):
   import json
   import os
 
-  from ssl_jax import pictures, train
+  from ssl_jax import drawing
+  from ssl_jax.core import train
   workdir = str(tmp_path / 'pretrain')
   config = small_randsac_config(**{
       'data.data_dir': data_dir, 'total_steps': 10, 'batch_size': 16, 'log_every': 1,
@@ -222,7 +224,7 @@ def test_tiny_pretraining_pictures_and_finetune_end_to_end(data_dir, tmp_path):
     losses = [r['loss'] for r in map(json.loads, f) if 'loss' in r]
   assert len(losses) == 10 and np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
   assert 'knn/top1' in result.evaluation
-  png = pictures.png_path(workdir, 10)
+  png = drawing.png_path(workdir, 10)
   assert os.path.getsize(png) > 1000
   import tensorflow as tf
   image = tf.io.decode_png(tf.io.read_file(png)).numpy()

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import masking
+from ssl_jax.methods.randsac import segments as masking
 
 GRID = (8, 8)
 N = 64

@@ -10,8 +10,13 @@ import optax
 import pytest
 from conftest import small_classifier_config, small_config
 
-from ssl_jax import config_lib, optim, tasks
-from ssl_jax import step as step_lib
+from ssl_jax import tasks
+from ssl_jax.core import optim
+from ssl_jax.core import validation as config_lib
+from ssl_jax.nn.losses import topk_correct
+from ssl_jax.tasks import classification
+from ssl_jax.tasks import whitening as whitening_lib
+from ssl_jax.core import step as step_lib
 
 BATCH = {'image': jax.random.uniform(jax.random.key(0), (4, 32, 32, 3)),
          'label': jnp.array([0, 1, 2, 1]), 'valid': jnp.ones((4,), bool)}
@@ -82,17 +87,17 @@ def test_whitening_makes_ill_conditioned_features_white():
   basis = np.linalg.qr(rng.normal(size=(16, 16)))[0]
   scales = np.concatenate([np.full(5, 100.0), np.geomspace(10.0, 5.0, 11)])
   x = (rng.normal(size=(4000, 16)) * scales) @ basis.T + 7.0
-  mean, matrix = tasks.whitening(x)
+  mean, matrix = whitening_lib.whitening(x)
   assert mean.dtype == matrix.dtype == np.float32
   white = (x - mean) @ matrix
   np.testing.assert_allclose(white.mean(0), 0, atol=1e-4)
   eigenvalues = np.linalg.eigvalsh(np.cov(white.T, bias=True))
   assert eigenvalues.min() > 0.85 and eigenvalues.max() < 1.0 + 1e-4, eigenvalues
   # eps bounds the amplification of directions with no variance at all.
-  _, degenerate = tasks.whitening(np.c_[x, np.zeros(4000)])
-  assert np.abs(degenerate).max() < 1 / np.sqrt(tasks.WHITEN_EPS) + 1e-3
+  _, degenerate = whitening_lib.whitening(np.c_[x, np.zeros(4000)])
+  assert np.abs(degenerate).max() < 1 / np.sqrt(whitening_lib.WHITEN_EPS) + 1e-3
   with pytest.raises(ValueError, match=r'features \[n >= 2, D\]'):
-    tasks.whitening(x[:1])
+    whitening_lib.whitening(x[:1])
 
 
 def test_whitening_is_for_frozen_features_only():
@@ -124,14 +129,14 @@ def test_finetune_trains_everything_with_masking_dropout_and_residual_head():
 def test_classification_loss_smoothing_padding_and_topk():
   logits = jnp.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0], [5.0, 0.0, 0.0]])
   batch = {'label': jnp.array([0, 1, 2]), 'valid': jnp.array([True, True, False])}
-  loss, metrics = tasks.classification_loss(logits, batch, 0.0)
+  loss, metrics = classification.classification_loss(logits, batch, 0.0)
   xent = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
   np.testing.assert_allclose(loss, xent[:2].mean(), rtol=1e-6)
   assert float(metrics['top1']) == 0.5  # the padded third example does not count
-  smooth, _ = tasks.classification_loss(logits, batch, 0.3)
+  smooth, _ = classification.classification_loss(logits, batch, 0.3)
   assert float(smooth) != float(loss)
-  np.testing.assert_array_equal(tasks.topk_correct(logits, batch['label'], 1), [1, 0, 0])
-  np.testing.assert_array_equal(tasks.topk_correct(logits, batch['label'], 2), [1, 1, 0])
+  np.testing.assert_array_equal(topk_correct(logits, batch['label'], 1), [1, 0, 0])
+  np.testing.assert_array_equal(topk_correct(logits, batch['label'], 2), [1, 1, 0])
 
 
 @pytest.mark.parametrize('key, value, match', [

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import EVERY, ROOT, STEPS, small_config
 
-from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import train
+from ssl_jax.core import checkpoint as ckpt_lib
+from ssl_jax.core import assembly, train
 
 
 def read_metrics(workdir):
@@ -77,7 +77,7 @@ def test_fsdp_matches_replicated(reference, tmp_path):
   fsdp = small_config(**{'data.data_dir': config.data.data_dir, 'total_steps': STEPS,
                          'checkpoint.every': EVERY, 'sharding.rule': 'fsdp',
                          'sharding.fsdp_axis_size': 4, 'sharding.fsdp_min_size': 256})
-  trainer = train.Trainer(fsdp)
+  trainer = assembly.Trainer(fsdp)
   specs = [a.sharding.spec for a in jax.tree.leaves(trainer.abstract_state().params)]
   assert any('fsdp' in spec for spec in specs) and any('fsdp' not in spec for spec in specs)
   train.run(fsdp, str(tmp_path), stop_after=EVERY)
@@ -150,7 +150,7 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(reference, data_dir,
                                                             tmp_path, monkeypatch):
   config = small_config(**{'data.data_dir': data_dir, 'total_steps': 12,
                            'checkpoint.every': 4})
-  real = train.global_batches
+  real = assembly.global_batches
 
   def poisoned(config, source, mesh, start_step):
     for step, batch in enumerate(real(config, source, mesh, start_step), start_step + 1):
@@ -158,12 +158,12 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(reference, data_dir,
         batch = dict(batch, image=batch['image'] * np.nan)
       yield batch
 
-  monkeypatch.setattr(train, 'global_batches', poisoned)
+  monkeypatch.setattr(assembly, 'global_batches', poisoned)
   with pytest.raises(train.NonFiniteLossError, match='at step 7'):
     train.run(config, str(tmp_path))
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path), keep=3)
   assert checkpointer.all_steps() == [4]
-  state = checkpointer.restore_state(4, train.Trainer(config, num_classes=10).abstract_state())
+  state = checkpointer.restore_state(4, assembly.Trainer(config, num_classes=10).abstract_state())
   checkpointer.close()
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 

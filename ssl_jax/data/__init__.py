@@ -12,6 +12,7 @@ from ssl_jax.data.pipeline import measure_throughput
 from ssl_jax.data.pipeline import Source
 from ssl_jax.data.pipeline import SubsetSource
 from ssl_jax.data.pipeline import TfdsSource
+from ssl_jax.data.views import ViewSpec
 from ssl_jax.data.shapes import CLASS_NAMES
 from ssl_jax.data.shapes import prepare as prepare_shapes
 from ssl_jax.data.shapes import render
@@ -19,6 +20,7 @@ from ssl_jax.data.shapes import render
 __all__ = [
     'CLASS_NAMES',
     'DataError',
+    'ViewSpec',
     'FolderSource',
     'Source',
     'SubsetSource',

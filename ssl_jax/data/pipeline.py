@@ -41,6 +41,12 @@ so that 1% of the labels is a subset of 10%, itself a subset of 20%. For
 ImageNet's train split, 1% and 10% are instead the standard TFDS subsets
 ``imagenet2012_subset/1pct`` and ``/10pct`` (:func:`imagenet_subset_name`).
 
+Multi-view training (contrastive methods): ``make_dataset(...,
+views=[ViewSpec(...), ...], share_geometry=...)`` gives each training example
+``V`` views, ``image`` ``[b, V, S, S, 3]``, each view drawn with stateless
+randomness from (seed, g, view); see :mod:`ssl_jax.data.views` for the ops,
+where they run and why.
+
 Use :func:`make_source` and :func:`make_dataset`; iterate with
 :func:`iterate_numpy` (or ``tfds.as_numpy``) to get numpy batches.
 """
@@ -48,11 +54,12 @@ Use :func:`make_source` and :func:`make_dataset`; iterate with
 from __future__ import annotations
 
 import abc
+import collections.abc
 import functools
 import math
 import os
 import time
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from absl import logging
 import numpy as np
@@ -62,6 +69,9 @@ from array_record.python import array_record_data_source
 
 from ssl_jax.data import randaugment as randaugment_lib
 from ssl_jax.data import shapes
+from ssl_jax.data import views as views_lib
+from ssl_jax.data.errors import DataError
+from ssl_jax.data.views import ViewSpec  # Re-exported: pipeline.ViewSpec.
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
@@ -73,6 +83,8 @@ FOLDER_SPLITS = ('train', 'validation', 'test')
 _SHUFFLE_STREAM = 1
 _AUGMENT_STREAM = 2
 _RANDAUGMENT_STREAM = 3
+_VIEW_GEOMETRY_STREAM = 4  # Crop and flip keys of views v > 0.
+_VIEW_PHOTOMETRIC_STREAM = 5  # Photometric keys of every view.
 # Inception-style random resized crop.
 _ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 _CROP_MAX_ATTEMPTS = 10
@@ -86,13 +98,6 @@ _LABELS_LOG_AFTER_S = 5.0
 _IMAGENET = 'imagenet2012'
 _IMAGENET_SUBSETS = {0.01: 'imagenet2012_subset/1pct',
                      0.1: 'imagenet2012_subset/10pct'}
-
-
-class DataError(ValueError):
-  """A dataset that cannot be read as asked (missing, wrong format, ...).
-
-  The message says what to do about it.
-  """
 
 
 # ----------------------------------------------------------------------------
@@ -694,6 +699,27 @@ def _randaugment_key(g: tf.Tensor, seed: int) -> tf.Tensor:
       _stream_key(seed, _RANDAUGMENT_STREAM), g)
 
 
+def _view_geometry_keys(g: tf.Tensor, view: int,
+                        seed: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """(crop key, flip key) of view ``view`` of global index g. View 0's are
+  the single-view keys (:func:`_augment_keys`); view v > 0 folds (g, v)
+  into a stream of its own."""
+  if view == 0:
+    return _augment_keys(g, seed)
+  key = tf.random.experimental.stateless_fold_in(
+      _stream_key(seed, _VIEW_GEOMETRY_STREAM), g)
+  key = tf.random.experimental.stateless_fold_in(key, view)
+  keys = tf.random.experimental.stateless_split(key, 2)
+  return keys[0], keys[1]
+
+
+def _view_photometric_key(g: tf.Tensor, view: int, seed: int) -> tf.Tensor:
+  """The photometric key of view ``view`` of global index g, [2] int64."""
+  key = tf.random.experimental.stateless_fold_in(
+      _stream_key(seed, _VIEW_PHOTOMETRIC_STREAM), g)
+  return tf.random.experimental.stateless_fold_in(key, view)
+
+
 def _local_batch_size(global_batch_size: int, process_index: int,
                       process_count: int) -> int:
   if process_count < 1 or not 0 <= process_index < process_count:
@@ -729,15 +755,16 @@ def _to_uint8_rgb(image: tf.Tensor) -> tf.Tensor:
   return image
 
 
-def _sample_crop(shape: tf.Tensor, key: tf.Tensor,
-                 min_area: float) -> tuple[tf.Tensor, tf.Tensor]:
+def _sample_crop(shape: tf.Tensor, key: tf.Tensor, min_area: float,
+                 aspect: tuple[float, float] = _ASPECT_RATIO_RANGE
+                 ) -> tuple[tf.Tensor, tf.Tensor]:
   """Inception crop window (begin [3], size [3]) for an image of ``shape``."""
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
       shape,
       bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
       seed=key,
       min_object_covered=0.0,
-      aspect_ratio_range=_ASPECT_RATIO_RANGE,
+      aspect_ratio_range=aspect,
       area_range=(min_area, 1.0),
       max_attempts=_CROP_MAX_ATTEMPTS,
       use_image_if_no_bounding_boxes=True)
@@ -747,20 +774,36 @@ def _sample_crop(shape: tf.Tensor, key: tf.Tensor,
 def _decode_and_random_crop(image: tf.Tensor, key: tf.Tensor,
                             min_area: float) -> tf.Tensor:
   """Random resized crop window of an encoded or decoded image (uint8)."""
+  return _decode_and_random_crops(
+      image, [(key, min_area, _ASPECT_RATIO_RANGE)])[0]
+
+
+def _decode_and_random_crops(image: tf.Tensor, windows) -> list[tf.Tensor]:
+  """Random crop windows (uint8) of one encoded or decoded image.
+
+  ``windows``: a list of (key, min_area, aspect range), one per crop. The
+  image is decoded once (a JPEG: only each window is decoded).
+  """
 
   def crop_decoded():
     decoded = _to_uint8_rgb(image)
-    begin, size = _sample_crop(tf.shape(decoded), key, min_area)
-    return tf.slice(decoded, begin, size)
+    crops = []
+    for key, min_area, aspect in windows:
+      begin, size = _sample_crop(tf.shape(decoded), key, min_area, aspect)
+      crops.append(tf.slice(decoded, begin, size))
+    return crops
 
   if image.dtype != tf.string:
     return crop_decoded()
 
   def crop_jpeg():  # Decodes only the window: much faster for large JPEGs.
     shape = tf.image.extract_jpeg_shape(image)
-    begin, size = _sample_crop(shape, key, min_area)
-    window = tf.stack([begin[0], begin[1], size[0], size[1]])
-    return tf.image.decode_and_crop_jpeg(image, window, channels=3)
+    crops = []
+    for key, min_area, aspect in windows:
+      begin, size = _sample_crop(shape, key, min_area, aspect)
+      window = tf.stack([begin[0], begin[1], size[0], size[1]])
+      crops.append(tf.image.decode_and_crop_jpeg(image, window, channels=3))
+    return crops
 
   return tf.cond(tf.io.is_jpeg(image), crop_jpeg, crop_decoded)
 
@@ -824,6 +867,76 @@ def _train_image(image, g, *, seed, image_size, min_area, flip,
   return image
 
 
+def _train_views(image, g, *, seed, image_size, views, share_geometry
+                 ) -> tf.Tensor:
+  """float32 [V, S, S, 3] in [0, 1]: the views of one training example.
+
+  Geometry as :func:`_train_image` (crop, resize, flip; with view 0's keys
+  equal to the single-view keys), then each view's photometric ops
+  (:func:`ssl_jax.data.views.photometric`). ``share_geometry``: one crop and
+  flip, view 0's, for every view.
+  """
+  geometries = views[:1] if share_geometry else views
+  keys = [_view_geometry_keys(g, v, seed) for v in range(len(geometries))]
+  crops = _decode_and_random_crops(
+      image, [(crop_key, spec.min_area, spec.aspect)
+              for (crop_key, _), spec in zip(keys, geometries)])
+  bases = []
+  for crop, (_, flip_key), spec in zip(crops, keys, geometries):
+    base = _resize(crop, image_size, image_size)
+    if spec.flip:
+      base = tf.image.stateless_random_flip_left_right(base, flip_key)
+    bases.append(tf.clip_by_value(base / 255.0, 0.0, 1.0))
+  out = []
+  for v, spec in enumerate(views):
+    base = bases[0] if share_geometry else bases[v]
+    out.append(views_lib.photometric(base, _view_photometric_key(g, v, seed),
+                                     spec, image_size))
+  return tf.stack(out)
+
+
+def _check_views(views, share_geometry, *, randaugment,
+                 crop) -> tuple[ViewSpec, ...] | None:
+  """Validates ``make_dataset``'s ``views`` and ``share_geometry``."""
+  if not isinstance(share_geometry, bool):
+    raise DataError('share_geometry must be True or False, got '
+                    f'{share_geometry!r}.')
+  if views is None:
+    if share_geometry:
+      raise DataError('share_geometry=True needs views=[ViewSpec(...), ...] '
+                      '(it shares view 0\'s crop and flip with the other '
+                      'views); got views=None.')
+    return None
+  if isinstance(views, (ViewSpec, str)) or not isinstance(
+      views, collections.abc.Sequence):
+    raise DataError('views must be None or a sequence of ViewSpec (one per '
+                    f'view), got {views!r}.')
+  views = tuple(views)
+  if not views:
+    raise DataError('views must hold at least one ViewSpec, got an empty '
+                    'sequence (use views=None for single-view batches).')
+  for v, spec in enumerate(views):
+    if not isinstance(spec, ViewSpec):
+      raise DataError(f'views[{v}] must be a ViewSpec, got {spec!r}.')
+  if share_geometry:
+    for v, spec in enumerate(views[1:], 1):
+      if spec.geometry() != views[0].geometry():
+        raise DataError(
+            'share_geometry=True gives every view the crop and flip of view '
+            '0, so every view must have the same (min_area, aspect, flip): '
+            f'views[0] has {views[0].geometry()}, views[{v}] has '
+            f'{spec.geometry()}.')
+  if randaugment is not None:
+    raise DataError(
+        f'randaugment={randaugment!r} is single-view only: it cannot be '
+        'combined with views (use randaugment=None, or views=None).')
+  if crop == 'pad':
+    raise DataError(
+        "crop='pad' is single-view only: it cannot be combined with views "
+        "(use crop='resized' and ViewSpec.min_area/aspect, or views=None).")
+  return views
+
+
 def _check_randaugment(randaugment) -> tuple[int, float, float] | None:
   """Validates ``make_dataset``'s ``randaugment`` argument."""
   if randaugment is None:
@@ -884,7 +997,9 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
                  min_area: float = 0.08, flip: bool = True,
                  eval_crop_fraction: float = 1.0,
                  randaugment: tuple[int, float, float] | None = None,
-                 crop: str = 'resized', pad: int = 4) -> tf.data.Dataset:
+                 crop: str = 'resized', pad: int = 4,
+                 views: Sequence[ViewSpec] | None = None,
+                 share_geometry: bool = False) -> tf.data.Dataset:
   """This process's batches, a pure function of (seed, global index).
 
   Args:
@@ -915,11 +1030,23 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
     crop: training crops: 'resized' (the Inception crop above) or 'pad' (the
       whole image resized to image_size, reflection-padded by ``pad`` pixels
       and randomly cropped back to image_size; ``min_area`` unused).
+    views: None (one image per example), or one :class:`ViewSpec` per view:
+      training images become ``[V, S, S, 3]`` views, each with its own crop
+      and flip settings and photometric ops (:mod:`ssl_jax.data.views`),
+      keyed by (seed, global index, view); ``min_area`` and ``flip`` are then
+      unused. View 0's crop and flip keys are the single-view ones. Not with
+      ``randaugment`` or ``crop='pad'`` (single-view only). Ignored for
+      evaluation (one centre crop per example, ``[b, S, S, 3]``), but always
+      validated.
+    share_geometry: with ``views``: True: every view is view 0's crop and
+      flip (views must have equal min_area, aspect, flip) and views differ
+      only photometrically; False: each view draws its own crop and flip.
 
   Returns:
     Batches ``{'image': float32 [b, S, S, 3] in [0, 1], 'label': int32 [b],
     'index': int64 [b] (global index g), 'valid': bool [b]}`` with
-    ``b = global_batch_size // process_count``.
+    ``b = global_batch_size // process_count`` (``b`` counts examples, not
+    views); with ``views`` and ``train``, ``image`` is ``[b, V, S, S, 3]``.
   """
   _hide_accelerators_from_tf()
   if not 0 <= seed < 2**63:
@@ -935,6 +1062,8 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
     raise DataError(f'crop must be one of {CROPS}, got {crop!r}.')
   if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < image_size:
     raise DataError(f'pad must be an integer in [0, image_size={image_size}), got {pad!r}.')
+  views = _check_views(views, share_geometry, randaugment=randaugment,
+                       crop=crop)
   local_batch = _local_batch_size(global_batch_size, process_index,
                                   process_count)
   ds = _index_batches(source, seed=seed, global_batch_size=global_batch_size,
@@ -948,6 +1077,13 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
 
   def preprocess(example):
     image, label = source.parse(example)
+    if train and views is not None:
+      image = _train_views(image, example['index'], seed=seed,
+                           image_size=image_size, views=views,
+                           share_geometry=share_geometry)
+      image = tf.ensure_shape(image, [len(views), image_size, image_size, 3])
+      return {'image': image, 'label': label, 'index': example['index'],
+              'valid': example['valid']}
     if train:
       image = _train_image(image, example['index'], seed=seed,
                            image_size=image_size, min_area=min_area, flip=flip,

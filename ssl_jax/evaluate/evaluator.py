@@ -23,10 +23,11 @@ import numpy as np
 import optax
 from absl import logging
 
-from ssl_jax import sharding as sharding_lib
 from ssl_jax import tasks
+from ssl_jax import sharding as sharding_lib
 from ssl_jax.data import pipeline
 from ssl_jax.evaluate import fewshot, knn
+from ssl_jax.nn.losses import topk_correct
 
 
 def open_split(config: ml_collections.ConfigDict, split: str) -> pipeline.Source:
@@ -75,52 +76,56 @@ class Evaluator:
     for local in ds.as_numpy_iterator():
       yield sharding_lib.to_global(local, self.batch_sharding)
 
-  def _jit(self, name: str, fn: Callable, params: Any) -> Callable:
+  def _jit(self, name: str, fn: Callable, params: Any, state: Any) -> Callable:
+    """fn(params, state, batch) jit-compiled with the parameters' and the
+    state's own shardings (once per name)."""
     if name not in self._compiled:
-      shardings = jax.tree.map(lambda a: a.sharding, params)
-      self._compiled[name] = jax.jit(fn, in_shardings=(shardings, self.batch_sharding),
+      shardings = jax.tree.map(lambda a: a.sharding, (params, state))
+      self._compiled[name] = jax.jit(fn, in_shardings=shardings + (self.batch_sharding,),
                                      out_shardings=self.replicated)
     return self._compiled[name]
 
-  def _classification(self, params: Any) -> dict[str, float]:
-    def sums(params, batch):
-      logits = self.task.predict(params, batch)
+  def _classification(self, params: Any, state: Any) -> dict[str, float]:
+    def sums(params, state, batch):
+      logits = self.task.predict(params, batch, state)
       labels, w = batch['label'], batch['valid'].astype(jnp.float32)
       xent = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-      return {'top1': (tasks.topk_correct(logits, labels, 1) * w).sum(),
-              'top5': (tasks.topk_correct(logits, labels, 5) * w).sum(),
+      return {'top1': (topk_correct(logits, labels, 1) * w).sum(),
+              'top5': (topk_correct(logits, labels, 5) * w).sum(),
               'loss': (xent * w).sum(), 'examples': w.sum()}
 
-    fn = self._jit('classify', sums, params)
+    fn = self._jit('classify', sums, params, state)
     total = None
     for batch in self._batches(self.test):
-      out = fn(params, batch)
+      out = fn(params, state, batch)
       total = out if total is None else jax.tree.map(jnp.add, total, out)
     host = {k: float(v) for k, v in jax.device_get(total).items()}
     n = host.pop('examples')
     return dict({f'eval/{k}': v / n for k, v in host.items()}, **{'eval/examples': n})
 
   def features(self, params: Any, source: pipeline.Source,
-               representation: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+               representation: str | None = None, *, state: Any = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """(features [n, d], labels [n]) of every example of `source`, in order,
     in evaluation mode; `representation` defaults to eval.representation."""
     name = representation or self.config.eval.representation
-    feats, labels = self.features_by_name(params, source, (name,))
+    feats, labels = self.features_by_name(params, source, (name,), state=state)
     return feats[name], labels
 
-  def features_by_name(self, params: Any, source: pipeline.Source, names: tuple[str, ...]
-                       ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  def features_by_name(self, params: Any, source: pipeline.Source, names: tuple[str, ...],
+                       *, state: Any = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({name: features [n, d]}, labels [n]) of several representations of
     every example of `source`, from one pass."""
+    state = {} if state is None else state
 
-    def represent(params, batch):
-      feats = self.task.represent(params, batch)
+    def represent(params, state, batch):
+      feats = self.task.represent(params, batch, state)
       return {k: feats[k] for k in names}, batch['label'], batch['valid']
 
-    fn = self._jit('represent/' + ','.join(names), represent, params)
+    fn = self._jit('represent/' + ','.join(names), represent, params, state)
     xs, ys = {k: [] for k in names}, []
     for batch in self._batches(source):
-      x, y, valid = jax.device_get(fn(params, batch))
+      x, y, valid = jax.device_get(fn(params, state, batch))
       for k in names:
         xs[k].append(np.asarray(x[k])[valid])
       ys.append(np.asarray(y)[valid])
@@ -135,10 +140,10 @@ class Evaluator:
       self._warned_shots.add(n)
     return shots
 
-  def _monitors(self, params: Any) -> dict[str, float]:
+  def _monitors(self, params: Any, state: Any) -> dict[str, float]:
     e = self.config.eval
-    train_x, train_y = self.features(params, self.pool)
-    test_x, test_y = self.features(params, self.test)
+    train_x, train_y = self.features(params, self.pool, state=state)
+    test_x, test_y = self.features(params, self.test, state=state)
     out = {}
     if 'fewshot' in self.monitors:
       scores = fewshot.fewshot_accuracy(
@@ -153,33 +158,43 @@ class Evaluator:
 
   @property
   def draws(self) -> bool:
-    """Whether `pictures` has something to draw (a pretraining objective
-    with a `pictures` method, and an evaluation split)."""
-    objective = getattr(self.task, 'objective', None)
-    return self.test is not None and hasattr(objective, 'pictures')
+    """Whether `pictures` has something to draw (a pretraining method that
+    draws pictures, and an evaluation split)."""
+    return (self.test is not None and not self.classify
+            and self.task.method.draws_pictures)
 
-  def pictures(self, params: Any, num_images: int = 8) -> np.ndarray | None:
+  def eval_images(self, num_images: int) -> np.ndarray:
+    """The first `num_images` images of eval.split (host numpy)."""
+    batch = next(iter(self._batches(self.test)))
+    return np.asarray(jax.device_get(batch['image']))[:num_images]
+
+  def pictures(self, params: Any, state: Any = None,
+               num_images: int = 8) -> np.ndarray | None:
     """uint8 [k, H, W, 3]: the objective's pictures of the first k images
     of eval.split, drawn with a fixed key (the same segments and orders at
     every step, so pictures from different steps compare). None if there is
     nothing to draw."""
     if not self.draws:
       return None
-    objective = self.task.objective
+    method = self.task.method
     k = min(num_images, self.config.eval.batch_size)
     key = jax.random.key(self.config.seed)
+    state = {} if state is None else state
 
-    def draw(params, batch):
-      return objective.pictures(params['model'], batch['image'][:k], key)
+    def draw(params, state, batch):
+      del state
+      return method.pictures(params['model'], batch['image'][:k], key)
 
-    fn = self._jit(f'pictures/{k}', draw, params)
-    return np.asarray(jax.device_get(fn(params, next(iter(self._batches(self.test))))))
+    fn = self._jit(f'pictures/{k}', draw, params, state)
+    return np.asarray(jax.device_get(fn(params, state, next(iter(self._batches(self.test))))))
 
-  def __call__(self, params: Any) -> dict[str, float]:
-    """Every configured evaluation of `params`: {metric name: value}."""
+  def __call__(self, params: Any, state: Any = None) -> dict[str, float]:
+    """Every configured evaluation of `params` (and the method's state):
+    {metric name: value}."""
+    state = {} if state is None else state
     out = {}
     if self.classify:
-      out.update(self._classification(params))
+      out.update(self._classification(params, state))
     if self.monitors:
-      out.update(self._monitors(params))
+      out.update(self._monitors(params, state))
     return out

@@ -1,0 +1,112 @@
+"""Config checks that import nothing of ssl_jax.
+
+Configs are locked (`ml_collections`): an unknown key or a value of the wrong
+type is rejected by the flag parser. The checks here raise `ConfigError` with
+one line that names the key and what is allowed; the core's validation
+(ssl_jax.core.validation) and each method's `validate` are built from them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key."""
+
+
+def get(config: ml_collections.ConfigDict, key: str) -> Any:
+  value = config
+  for part in key.split('.'):
+    value = value[part]
+  return value
+
+
+def require(config, key: str, ok: Callable[[Any], bool], allowed: str) -> Any:
+  try:
+    value = get(config, key)
+  except (KeyError, AttributeError):
+    raise ConfigError(f'config.{key} is missing; it must be {allowed}') from None
+  try:
+    good = ok(value)
+  except TypeError:
+    good = False
+  if not good:
+    raise ConfigError(f'config.{key}={value!r} is not allowed: must be {allowed}')
+  return value
+
+
+def is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def positive_int(config, key):
+  return require(config, key, lambda v: is_int(v) and v > 0, 'an integer > 0')
+
+
+def unit_interval(config, key, *, open_: bool):
+  if open_:
+    return require(config, key, lambda v: is_number(v) and 0 < v < 1,
+                   'a number in (0, 1)')
+  return require(config, key, lambda v: is_number(v) and 0 <= v <= 1,
+                 'a number in [0, 1]')
+
+
+def range_pair(config, key, lo_bound=0.0):
+  return require(
+      config, key,
+      lambda v: len(v) == 2 and all(map(is_number, v)) and lo_bound <= v[0] <= v[1],
+      f'a pair (lo, hi) with {lo_bound} <= lo <= hi')
+
+
+def one_of(config, key, allowed):
+  return require(config, key, lambda v: v in allowed,
+                 'one of ' + ', '.join(repr(a) for a in allowed))
+
+
+def boolean(config, key):
+  return require(config, key, lambda v: isinstance(v, bool), 'True or False')
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  """A stable JSON form of the config, saved next to checkpoints."""
+  return json.dumps(config.to_dict(), sort_keys=True, default=list)
+
+
+# Keys that may change when a run resumes: they change neither the state's
+# structure nor the values a step computes.
+
+
+# Keys that may change when a run resumes: they change neither the state's
+# structure nor the values a step computes.
+RESUMABLE_KEYS = ('total_steps', 'log_every', 'checkpoint.every', 'checkpoint.keep',
+                  'data.data_dir', 'sharding.rule', 'sharding.fsdp_axis_size',
+                  'sharding.fsdp_min_size', 'init.workdir', 'init.step')
+# Evaluation reads the state and never changes it.
+RESUMABLE_PREFIXES = ('eval.', 'sweep.', 'feature_probe.')
+
+
+def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def incompatible_keys(saved: dict, current: dict) -> list[str]:
+  """Keys whose values differ between a checkpoint's config and this run's,
+  other than RESUMABLE_KEYS and RESUMABLE_PREFIXES."""
+  a, b = flatten(saved), flatten(current)
+  keys = sorted(set(a) | set(b))
+  return [k for k in keys if a.get(k, '<missing>') != b.get(k, '<missing>')
+          and k not in RESUMABLE_KEYS and not k.startswith(RESUMABLE_PREFIXES)]

@@ -1,0 +1,257 @@
+"""The loop: data, state, step, evaluation, checkpoints, metrics.
+
+It knows nothing about any paper: the run's pieces come from
+`ssl_jax.core.assembly.assemble`, the method behind the task gives init /
+loss / represent, and everything else is generic. A run is a pure
+function of its config: the step's key is fold_in(seed, step) and the data
+stream is a function of (seed, global example index), both restored from a
+checkpoint, so a resumed run computes exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging as pylogging
+import os
+import signal
+import time
+from typing import Any, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from ssl_jax import drawing
+from ssl_jax.config.checks import flatten, incompatible_keys, to_json
+from ssl_jax.core import assembly
+from ssl_jax.core import checkpoint as ckpt_lib
+from ssl_jax.core import metrics as metrics_lib
+
+DataError = assembly.DataError  # the dataset cannot be opened
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradient became NaN or Inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What `run` leaves behind, for callers and tests."""
+  workdir: str
+  first_step: int        # the step this invocation started from
+  last_step: int         # the step it stopped at
+  preempted: bool
+  state: Any = None
+  evaluation: dict[str, float] | None = None  # the latest evaluation's results
+
+
+class _Preemption:
+  """Turns SIGTERM (how a TPU VM is preempted) into a flag the loop polls."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    def handler(signum, frame):
+      del frame
+      logging.warning('signal %d received: saving a checkpoint, then exiting', signum)
+      self.requested = True
+    try:
+      self._previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. some notebooks): no handler
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class _LibraryInfoFilter(pylogging.Filter):
+  """Drops INFO records that libraries (orbax, clu, tensorflow) send through
+  absl, so the console shows the run's own progress; warnings pass."""
+
+  _QUIET = (f'{os.sep}orbax{os.sep}', f'{os.sep}clu{os.sep}',
+            f'{os.sep}tensorflow{os.sep}', f'{os.sep}tensorflow_datasets{os.sep}',
+            f'{os.sep}etils{os.sep}', f'{os.sep}jax{os.sep}')
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or not any(
+        q in record.pathname for q in self._QUIET)
+
+
+def quiet_library_logs() -> None:
+  """Installs the filter above on absl's logger (idempotent)."""
+  absl_logger = pylogging.getLogger('absl')
+  if not any(isinstance(f, _LibraryInfoFilter) for f in absl_logger.filters):
+    absl_logger.addFilter(_LibraryInfoFilter())
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
+
+
+def _meta(config, step: int) -> dict[str, Any]:
+  return {'step': step,
+          'config': json.loads(to_json(config)),
+          'data': {'next_index': step * config.batch_size, 'seed': config.seed,
+                   'batch_size': config.batch_size}}
+
+
+def _check_compatible(config, meta: dict[str, Any], directory: str, step: int) -> None:
+  saved = meta.get('config', {})
+  current = json.loads(to_json(config))
+  bad = incompatible_keys(saved, current)
+  if bad:
+    shown = ', '.join(f'{k} (checkpoint: {flatten(saved).get(k, "<missing>")!r}, '
+                      f'now: {flatten(current).get(k, "<missing>")!r})'
+                      for k in bad[:5])
+    more = f' and {len(bad) - 5} more' if len(bad) > 5 else ''
+    raise ckpt_lib.CheckpointError(
+        f'checkpoint {step} in {directory} was written by an incompatible config: '
+        f'{shown}{more}. Resume with the same values, or use a new --workdir.')
+  if meta['data']['next_index'] != step * config.batch_size:
+    raise ckpt_lib.CheckpointError(
+        f'checkpoint {step} in {directory}: data position {meta["data"]["next_index"]} '
+        f'does not match step {step} x batch {config.batch_size}')
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
+        stop_after: int | None = None) -> RunResult:
+  """Trains from scratch or resumes from the latest checkpoint in `workdir`.
+
+  `stop_after`: return after this many steps of this invocation (tests).
+  """
+  run_ = assembly.assemble(config, devices=devices)
+  trainer, evaluator = run_.trainer, run_.evaluator
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep)
+  abstract = trainer.abstract_state()
+
+  start = checkpointer.latest_step()
+  if start is not None:
+    run_.close()
+    meta = checkpointer.restore_meta(start)
+    _check_compatible(config, meta, checkpointer.directory, start)
+    if meta['config'].get('total_steps') != config.total_steps:
+      logging.warning('total_steps changed from %s to %s: the learning-rate '
+                      'schedule after step %d differs from the original run',
+                      meta['config'].get('total_steps'), config.total_steps, start)
+    state = checkpointer.restore_state(start, abstract)
+    logging.info('resumed from checkpoint %d in %s', start, checkpointer.directory)
+  else:
+    start = 0
+    state = run_.new_state(abstract)
+  if jax.process_index() == 0:
+    metrics_lib.write_atomic(os.path.join(workdir, 'config.json'),
+                             json.dumps(json.loads(to_json(config)), indent=2))
+
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+  logging.info('%s: %.2fM parameters, mesh %s', config.objective, num_params / 1e6,
+               dict(trainer.mesh.shape))
+  compiled, flops = trainer.compile_step(abstract, assembly.abstract_batch(config))
+  writer = metrics_lib.make_writer(workdir, resume_step=start)
+  results = metrics_lib.EvalResults(workdir, resume_step=start)
+  if start == 0:
+    writer.write_hparams({'num_params': num_params})
+
+  result = RunResult(workdir, start, start, preempted=False)
+  batches = assembly.global_batches(config, run_.source, trainer.mesh, start)
+  total = config.total_steps
+  pending = None  # (step number, metrics) of the last dispatched step, unchecked
+  last_log_time, last_log_step = time.perf_counter(), start
+
+  def check(item) -> dict[str, float]:
+    step, metrics = item
+    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not (np.isfinite(host['loss']) and np.isfinite(host['grad_norm'])):
+      raise NonFiniteLossError(
+          f'non-finite loss {host["loss"]} (grad norm {host["grad_norm"]}) at step '
+          f'{step}; the last good checkpoint in {checkpointer.directory} is intact. '
+          'Try a lower optimizer.lr, optimizer.grad_clip_norm, or float32 compute.')
+    return host
+
+  def should_log(step: int) -> bool:
+    return step % config.log_every == 0 or step in (1, total)
+
+  def should_eval(step: int) -> bool:
+    every = config.eval.every
+    return evaluator.enabled and ((every and step % every == 0) or step == total)
+
+  def evaluate(step: int):
+    t0 = time.perf_counter()
+    scores = evaluator(state.params, state.method_state)
+    writer.write_scalars(step, scores)
+    writer.flush()
+    results.add(step, scores)
+    logging.info('eval at step %d (%.1f s): %s', step, time.perf_counter() - t0,
+                 ' | '.join(f'{k} {v:.4f}' for k, v in scores.items()))
+    drawn = evaluator.pictures(state.params, state.method_state)
+    if drawn is not None:
+      writer.write_images(step, {'pictures': drawn})
+      writer.flush()
+      if jax.process_index() == 0:
+        drawing.save_png(drawing.png_path(workdir, step), drawn)
+
+  def log(step: int, host: dict[str, float], flush: bool = True):
+    nonlocal last_log_time, last_log_step
+    now = time.perf_counter()
+    dt = (now - last_log_time) / max(step - last_log_step, 1)
+    last_log_time, last_log_step = now, step
+    scalars = dict(host, step_time=dt, examples_per_sec=config.batch_size / dt)
+    if flops:
+      scalars['tflops_per_sec'] = flops / dt / 1e12
+    writer.write_scalars(step, scalars)
+    if flush:  # metrics.jsonl and TensorBoard are current at every log
+      writer.flush()
+    logging.info('step %d/%d | loss %.4f | lr %.2e | %.1f ex/s | %.0f ms/step | ETA %s',
+                 step, total, host['loss'], host['learning_rate'],
+                 config.batch_size / dt, dt * 1e3, _format_eta(dt * (total - step)))
+
+  try:
+    with _Preemption() as preemption:
+      for step in range(start + 1, total + 1):
+        state, metrics = compiled(state, next(batches))
+        previous, pending = pending, (step, metrics)
+        if previous is not None:
+          host = check(previous)
+          if should_log(previous[0]):
+            log(previous[0], host)
+        evaluating = should_eval(step)
+        at_checkpoint = step % config.checkpoint.every == 0 or step == total
+        stopping = (preemption.requested or checkpointer.reached_preemption(step)
+                    or (stop_after is not None and step - start >= stop_after))
+        if evaluating or at_checkpoint or stopping:
+          host = check(pending)
+          if should_log(step):  # an evaluation adds to this step's line
+            log(step, host, flush=not evaluating)
+          pending = None
+        if evaluating:  # before the checkpoint: a checkpoint's step is evaluated
+          evaluate(step)
+        if at_checkpoint or stopping:
+          checkpointer.save(step, state, _meta(config, step))
+        result.last_step = step
+        if stopping:
+          result.preempted = preemption.requested
+          break
+  finally:
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+  result.state = state
+  result.evaluation = results.latest()
+  if result.preempted:
+    logging.warning('stopped at step %d on a preemption signal; the checkpoint is '
+                    'saved: run the same command again to resume', result.last_step)
+  if jax.process_index() == 0:
+    logging.info('done at step %d. metrics: %s (TensorBoard: tensorboard --logdir %s); '
+                 'checkpoints: %s', result.last_step, os.path.join(workdir, 'metrics.jsonl'),
+                 workdir, checkpointer.directory)
+  return result

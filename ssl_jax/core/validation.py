@@ -1,0 +1,238 @@
+"""Checks a whole config before anything compiles.
+
+`validate` checks the keys every run shares (steps, batch, data, optimizer,
+mesh, evaluation), then dispatches to the method's own `validate` (or, for a
+probe or fine-tune, to the classifier's keys and the backbone method's
+`validate` and `validate_probe`). Every failure is a `ConfigError` with one
+line that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from ssl_jax.config.checks import (ConfigError, get, is_int, is_number, one_of, positive_int,
+                                   require, unit_interval)
+from ssl_jax.data import pipeline
+from ssl_jax.methods import registry
+from ssl_jax.tasks import HEADS, MODES
+
+CLASSIFICATION = 'classification'
+MONITORS = ('fewshot', 'knn')
+
+
+def validate_common(config: ml_collections.ConfigDict, num_devices: int,
+                    num_processes: int = 1) -> None:
+  """The keys every run shares: steps, batch, data, optimizer, mesh, eval."""
+  objective = one_of(config, 'objective', registry.names() + (CLASSIFICATION,))
+  if objective != CLASSIFICATION and not registry.get(objective).self_supervised:
+    raise ConfigError(f'config.objective={objective!r} is not allowed: it has no '
+                      'self-supervised loss; it can only be a probe\'s backbone '
+                      f'(config.objective={CLASSIFICATION!r}, backbone.objective={objective!r})')
+  require(config, 'seed', is_int, 'an integer')
+  total = positive_int(config, 'total_steps')
+  batch = positive_int(config, 'batch_size')
+  one_of(config, 'compute_dtype', ('float32', 'bfloat16'))
+  require(config, 'data.name', lambda v: isinstance(v, str) and v,
+          "a tfds dataset name, 'ssl_jax_shapes' or 'folder'")
+  if config.data.name == 'folder':
+    require(config, 'data.data_dir', lambda v: isinstance(v, str) and v,
+            "the folder's root path (ROOT/<class_name>/*.png|jpg) when data.name='folder'")
+  require(config, 'data.split', lambda v: isinstance(v, str) and v, 'a split name')
+  positive_int(config, 'data.image_size')
+  require(config, 'data.min_area', lambda v: is_number(v) and 0 < v <= 1,
+          'a number in (0, 1]')
+  require(config, 'data.flip', lambda v: isinstance(v, bool), 'True or False')
+  if 'crop' in config.data:
+    one_of(config, 'data.crop', pipeline.CROPS)
+    size = config.data.image_size
+    require(config, 'data.pad', lambda v: is_int(v) and 0 <= v < size,
+             f'an integer in [0, data.image_size={size}) (reflection padding of data.crop=\'pad\')')
+
+  o = 'optimizer.'
+  require(config, o + 'lr', lambda v: is_number(v) and v > 0, 'a number > 0')
+  require(config, o + 'weight_decay', lambda v: is_number(v) and v >= 0, 'a number >= 0')
+  for b in ('b1', 'b2'):
+    require(config, o + b, lambda v: is_number(v) and 0 <= v < 1, 'a number in [0, 1)')
+  require(config, o + 'eps', lambda v: is_number(v) and v > 0, 'a number > 0')
+  require(config, o + 'warmup_steps', lambda v: is_int(v) and 0 <= v < total,
+          f'an integer in [0, total_steps={total})')
+  one_of(config, o + 'schedule', ('cosine', 'constant'))
+  require(config, o + 'grad_clip_norm', lambda v: v is None or (is_number(v) and v >= 0),
+          'None or a number >= 0 (0 or None: no clipping)')
+
+  one_of(config, 'sharding.rule', ('replicate', 'fsdp'))
+  fsdp = require(config, 'sharding.fsdp_axis_size',
+                 lambda v: is_int(v) and v > 0 and num_devices % v == 0,
+                 f'an integer > 0 that divides the {num_devices} devices')
+  positive_int(config, 'sharding.fsdp_min_size')
+  if config.sharding.rule == 'replicate' and fsdp != 1:
+    raise ConfigError(f"config.sharding.fsdp_axis_size={fsdp} is not allowed with "
+                      "sharding.rule='replicate': must be 1 (or set sharding.rule='fsdp')")
+  require(config, 'batch_size', lambda v: v % num_devices == 0,
+          f'divisible by the number of devices ({num_devices})')
+  require(config, 'batch_size', lambda v: v % num_processes == 0,
+          f'divisible by the number of processes ({num_processes})')
+  del batch
+
+  positive_int(config, 'log_every')
+  positive_int(config, 'checkpoint.every')
+  positive_int(config, 'checkpoint.keep')
+  validate_eval(config, num_devices, num_processes)
+
+
+def validate_eval(config: ml_collections.ConfigDict, num_devices: int,
+                  num_processes: int) -> None:
+  """The periodic evaluation: its split, batch and monitors."""
+  e = 'eval.'
+  require(config, e + 'every', lambda v: is_int(v) and v >= 0,
+          'an integer >= 0 (0: evaluate only at the last step)')
+  require(config, e + 'split', lambda v: isinstance(v, str) and v,
+          "a split name (tfds slicing allowed, e.g. 'test[:1000]')")
+  require(config, e + 'batch_size',
+          lambda v: is_int(v) and v > 0 and v % num_devices == 0 and v % num_processes == 0,
+          f'a positive integer divisible by the number of devices ({num_devices}) '
+          f'and of processes ({num_processes})')
+  require(config, e + 'crop_fraction', lambda v: is_number(v) and 0 < v <= 1,
+          'a number in (0, 1] (fraction of the resized image kept by the centre crop)')
+  monitors = require(config, e + 'monitors',
+                      lambda v: isinstance(v, (tuple, list)) and set(v) <= set(MONITORS),
+                      'a tuple of monitors from ' + ', '.join(map(repr, MONITORS)))
+  if monitors:
+    require(config, e + 'train_split', lambda v: isinstance(v, str) and v,
+             'the labelled split few-shot and kNN learn from, e.g. \'train[:10000]\'')
+    require(config, e + 'representation', lambda v: isinstance(v, str) and v,
+             'a representation name')
+  if 'fewshot' in monitors:
+    require(config, e + 'fewshot_shots',
+             lambda v: len(v) >= 1 and all(is_int(n) and n > 0 for n in v),
+             'a non-empty tuple of positive integers (shots per class)')
+    positive_int(config, e + 'fewshot_seeds')
+    require(config, e + 'fewshot_l2', lambda v: is_number(v) and v > 0, 'a number > 0')
+  if 'knn' in monitors:
+    positive_int(config, e + 'knn_k')
+    require(config, e + 'knn_temperature', lambda v: is_number(v) and v > 0, 'a number > 0')
+
+
+def validate_online_probe(config: ml_collections.ConfigDict) -> None:
+  require(config, 'online_probe.representation', lambda v: isinstance(v, str),
+          "a representation name, or '' for no online probe")
+  require(config, 'online_probe.lr', lambda v: is_number(v) and v > 0, 'a number > 0')
+
+
+def validate_classification(config: ml_collections.ConfigDict) -> None:
+  """A linear probe or fine-tune: its backbone, init checkpoint and head."""
+  one_of(config, 'backbone.objective', registry.names())
+  backbone = registry.get(config.backbone.objective)
+  if config.backbone.data.image_size != config.data.image_size:
+    raise ConfigError(
+        f'config.data.image_size={config.data.image_size} is not allowed: must equal '
+        f'config.backbone.data.image_size={config.backbone.data.image_size}, the size '
+        'the backbone was pretrained at')
+  backbone.validate(config.backbone)
+  require(config, 'init.workdir', lambda v: v is None or (isinstance(v, str) and v),
+          "the pretraining run's --workdir, or None for a randomly initialised backbone")
+  require(config, 'init.step', lambda v: v is None or (is_int(v) and v > 0),
+          'None (the latest checkpoint) or a step > 0')
+  c = 'classifier.'
+  one_of(config, c + 'mode', MODES)
+  one_of(config, c + 'head', HEADS)
+  require(config, c + 'representation', lambda v: isinstance(v, str) and v,
+          'a representation name')
+  require(config, c + 'dropout', lambda v: is_number(v) and 0 <= v < 1, 'a number in [0, 1)')
+  require(config, c + 'label_smoothing', lambda v: is_number(v) and 0 <= v < 1,
+          'a number in [0, 1)')
+  require(config, c + 'mask_ratio', lambda v: is_number(v) and 0 <= v < 1,
+          'a number in [0, 1) (fraction of patches masked while fine-tuning)')
+  if config.classifier.mask_ratio and not backbone.finetune_masking:
+    raise ConfigError(f'config.classifier.mask_ratio={config.classifier.mask_ratio} is not '
+                      f'allowed with backbone {config.backbone.objective!r}: must be 0 (it '
+                      'fine-tunes on whole images)')
+  if config.classifier.mode == 'linear' and config.classifier.mask_ratio:
+    raise ConfigError(f'config.classifier.mask_ratio={config.classifier.mask_ratio} is not '
+                      "allowed with classifier.mode='linear': must be 0 (the frozen "
+                      'backbone sees whole images)')
+  require(config, c + 'whiten', lambda v: isinstance(v, bool), 'True or False')
+  if config.classifier.whiten and config.classifier.mode != 'linear':
+    raise ConfigError(f'config.classifier.whiten=True is not allowed with classifier.mode='
+                      f"{config.classifier.mode!r}: the whitening is fitted once to frozen "
+                      'features, so it needs mode=\'linear\' (or set whiten=False)')
+  require(config, c + 'whiten_examples', lambda v: is_int(v) and v >= 2,
+          'an integer >= 2 (training images whose features fit the whitening)')
+  for key in ('mixup', 'cutmix'):
+    require(config, c + key, lambda v: is_number(v) and v >= 0,
+            'a number >= 0 (the Beta distribution\'s alpha; 0: off)')
+  decay = require(config, c + 'layer_decay', lambda v: is_number(v) and 0 < v <= 1,
+                  'a number in (0, 1] (1: no layer-wise decay)')
+  if decay != 1 and not backbone.layer_decay:
+    raise ConfigError(f'config.classifier.layer_decay={decay} is not allowed with backbone '
+                      f'{config.backbone.objective!r}: must be 1 (its layers are not '
+                      'numbered for layer-wise decay)')
+  weight = require(config, c + 'generative_weight', lambda v: is_number(v) and v >= 0,
+                    'a number >= 0 (weight of the backbone\'s own loss while fine-tuning; 0: '
+                    'off)')
+  if weight and (config.classifier.mode != 'finetune' or not backbone.generative_finetune):
+    raise ConfigError(f'config.classifier.generative_weight={weight} is not allowed with '
+                      f'classifier.mode={config.classifier.mode!r} and backbone '
+                      f'{config.backbone.objective!r}: must be 0 (it needs a fine-tune of a '
+                      'backbone method with the generative_finetune capability)')
+  backbone.validate_probe(config)
+  require(config, 'data.randaugment',
+           lambda v: len(v) == 0 or (len(v) == 3 and is_int(v[0]) and v[0] >= 1
+                                     and is_number(v[1]) and 0 <= v[1] <= 10
+                                     and is_number(v[2]) and v[2] >= 0),
+           '() (off) or (num_ops >= 1, magnitude in [0, 10], magnitude_std >= 0), '
+           'e.g. (2, 9, 0.5)')
+  require(config, 'data.label_fraction', lambda v: is_number(v) and 0 < v <= 1,
+           'a number in (0, 1] (the fraction of training labels used)')
+  require(config, 'data.subset_seed', lambda v: is_int(v) and v >= 0, 'an integer >= 0')
+  if 'feature_probe' in config:
+    validate_feature_probe(config)
+  s = 'sweep.'
+  for key in ('batch_size', 'lr'):
+    require(config, s + key, lambda v: len(v) >= 1 and all(is_number(x) and x > 0 for x in v),
+             'a non-empty tuple of positive numbers')
+  require(config, s + 'epochs', lambda v: v is None or (is_number(v) and v > 0),
+           'None (every run takes total_steps) or a number of epochs > 0')
+
+
+def validate_feature_probe(config: ml_collections.ConfigDict) -> None:
+  """The logistic-regression probes of --layer_sweep / --low_data."""
+  f = 'feature_probe.'
+  require(config, f + 'train_examples', lambda v: is_int(v) and v >= 2, 'an integer >= 2')
+  require(config, f + 'layers', lambda v: all(isinstance(x, str) and x for x in v),
+           "a tuple of representation names (() for all), e.g. ('layer_4', 'layer_8')")
+  require(config, f + 'l2_grid', lambda v: len(v) >= 1 and all(
+      is_number(x) and x >= 0 for x in v), 'a non-empty tuple of numbers >= 0')
+  unit_interval(config, f + 'val_fraction', open_=True)
+  positive_int(config, f + 'steps')
+  require(config, f + 'shots', lambda v: len(v) >= 1 and all(is_int(x) and x > 0 for x in v),
+           'a non-empty tuple of labels per class, e.g. (4, 25, 400)')
+  positive_int(config, f + 'seeds')
+  require(config, f + 'low_data_l2', lambda v: is_number(v) and v >= 0, 'a number >= 0')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int,
+             num_processes: int = 1) -> None:
+  """Raises ConfigError on the first impossible value."""
+  validate_common(config, num_devices, num_processes)
+  if config.objective == CLASSIFICATION:
+    validate_classification(config)
+  else:
+    registry.get(config.objective).validate(config)
+    validate_online_probe(config)
+
+
+def validate_representations(config: ml_collections.ConfigDict, available) -> None:
+  """Representation names against what the model offers (needs the model
+  built, so the loop calls it after `validate`, still before compiling)."""
+  keys = ['eval.representation'] if config.eval.monitors else []
+  keys += ['classifier.representation'] if config.objective == CLASSIFICATION else [
+      'online_probe.representation']
+  for key in keys:
+    name = get(config, key)
+    if key == 'online_probe.representation' and not name:
+      continue
+    if name not in available:
+      raise ConfigError(f'config.{key}={name!r} is not allowed: must be one of '
+                        + ', '.join(map(repr, available)))

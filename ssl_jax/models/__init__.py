@@ -1,1 +1,0 @@
-"""Backbones and heads. Losses live in ssl_jax.objectives, not here."""

@@ -1,0 +1,39 @@
+"""Patches and tokens: cutting images into patches and back, gathering
+tokens by index, drawing per-token values as images. Row-major everywhere."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def patchify(images: jax.Array, patch: int) -> jax.Array:
+  """[B, H, W, C] -> [B, (H/p) * (W/p), p, p, C], row-major, stride = p."""
+  b, h, w, c = images.shape
+  x = images.reshape(b, h // patch, patch, w // patch, patch, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, patch, patch, c)
+
+
+def unpatchify(patches: jax.Array, grid: tuple[int, int], patch: int) -> jax.Array:
+  """[b, n, p * p * 3] row-major -> [b, gh * p, gw * p, 3]."""
+  b = patches.shape[0]
+  x = patches.reshape(b, grid[0], grid[1], patch, patch, 3).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, grid[0] * patch, grid[1] * patch, 3)
+
+
+def token_image(values: jax.Array, grid: tuple[int, int], patch: int) -> jax.Array:
+  """Per-token values [b, n, c] -> [b, gh * patch, gw * patch, c]."""
+  b, _, c = values.shape
+  x = values.reshape(b, grid[0], 1, grid[1], 1, c)
+  x = jnp.broadcast_to(x, (b, grid[0], patch, grid[1], patch, c))
+  return x.reshape(b, grid[0] * patch, grid[1] * patch, c)
+
+
+def gather(x: jax.Array, idx: jax.Array) -> jax.Array:
+  """x [batch, n, ...] gathered at idx [batch, m] -> [batch, m, ...]."""
+  return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def to_signed(x: jax.Array) -> jax.Array:
+  """Pixels in [0, 1] -> [-1, 1] (what every network reads)."""
+  return x * 2.0 - 1.0

@@ -1,0 +1,72 @@
+"""Golden losses: steps 1-20 of every method's `tiny` run (configs/METHOD.py:tiny,
+on the built-in dataset, 8 fake devices, every step logged), against the
+values stored in tests/golden/losses.json. A change that means to move them
+re-records them (python tests/golden/record.py) and says why in its commit.
+
+The tolerance was measured on this machine type: the same runs on 1 device
+instead of 8 (reductions split and reordered) differ from the 8-device
+losses by at most the relative amount in losses.json's `measured_spread`;
+the test allows RTOL, several times that and far below what any change to
+a model, a loss or the data stream moves (1e-3 and up).
+"""
+
+import importlib
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+GOLDEN = os.path.join(ROOT, 'tests', 'golden', 'losses.json')
+STEPS = 20
+RTOL = 2e-5
+
+
+def tiny_methods() -> list[str]:
+  """Self-supervised methods whose config file has a `tiny` variant."""
+  from ssl_jax.methods import registry
+  names = []
+  for name in registry.self_supervised():
+    try:
+      module = importlib.import_module(f'configs.{name}')
+    except ModuleNotFoundError:
+      continue
+    if 'tiny' in getattr(module, 'VARIANTS', ()):
+      names.append(name)
+  return names
+
+
+def tiny_losses(method: str, data_dir: str, workdir: str, devices=None) -> list[float]:
+  """The losses of steps 1-STEPS of configs/METHOD.py:tiny (its schedule
+  unchanged: the run stops after STEPS steps)."""
+  from ssl_jax.core import train
+  config = importlib.import_module(f'configs.{method}').get_config('tiny')
+  config.data.data_dir = data_dir
+  config.log_every = 1
+  train.run(config, workdir, devices=devices, stop_after=STEPS)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = {r['step']: r['loss'] for r in map(json.loads, f) if 'loss' in r}
+  return [records[s] for s in range(1, STEPS + 1)]
+
+
+@pytest.fixture(scope='session')
+def shapes_data_dir(tmp_path_factory):
+  """The whole built-in dataset (the tiny runs' data), built once."""
+  from ssl_jax.data import shapes
+  path = str(tmp_path_factory.mktemp('tfds_full'))
+  shapes.prepare(path)
+  return path
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.parametrize('method', tiny_methods())
+def test_tiny_losses_match_the_golden_ones(method, shapes_data_dir, tmp_path):
+  with open(GOLDEN) as f:
+    golden = json.load(f)
+  assert method in golden['losses'], (
+      f'no golden losses for {method!r}: record them with python tests/golden/record.py')
+  got = tiny_losses(method, shapes_data_dir, str(tmp_path))
+  np.testing.assert_allclose(got, golden['losses'][method], rtol=RTOL,
+                             err_msg=f'{method}: steps 1-{STEPS} moved')

@@ -1,0 +1,97 @@
+"""Non-gradient method state: a vocabulary-like table (tests/vocabulary_method.py)
+updated inside the jitted step, sharded like the parameters, checkpointed,
+restored exactly on resume, the same on 1 and 8 devices, and kept frozen by
+a probe of the checkpoint."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from conftest import small_config
+
+from ssl_jax.core import assembly, train
+from ssl_jax.methods import registry
+from vocabulary_method import update_table
+
+STEPS = 8
+
+
+@pytest.fixture(autouse=True)
+def vocabulary_registered(monkeypatch):
+  monkeypatch.setitem(registry.METHODS, 'vocabulary', 'vocabulary_method')
+
+
+def vocabulary_config(data_dir, **overrides):
+  c = small_config(**{'data.data_dir': data_dir, 'total_steps': STEPS, 'checkpoint.every': 4,
+                      'optimizer.warmup_steps': 1, **overrides})
+  c.objective = 'vocabulary'
+  c.vocabulary = ml_collections.ConfigDict(dict(size=6, width=4, decay=0.5))
+  c.online_probe.representation = 'code'
+  c.eval.update(dict(monitors=(), representation='codes'))
+  return c
+
+
+def test_update_assigns_well_separated_codes_to_their_rows():
+  """Three clusters far apart, one row near each: every code goes to its
+  cluster's row; the rows decay and take the codes' sum; unused rows decay."""
+  centres = jnp.array([[10.0, 0, 0], [0, 10.0, 0], [0, 0, 10.0]])
+  table = jnp.concatenate([centres / 10.0, jnp.zeros((1, 3))])  # row 3: never the argmax
+  rng = np.random.default_rng(0)
+  labels = np.array([0, 1, 2, 0, 2, 2])
+  codes = centres[labels] + jnp.asarray(rng.normal(scale=0.1, size=(6, 3)), jnp.float32)
+  weights = jnp.array([1, 1, 1, 1, 1, 0.0])  # the last example is padding
+  assign, new, counts = update_table(table, jnp.zeros(4), codes, weights, 0.9)
+  np.testing.assert_array_equal(assign, labels)
+  for row in range(4):
+    members = codes[(labels == row) & (np.asarray(weights) > 0)]
+    expected = 0.9 * table[row] + 0.1 * members.sum(0)
+    np.testing.assert_allclose(new[row], expected, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(counts, [0.2, 0.1, 0.2, 0.0], atol=1e-7)
+
+
+def test_state_is_sharded_like_the_parameters(data_dir):
+  config = vocabulary_config(data_dir, **{'sharding.rule': 'fsdp', 'sharding.fsdp_axis_size': 2,
+                                          'sharding.fsdp_min_size': 8})
+  abstract = assembly.Trainer(config, num_classes=10).abstract_state()
+  assert 'fsdp' in abstract.method_state['table'].sharding.spec  # [6, 4]: 6 splits in 2
+  assert abstract.method_state['counts'].shape == (6,)
+
+
+def test_state_updates_resumes_exactly_and_matches_one_device(data_dir, tmp_path):
+  config = vocabulary_config(data_dir)
+  whole = train.run(config, str(tmp_path / 'whole'))
+  trainer = assembly.Trainer(config, num_classes=10)
+  initial = trainer.init_state(trainer.abstract_state())
+  table = np.asarray(whole.state.method_state['table'])
+  assert not np.allclose(table, np.asarray(initial.method_state['table']))  # it moved
+  assert float(np.asarray(whole.state.method_state['counts']).sum()) > 0
+
+  parts = str(tmp_path / 'parts')  # stopped at step 3 (a checkpoint), then resumed
+  first = train.run(config, parts, stop_after=3)
+  assert first.last_step == 3
+  second = train.run(config, parts)
+  assert second.first_step == 3
+  for a, b in zip(jax.tree.leaves(second.state.method_state),
+                  jax.tree.leaves(whole.state.method_state), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  one = train.run(config, str(tmp_path / 'one'), devices=jax.devices()[:1])
+  np.testing.assert_array_equal(np.asarray(one.state.method_state['counts']),
+                                np.asarray(whole.state.method_state['counts']))
+  np.testing.assert_allclose(np.asarray(one.state.method_state['table']), table,
+                             rtol=1e-5, atol=1e-6)
+
+  # A linear probe restores the table from the checkpoint and keeps it frozen.
+  from configs import common
+  probe = common.classification_config(config, mode='linear')
+  probe.backbone.vocabulary = config.vocabulary
+  probe.init.workdir = str(tmp_path / 'whole')
+  probe.classifier.update(dict(representation='codes', whiten=False))
+  probe.update(dict(total_steps=2, batch_size=16, log_every=1))
+  probe.optimizer.warmup_steps = 0
+  probe.checkpoint.every = 2
+  probe.eval.update(dict(split='test[:48]', batch_size=48))
+  out = train.run(probe, str(tmp_path / 'probe'))
+  np.testing.assert_array_equal(np.asarray(out.state.method_state['table']), table)
+  assert 0 <= out.evaluation['eval/top1'] <= 1
