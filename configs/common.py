@@ -95,7 +95,7 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
   c.sweep = ml_collections.ConfigDict(dict(
       batch_size=(16, 32, 64, 128, 256), lr=(3e-5, 2e-4, 4e-4, 1e-3),
       epochs=ml_collections.FieldReference(None, field_type=float)))
-  # `--layer_sweep` / `--low_data` (ssl_jax.evaluate.feature_probe):
+  # `--layer_sweep` / `--low_data` (ssl_jax.core.feature_probe):
   # logistic regressions (L-BFGS, `steps` iterations) on frozen features of
   # the first `train_examples` images of data.split, tested on eval.split.
   # layers: () = every representation; l2 from l2_grid on a held-out

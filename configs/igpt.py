@@ -48,7 +48,7 @@ Checkpoints carry the palette (a frozen parameter).
 
 Choices where the summary is silent (from the released model and the full
 paper where they say; otherwise ours):
-* The network follows the released model (ssl_jax/models/gpt.py): RMS-style
+* The network follows the released model (ssl_jax/methods/igpt/model.py): RMS-style
   norms with a gain, no biases, sigmoid GELU, untied zero-initialised output
   embedding, a start-of-sequence vector, learned position embeddings.
 * Optimiser: Adam, betas (0.9, 0.95), no weight decay, no dropout, no

@@ -46,7 +46,7 @@ Choices where the paper is silent or inconsistent (each is a key below):
   converted to luma, average-pooled to 8x8 ("sub-sampled"), then its two
   most significant bits; label_noise=0.01 is label smoothing over the 4
   levels.
-* ResNet-41: see ssl_jax/models/resnet.py (3x3 stem at stride 1, ResNet-50
+* ResNet-41: see ssl_jax/nn/resnet.py (3x3 stem at stride 1, ResNet-50
   stacks 1-3, LayerNorm as in CPC v2). Its 1024 output channels match the
   transformer width.
 * Attention pooling: one multi-head attention (16 heads) whose queries are

@@ -1,4 +1,4 @@
-"""Runs `small_config` through ssl_jax.train.run in a fresh process, as
+"""Runs `small_config` through ssl_jax.core.train.run in a fresh process, as
 main.py does: used by the kill -9 / SIGTERM resume tests.
 
 usage: python tests/_run_small.py WORKDIR DATA_DIR TOTAL_STEPS CHECKPOINT_EVERY

@@ -67,6 +67,26 @@ def small_classifier_config(mode='linear', **overrides):
   return _override(c, overrides)
 
 
+def vocabulary_config(**overrides):
+  """small_config's data and loop with the test method of
+  tests/vocabulary_method.py (a linear code and a vocabulary-like table of
+  non-gradient state); needs the `vocabulary` fixture, which registers it."""
+  import ml_collections
+  c = small_config()
+  c.objective = 'vocabulary'
+  c.vocabulary = ml_collections.ConfigDict(dict(size=6, width=4, decay=0.5))
+  c.online_probe.representation = 'code'
+  c.eval.update(dict(monitors=(), representation='codes'))
+  return _override(c, overrides)
+
+
+@pytest.fixture
+def vocabulary(monkeypatch):
+  """Registers the test method 'vocabulary' (tests/vocabulary_method.py)."""
+  from ssl_jax.methods import registry
+  monkeypatch.setitem(registry.METHODS, 'vocabulary', 'vocabulary_method')
+
+
 def _override(c, overrides):
   for key, value in overrides.items():
     node = c

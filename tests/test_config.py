@@ -9,12 +9,12 @@ import pytest
 from conftest import ROOT, small_config
 
 from configs import patchformer
-from ssl_jax.core import validation as config_lib
+from ssl_jax.core import validation
 
 
 def test_paper_and_tiny_configs_are_valid():
-  config_lib.validate(patchformer.get_config(), num_devices=32, num_processes=4)
-  config_lib.validate(patchformer.get_config('tiny'), num_devices=8)
+  validation.validate(patchformer.get_config(), num_devices=32, num_processes=4)
+  validation.validate(patchformer.get_config('tiny'), num_devices=8)
 
 
 def test_paper_values():
@@ -46,8 +46,8 @@ def test_paper_values():
     ('total_steps', 0, 'config.total_steps=0 is not allowed: must be an integer > 0'),
 ])
 def test_bad_values(key, value, message):
-  with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.validate(small_config(**{key: value}), num_devices=8)
+  with pytest.raises(validation.ConfigError) as e:
+    validation.validate(small_config(**{key: value}), num_devices=8)
   assert message in str(e.value)
   assert '\n' not in str(e.value)
 

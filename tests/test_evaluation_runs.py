@@ -12,7 +12,7 @@ import pytest
 from conftest import small_classifier_config
 
 from ssl_jax.core import assembly, sweep, train
-from ssl_jax.core import validation as config_lib
+from ssl_jax.core import validation
 from ssl_jax.tasks import whitening as whitening_lib
 from ssl_jax.data import pipeline
 from ssl_jax.evaluate.evaluator import Evaluator, open_split
@@ -29,6 +29,8 @@ def _records(workdir, name='metrics.jsonl'):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_linear_probe_keeps_the_pretrained_backbone_frozen(reference, tmp_path):
   config = _probe_config(reference, **{'classifier.whiten_examples': 48})
   result = train.run(config, str(tmp_path))
@@ -57,6 +59,8 @@ def test_linear_probe_keeps_the_pretrained_backbone_frozen(reference, tmp_path):
   assert _records(str(tmp_path))[-1]['eval/top1'] == final['eval/top1']  # and to TensorBoard
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_raw_pixel_probe_runs_through_the_same_loop(reference, tmp_path):
   config = _probe_config(reference, **{'init.workdir': None, 'total_steps': 4,
                                        'classifier.whiten': False})  # as pixels_tiny
@@ -68,6 +72,8 @@ def test_raw_pixel_probe_runs_through_the_same_loop(reference, tmp_path):
   assert 0 <= result.evaluation['eval/top1'] <= 1
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_low_label_finetune_trains_the_backbone_and_resumes_exactly(reference, tmp_path):
   config = _probe_config(reference, 'finetune', **{'data.label_fraction': 0.1})
   whole = train.run(config, str(tmp_path / 'whole'))
@@ -99,6 +105,8 @@ def no_compiling(monkeypatch):
   monkeypatch.setattr(assembly.Trainer, 'init_state', fail)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize('overrides, message', [
     ({'init.workdir': '/nonexistent/run'},
      "config.init.workdir='/nonexistent/run' does not exist: it must be the --workdir of a "
@@ -118,18 +126,22 @@ def test_bad_init_inputs_fail_before_compiling(reference, tmp_path, no_compiling
   config = _probe_config(reference, **overrides)
   if config.backbone.objective == 'pixels':
     config.classifier.representation = 'pixels'
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(validation.ConfigError, match=message):
     train.run(config, str(tmp_path / 'w'))
   assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
   assert sorted(os.listdir(os.path.join(reference[1], 'checkpoints'))) == ['20', '25', '30']
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_workdir_without_checkpoints_is_rejected(reference, tmp_path, no_compiling):
   config = _probe_config(reference, **{'init.workdir': str(tmp_path)})
-  with pytest.raises(config_lib.ConfigError, match='has no checkpoints/ directory'):
+  with pytest.raises(validation.ConfigError, match='has no checkpoints/ directory'):
     train.run(config, str(tmp_path / 'w'))
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_sweep_runs_every_point_and_writes_one_table(reference, tmp_path):
   config = _probe_config(reference, **{'total_steps': 4, 'checkpoint.every': 4})
   config.sweep.update(dict(batch_size=(8, 16), lr=(1e-3,), epochs=None))

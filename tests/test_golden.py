@@ -20,7 +20,7 @@ from conftest import ROOT
 
 GOLDEN = os.path.join(ROOT, 'tests', 'golden', 'losses.json')
 STEPS = 20
-RTOL = 2e-5
+RTOL = 1e-5  # 20x the largest 1-vs-8-device spread measured (4.9e-7, randsac)
 
 
 def tiny_methods() -> list[str]:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax.core import validation as config_lib
+from ssl_jax.core import validation
 from ssl_jax.methods.igpt import palette as palette_lib
 from ssl_jax.methods.igpt.model import GPT, shift_right
 from ssl_jax.methods.igpt.method import IGPT
@@ -149,6 +149,7 @@ def test_bert_masks_have_the_configured_rate_and_only_masked_tokens_count(tmp_pa
   np.testing.assert_allclose(float(loss), np.log(64), rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant,paper_millions', [('s', 76), ('m', 455), ('l', 1362)])
 def test_parameter_counts_match_the_paper(variant, paper_millions, tmp_path):
   from configs import igpt
@@ -198,8 +199,8 @@ def test_bad_igpt_configs_fail_before_anything_runs(overrides, message):
   from configs import igpt
   from tests.conftest import _override
   config = _override(igpt.get_config('tiny'), overrides)
-  with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.validate(config, 8)
+  with pytest.raises(validation.ConfigError, match=message):
+    validation.validate(config, 8)
 
 
 def test_variants_and_unknown_layers():
@@ -211,13 +212,15 @@ def test_variants_and_unknown_layers():
     igpt.get_config('tiny,bret')
   config = igpt.get_config('tiny')
   config.eval.representation = 'layer_9'
-  with pytest.raises(config_lib.ConfigError, match="'layer_9' is not allowed.*'layer_4'"):
-    config_lib.validate_representations(config, tuple(f'layer_{i}' for i in range(5)))
+  with pytest.raises(validation.ConfigError, match="'layer_9' is not allowed.*'layer_4'"):
+    validation.validate_representations(config, tuple(f'layer_{i}' for i in range(5)))
 
 
 # -- end to end ------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_tiny_pretraining_fits_the_palette_samples_and_finetunes(data_dir, tmp_path):
   """AR pretraining on 8 devices fits the missing palette, the loss falls,
   the PNG pictures exist; the sampler draws from the checkpoint; a fine-tune

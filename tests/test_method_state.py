@@ -5,31 +5,20 @@ a probe of the checkpoint."""
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import vocabulary_config as _vocabulary_config
 
 from ssl_jax.core import assembly, train
-from ssl_jax.methods import registry
 from vocabulary_method import update_table
 
 STEPS = 8
-
-
-@pytest.fixture(autouse=True)
-def vocabulary_registered(monkeypatch):
-  monkeypatch.setitem(registry.METHODS, 'vocabulary', 'vocabulary_method')
+pytestmark = pytest.mark.usefixtures('vocabulary')
 
 
 def vocabulary_config(data_dir, **overrides):
-  c = small_config(**{'data.data_dir': data_dir, 'total_steps': STEPS, 'checkpoint.every': 4,
-                      'optimizer.warmup_steps': 1, **overrides})
-  c.objective = 'vocabulary'
-  c.vocabulary = ml_collections.ConfigDict(dict(size=6, width=4, decay=0.5))
-  c.online_probe.representation = 'code'
-  c.eval.update(dict(monitors=(), representation='codes'))
-  return c
+  return _vocabulary_config(**{'data.data_dir': data_dir, 'total_steps': STEPS,
+                               'checkpoint.every': 4, 'optimizer.warmup_steps': 1, **overrides})
 
 
 def test_update_assigns_well_separated_codes_to_their_rows():
@@ -58,6 +47,8 @@ def test_state_is_sharded_like_the_parameters(data_dir):
   assert abstract.method_state['counts'].shape == (6,)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_state_updates_resumes_exactly_and_matches_one_device(data_dir, tmp_path):
   config = vocabulary_config(data_dir)
   whole = train.run(config, str(tmp_path / 'whole'))

@@ -75,7 +75,7 @@ def test_module_shapes():
   key = jax.random.key(0)
   x = jnp.zeros((2, 3, 14, 14, 3))
   net = resnet.ResNetStacks(stage_sizes=(1, 1, 1), width=8, stem_width=8)
-  out, _ = jax.jit(net.init_with_output)(key, x)
+  out, _ = jax.eval_shape(net.init_with_output, key, x)  # shapes only: nothing compiles
   chex.assert_shape(out, (2, 3, 128))  # width 8 * 2**2 * 4 (expansion)
   pos = FactorizedPosEmbed((4, 5), 6)
   emb, variables = pos.init_with_output(key, jnp.array([[0, 6, 19]]))
@@ -83,10 +83,11 @@ def test_module_shapes():
   np.testing.assert_allclose(emb[0, 1], v['row'][1] + v['col'][1])
   np.testing.assert_allclose(emb[0, 2], v['row'][3] + v['col'][4])
   pool = heads.AttentionPool(heads=2)
-  pooled, _ = jax.jit(pool.init_with_output)(key, jnp.zeros((2, 7, 16)), jnp.ones((2, 3, 16)))
+  pooled, _ = jax.eval_shape(pool.init_with_output, key, jnp.zeros((2, 7, 16)),
+                             jnp.ones((2, 3, 16)))
   chex.assert_shape(pooled, (2, 7, 16))
   dec = UpsamplingDecoder(size=8, classes=4, width=8)
-  logits, _ = jax.jit(dec.init_with_output)(key, jnp.zeros((2, 7, 16)))
+  logits, _ = jax.eval_shape(dec.init_with_output, key, jnp.zeros((2, 7, 16)))
   chex.assert_shape(logits, (2, 7, 8, 8, 4))
 
 
@@ -109,9 +110,9 @@ def test_loss_starts_near_uniform(small_objective):
 def test_padded_examples_do_not_count(small_objective):
   obj, params, batch = small_objective
   valid = jnp.array([True, True, False, False])
-  loss_all, _ = obj.loss(params, dict(batch, valid=valid), jax.random.key(1), train=False)
-  other = dict(batch, image=batch['image'].at[2:].set(0.5), valid=valid)
-  loss_other, _ = obj.loss(params, other, jax.random.key(1), train=False)
+  loss_fn = jax.jit(lambda b: obj.loss(params, b, jax.random.key(1), train=False)[0])
+  loss_all = loss_fn(dict(batch, valid=valid))
+  loss_other = loss_fn(dict(batch, image=batch['image'].at[2:].set(0.5), valid=valid))
   np.testing.assert_allclose(loss_all, loss_other, rtol=1e-6)
 
 
@@ -141,6 +142,7 @@ def test_bfloat16_compute_keeps_float32_params():
   assert loss.dtype == jnp.float32 and abs(float(loss) - np.log(4)) < 0.3
 
 
+@pytest.mark.slow
 def test_paper_setting_builds_at_full_size():
   """The default config (224x224, ResNet-41, 10x1024 transformer) traced
   with jax.eval_shape: no compilation, no memory."""

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax.core import validation as config_lib
+from ssl_jax.core import validation
 from ssl_jax.methods.randsac.method import RandSAC, normalise_patches, patch_vectors
 
 
@@ -111,6 +111,7 @@ def test_representations_average_whole_images():
 
 # Table 10 reports encoder / decoder parameters of 5M / 2M (ViT-T, CIFAR-10)
 # and 21M / 9M (ViT-S, ImageNet-100).
+@pytest.mark.slow
 @pytest.mark.parametrize('variant,encoder,decoder,grid', [
     ('cifar10', 5.4e6, 2.4e6, 8), ('imagenet100', 21.4e6, 9.77e6, 14),
     ('', 85.8e6, 75.6e6, 12)])
@@ -149,20 +150,20 @@ def test_paper_settings_build_at_full_size(variant, encoder, decoder, grid):
 ])
 def test_bad_config_values_fail_with_the_key(key, value, match):
   config = small_randsac_config(**{key: value})
-  with pytest.raises(config_lib.ConfigError, match=match) as e:
-    config_lib.validate(config, 1)
+  with pytest.raises(validation.ConfigError, match=match) as e:
+    validation.validate(config, 1)
   assert key in str(e.value)
 
 
 def test_raster_blobs_and_unnested_squares_are_rejected():
   config = small_randsac_config(**{'randsac.segments.kind': 'blob',
                                    'randsac.segments.order': 'raster'})
-  with pytest.raises(config_lib.ConfigError, match='blobs have no raster order'):
-    config_lib.validate(config, 1)
+  with pytest.raises(validation.ConfigError, match='blobs have no raster order'):
+    validation.validate(config, 1)
   # On 12x12 tokens, 16 squares are 3x3 and 9 are 4x4: they do not nest.
   config = small_randsac_config(**{'data.image_size': 24, 'randsac.segments.counts': (16, 9)})
-  with pytest.raises(config_lib.ConfigError, match='do not nest'):
-    config_lib.validate(config, 1)
+  with pytest.raises(validation.ConfigError, match='do not nest'):
+    validation.validate(config, 1)
 
 
 def _finetune_config(data_dir, init_workdir=None, **overrides):
@@ -200,10 +201,12 @@ def test_finetune_recipe_layer_decay_scales(data_dir):
   assert scales['backbone']['final_norm']['scale'] == 1.0
   assert scales['head']['classifier']['kernel'] == 1.0
   bad = _finetune_config(data_dir, **{'classifier.layer_decay': 0.0})
-  with pytest.raises(config_lib.ConfigError, match='layer_decay'):
-    config_lib.validate(bad, 1)
+  with pytest.raises(validation.ConfigError, match='layer_decay'):
+    validation.validate(bad, 1)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_tiny_pretraining_pictures_and_finetune_end_to_end(data_dir, tmp_path):
   """A few RandSAC steps on 8 devices: the loss falls, metrics, checkpoints
   and the PNG pictures exist; the fine-tune recipe (Mixup/CutMix,
@@ -277,4 +280,4 @@ def test_ablation_rows_are_valid_overrides(row):
   config = _override(randsac.get_config(variant), overrides)
   if config.data.name == 'folder':
     config.data.data_dir = '/imagenet100'
-  config_lib.validate(config, 8)
+  validation.validate(config, 8)

@@ -1,4 +1,4 @@
-"""RandSAC's segments and serialisations (ssl_jax.masking): counts, sizes,
+"""RandSAC's segments and serialisations (ssl_jax.methods.randsac.segments): counts, sizes,
 hierarchies, the non-coherent control, and the attention masks' rules."""
 
 import functools

@@ -28,6 +28,8 @@ def losses(workdir):
   return {r['step']: r['loss'] for r in read_metrics(workdir)}
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_run_writes_metrics_events_and_checkpoints(reference):
   config, workdir, result = reference
   assert (result.first_step, result.last_step, result.preempted) == (0, STEPS, False)
@@ -53,6 +55,8 @@ def test_run_writes_metrics_events_and_checkpoints(reference):
   assert records[-1]['loss'] < records[0]['loss']
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_one_device_matches_eight(reference, tmp_path):
   config, workdir, result = reference
   one = train.run(config, str(tmp_path), devices=jax.devices()[:1])
@@ -72,6 +76,8 @@ def _launch(workdir, data_dir, *distributed, devices=8):
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_fsdp_matches_replicated(reference, tmp_path):
   config, workdir, _ = reference
   fsdp = small_config(**{'data.data_dir': config.data.data_dir, 'total_steps': STEPS,
@@ -86,6 +92,7 @@ def test_fsdp_matches_replicated(reference, tmp_path):
                              [ref[s] for s in range(1, EVERY + 1)], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(reference, data_dir, tmp_path):
   """Two jax.distributed processes of 4 devices each: same losses as one
   process of 8; only process 0 writes metrics."""
@@ -117,6 +124,7 @@ def _wait_for_checkpoint_after(workdir, step, proc, timeout=240):
   raise AssertionError('no checkpoint appeared in time')
 
 
+@pytest.mark.slow
 def test_sigterm_then_kill9_resume_gives_identical_losses(reference, data_dir, tmp_path):
   _, ref_dir, _ = reference
   workdir = str(tmp_path / 'w')
@@ -146,6 +154,8 @@ def test_sigterm_then_kill9_resume_gives_identical_losses(reference, data_dir, t
   assert {r['step']: r['loss'] for r in records} == ref  # bit-identical
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_nan_stops_with_step_and_keeps_last_good_checkpoint(reference, data_dir,
                                                             tmp_path, monkeypatch):
   config = small_config(**{'data.data_dir': data_dir, 'total_steps': 12,
@@ -168,6 +178,8 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(reference, data_dir,
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_incompatible_config_and_unreadable_checkpoint(reference, tmp_path):
   config, ref_dir, _ = reference
   workdir = str(tmp_path / 'copy')

@@ -21,6 +21,15 @@ CLASSIFICATION = 'classification'
 MONITORS = ('fewshot', 'knn')
 
 
+def _data_option(config, key: str, check, *args) -> None:
+  """One of the input pipeline's own checks, its error as a ConfigError
+  naming the key (so an option is validated by one function)."""
+  try:
+    check(*args)
+  except pipeline.DataError as e:
+    raise ConfigError(f'config.{key}={get(config, key)!r} is not allowed: {e}') from None
+
+
 def validate_common(config: ml_collections.ConfigDict, num_devices: int,
                     num_processes: int = 1) -> None:
   """The keys every run shares: steps, batch, data, optimizer, mesh, eval."""
@@ -43,11 +52,10 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int,
   require(config, 'data.min_area', lambda v: is_number(v) and 0 < v <= 1,
           'a number in (0, 1]')
   require(config, 'data.flip', lambda v: isinstance(v, bool), 'True or False')
-  if 'crop' in config.data:
-    one_of(config, 'data.crop', pipeline.CROPS)
-    size = config.data.image_size
-    require(config, 'data.pad', lambda v: is_int(v) and 0 <= v < size,
-             f'an integer in [0, data.image_size={size}) (reflection padding of data.crop=\'pad\')')
+  if 'crop' in config.data:  # the pipeline's own check: data options are validated once
+    _data_option(config, 'data.crop', pipeline.check_crop, config.data.crop)
+    _data_option(config, 'data.pad', pipeline.check_pad, config.data.pad,
+                 config.data.image_size)
 
   o = 'optimizer.'
   require(config, o + 'lr', lambda v: is_number(v) and v > 0, 'a number > 0')
@@ -177,12 +185,8 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
                       f'{config.backbone.objective!r}: must be 0 (it needs a fine-tune of a '
                       'backbone method with the generative_finetune capability)')
   backbone.validate_probe(config)
-  require(config, 'data.randaugment',
-           lambda v: len(v) == 0 or (len(v) == 3 and is_int(v[0]) and v[0] >= 1
-                                     and is_number(v[1]) and 0 <= v[1] <= 10
-                                     and is_number(v[2]) and v[2] >= 0),
-           '() (off) or (num_ops >= 1, magnitude in [0, 10], magnitude_std >= 0), '
-           'e.g. (2, 9, 0.5)')
+  _data_option(config, 'data.randaugment', pipeline.check_randaugment,
+               tuple(config.data.randaugment) or None)
   require(config, 'data.label_fraction', lambda v: is_number(v) and 0 < v <= 1,
            'a number in (0, 1] (the fraction of training labels used)')
   require(config, 'data.subset_seed', lambda v: is_int(v) and v >= 0, 'an integer >= 0')

@@ -937,7 +937,20 @@ def _check_views(views, share_geometry, *, randaugment,
   return views
 
 
-def _check_randaugment(randaugment) -> tuple[int, float, float] | None:
+def check_crop(crop: str) -> None:
+  """Validates ``make_dataset``'s ``crop`` (and the config's data.crop)."""
+  if crop not in CROPS:
+    raise DataError(f'crop must be one of {CROPS}, got {crop!r}.')
+
+
+def check_pad(pad: int, image_size: int) -> None:
+  """Validates ``make_dataset``'s ``pad`` (and the config's data.pad)."""
+  if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < image_size:
+    raise DataError(f'pad must be an integer in [0, image_size={image_size}) (reflection '
+                    f'padding of crop=\'pad\'), got {pad!r}.')
+
+
+def check_randaugment(randaugment) -> tuple[int, float, float] | None:
   """Validates ``make_dataset``'s ``randaugment`` argument."""
   if randaugment is None:
     return None
@@ -1057,11 +1070,9 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
     raise DataError(f'{source!r} has no examples.')
   if not 0.0 < min_area <= 1.0 or not 0.0 < eval_crop_fraction <= 1.0:
     raise DataError('min_area and eval_crop_fraction must be in (0, 1].')
-  randaugment = _check_randaugment(randaugment)
-  if crop not in CROPS:
-    raise DataError(f'crop must be one of {CROPS}, got {crop!r}.')
-  if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < image_size:
-    raise DataError(f'pad must be an integer in [0, image_size={image_size}), got {pad!r}.')
+  randaugment = check_randaugment(randaugment)
+  check_crop(crop)
+  check_pad(pad, image_size)
   views = _check_views(views, share_geometry, randaugment=randaugment,
                        crop=crop)
   local_batch = _local_batch_size(global_batch_size, process_index,
