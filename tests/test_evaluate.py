@@ -34,7 +34,7 @@ def test_sample_shots_is_balanced_and_deterministic():
   assert np.bincount(y[idx]).tolist() == [4, 4, 4] and len(set(idx)) == 12
   np.testing.assert_array_equal(idx, fewshot.sample_shots(y, 3, 4, seed=1))
   assert not np.array_equal(idx, fewshot.sample_shots(y, 3, 4, seed=2))
-  with pytest.raises(ValueError, match='class 0 has 10 labelled examples; 11-shot'):
+  with pytest.raises(ValueError, match='class 0 has 10 labelled examples, fewer than the 11 per class'):
     fewshot.sample_shots(y, 3, 11, seed=0)
 
 

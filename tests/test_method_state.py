@@ -86,3 +86,24 @@ def test_state_updates_resumes_exactly_and_matches_one_device(data_dir, tmp_path
   out = train.run(probe, str(tmp_path / 'probe'))
   np.testing.assert_array_equal(np.asarray(out.state.method_state['table']), table)
   assert 0 <= out.evaluation['eval/top1'] <= 1
+
+
+def test_declared_views_reach_the_batches_and_the_step(data_dir, tmp_path, monkeypatch):
+  """A method that declares two views gets batches [b, 2, S, S, 3] from the
+  loop (its views share their crop, the second is jittered) and trains."""
+  from ssl_jax.methods import registry
+  monkeypatch.setitem(registry.METHODS, 'vocabulary_views', 'two_view_method')
+  config = vocabulary_config(data_dir, objective='vocabulary_views', total_steps=2,
+                             **{'checkpoint.every': 2})
+  assert assembly.abstract_batch(config)['image'].shape == (16, 2, 32, 32, 3)
+  run = assembly.assemble(config)
+  batch = next(assembly.global_batches(config, run.source, run.trainer.mesh, 0))
+  images = np.asarray(batch['image'])
+  assert images.shape == (16, 2, 32, 32, 3)
+  assert not np.array_equal(images[:, 0], images[:, 1])
+  # Shared geometry: the same crop, only brighter or darker per image.
+  flat = images.reshape(16, 2, -1)
+  correlation = [np.corrcoef(a, b)[0, 1] for a, b in flat]
+  assert min(correlation) > 0.9, correlation
+  result = train.run(config, str(tmp_path))
+  assert result.last_step == 2 and np.isfinite(float(result.state.step))

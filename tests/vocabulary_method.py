@@ -53,12 +53,17 @@ class Vocabulary(Method):
     positive_int(config, 'vocabulary.width')
     require(config, 'vocabulary.decay', lambda v: 0 <= v < 1, 'a number in [0, 1)')
 
+  @staticmethod
+  def _colour(images):
+    """[b, 3]: the mean colour of each example (over its pixels, and its
+    views when it has several)."""
+    return to_signed(images).reshape(images.shape[0], -1, 3).mean(axis=1)
+
   def _codes(self, params, batch):
-    colour = to_signed(batch['image']).mean(axis=(1, 2))  # [b, 3]
-    return self.proj.apply({'params': params}, colour).astype(jnp.float32)
+    return self.proj.apply({'params': params}, self._colour(batch['image'])).astype(jnp.float32)
 
   def init(self, rng, batch, *, decoder=True):
-    return self.proj.init(rng, to_signed(batch['image']).mean(axis=(1, 2)))['params']
+    return self.proj.init(rng, self._colour(batch['image']))['params']
 
   def init_state(self, rng, batch, params):
     return {'table': jax.random.normal(rng, (self.size, self.width)),

@@ -37,14 +37,17 @@ def ridge_fit(x: jax.Array, targets: jax.Array, l2: float) -> tuple[jax.Array, j
 
 
 def sample_shots(labels: np.ndarray, num_classes: int, shots: int, seed: int) -> np.ndarray:
-  """Indices of `shots` examples of every class, drawn without replacement."""
+  """Indices of `shots` examples of every class, drawn without replacement
+  with `seed`, class by class (the one class-balanced draw of few-shot
+  evaluation and the logistic low-data probes); ValueError if a class has
+  fewer."""
   rng = np.random.default_rng(seed)
   picked = []
   for c in range(num_classes):
     members = np.flatnonzero(labels == c)
     if len(members) < shots:
-      raise ValueError(f'class {c} has {len(members)} labelled examples; '
-                       f'{shots}-shot evaluation needs {shots}')
+      raise ValueError(f'class {c} has {len(members)} labelled examples, fewer than the '
+                       f'{shots} per class asked for')
     picked.append(rng.choice(members, shots, replace=False))
   return np.concatenate(picked)
 

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ssl_jax.evaluate import fewshot
+
 
 def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
   """`train` and `others` minus train's mean, over train's std (1 where 0)."""
@@ -81,13 +83,7 @@ def select_l2(x: np.ndarray, y: np.ndarray, num_classes: int, grid: tuple[float,
 
 def class_balanced(labels: np.ndarray, per_class: int, num_classes: int,
                    seed: int) -> np.ndarray:
-  """Indices of `per_class` examples of every class, drawn without
-  replacement with `seed`; ValueError if a class has fewer."""
-  rng = np.random.default_rng(seed)
-  picks = []
-  for c in range(num_classes):
-    members = np.flatnonzero(labels == c)
-    if len(members) < per_class:
-      raise ValueError(f'class {c} has {len(members)} examples, fewer than {per_class}')
-    picks.append(rng.choice(members, per_class, replace=False))
-  return np.sort(np.concatenate(picks))
+  """Sorted indices of `per_class` examples of every class, drawn without
+  replacement with `seed` (fewshot.sample_shots); ValueError if a class has
+  fewer."""
+  return np.sort(fewshot.sample_shots(labels, num_classes, per_class, seed))

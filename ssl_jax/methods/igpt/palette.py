@@ -219,7 +219,7 @@ def sample_pixels(config, *, num_images: int, num_pixels: int, seed: int) -> np.
   chunks = []
   for batch in ds.as_numpy_iterator():
     chunks.append(batch['image'][batch['valid']].reshape(-1, 3))
-  pixels = np.concatenate(chunks) * 2.0 - 1.0
+  pixels = to_signed(np.concatenate(chunks))
   take = rng.choice(len(pixels), min(num_pixels, len(pixels)), replace=False)
   return pixels[np.sort(take)].astype(np.float32)
 
