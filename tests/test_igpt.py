@@ -181,7 +181,7 @@ def test_logistic_regression_fits_separable_classes_and_subsets_are_balanced():
   idx = logistic.class_balanced(y, 7, 5, seed=3)
   assert np.bincount(y[idx]).tolist() == [7] * 5
   assert not np.array_equal(idx, logistic.class_balanced(y, 7, 5, seed=4))
-  with pytest.raises(ValueError, match='fewer than 1000'):
+  with pytest.raises(ValueError, match='fewer than the 1000 per class'):
     logistic.class_balanced(y, 1000, 5, seed=0)
 
 

@@ -75,8 +75,9 @@ def test_module_shapes():
   key = jax.random.key(0)
   x = jnp.zeros((2, 3, 14, 14, 3))
   net = resnet.ResNetStacks(stage_sizes=(1, 1, 1), width=8, stem_width=8)
-  out, _ = jax.eval_shape(net.init_with_output, key, x)  # shapes only: nothing compiles
+  (out, stages), _ = jax.eval_shape(net.init_with_output, key, x)  # shapes only
   chex.assert_shape(out, (2, 3, 128))  # width 8 * 2**2 * 4 (expansion)
+  chex.assert_shape([stages['stage_1'], stages['stage_3']], [(2, 3, 14, 14, 32), (2, 3, 4, 4, 128)])
   pos = FactorizedPosEmbed((4, 5), 6)
   emb, variables = pos.init_with_output(key, jnp.array([[0, 6, 19]]))
   v = variables['params']

@@ -54,7 +54,10 @@ class Bottleneck(nn.Module):
 class ResNetStacks(nn.Module):
   """A 3x3 stem and the bottleneck stacks of ResNet-50, globally pooled.
 
-  Input: images [..., H, W, C] with any leading dims. Output: [..., features].
+  Input: images [..., H, W, C] with any leading dims. Returns (output,
+  intermediates): output [..., features], the last stack's map averaged over
+  positions; intermediates {'stage_k': [..., h_k, w_k, c_k]}, stack k's
+  unpooled output (ssl_jax.nn.pooling.spatial_mean pools one).
   """
   stage_sizes: Sequence[int] = (3, 4, 6)
   width: int = 64
@@ -63,15 +66,17 @@ class ResNetStacks(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     lead = x.shape[:-3]
     x = x.reshape((-1,) + x.shape[-3:]).astype(self.dtype)
     x = nn.Conv(self.stem_width, (3, 3), use_bias=False, dtype=self.dtype,
                 name='stem')(x)
     x = nn.relu(nn.LayerNorm(dtype=self.dtype, name='stem_norm')(x))
+    stages = {}
     for i, (blocks, stride) in enumerate(zip(self.stage_sizes, self.strides)):
       for j in range(blocks):
         x = Bottleneck(self.width * 2**i, stride if j == 0 else 1,
                        dtype=self.dtype, name=f'stack{i + 1}_block{j + 1}')(x)
+      stages[f'stage_{i + 1}'] = x.reshape(lead + x.shape[1:])
     x = jnp.mean(x, axis=(1, 2))
-    return x.reshape(lead + x.shape[-1:])
+    return x.reshape(lead + x.shape[-1:]), stages

@@ -52,8 +52,8 @@ class PatchFormerNet(nn.Module):
   def __call__(self, patches: jax.Array, visible_idx: jax.Array,
                query_idx: jax.Array, *, train: bool,
                decode: bool = True) -> tuple[jax.Array | None, dict[str, jax.Array]]:
-    feats = ResNetStacks(self.stage_sizes, self.resnet_width, self.stem_width,
-                         dtype=self.dtype, name='patch_encoder')(patches)
+    feats, _ = ResNetStacks(self.stage_sizes, self.resnet_width, self.stem_width,
+                            dtype=self.dtype, name='patch_encoder')(patches)
     x = nn.Dense(self.width, dtype=self.dtype, name='patch_proj')(feats)
     out = {'patch_embed': x}
     x = x + FactorizedPosEmbed(self.grid, self.width, name='pos_embed')(visible_idx)
