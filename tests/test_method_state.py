@@ -73,6 +73,19 @@ def test_state_updates_resumes_exactly_and_matches_one_device(data_dir, tmp_path
   np.testing.assert_allclose(np.asarray(one.state.method_state['table']), table,
                              rtol=1e-5, atol=1e-6)
 
+  # The public API loads the network and its state from the workdir alone.
+  from ssl_jax import api
+  model = api.load(str(tmp_path / 'whole'))
+  assert model.step == STEPS and model.representations == ('code', 'codes')
+  images = np.random.default_rng(0).uniform(size=(3, 32, 32, 3)).astype(np.float32)
+  feats = model.features(images)
+  logits = feats['code'] @ table.T
+  expected = np.exp(logits - logits.max(-1, keepdims=True))
+  np.testing.assert_allclose(feats['codes'], expected / expected.sum(-1, keepdims=True),
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match=r'images must be \[n, 32, 32, 3\]'):
+    model.features(images[:, :16])
+
   # A linear probe restores the table from the checkpoint and keeps it frozen.
   from configs import common
   probe = common.classification_config(config, mode='linear')

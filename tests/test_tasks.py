@@ -108,6 +108,8 @@ def test_whitening_is_for_frozen_features_only():
     validation.validate(config, 1, 1)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_finetune_trains_everything_with_masking_dropout_and_residual_head():
   config = small_classifier_config('finetune', **{'optimizer.warmup_steps': 0})
   task = tasks.build(config, 10)
