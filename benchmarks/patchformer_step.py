@@ -77,9 +77,10 @@ def time_compiled_step(config, steps: int):
   abstract = trainer.abstract_state()
   state = trainer.init_state(abstract)
   compiled, flops = trainer.compile_step(abstract, assembly.abstract_batch(config))
-  b, s = config.batch_size, config.data.image_size
+  shapes = assembly.abstract_batch(config)  # [b, S, S, 3], or [b, V, S, S, 3] with views
+  b = config.batch_size
   batch = jax.device_put({
-      'image': jnp.asarray(np.random.RandomState(0).rand(b, s, s, 3), jnp.float32),
+      'image': jnp.asarray(np.random.RandomState(0).rand(*shapes['image'].shape), jnp.float32),
       'label': jnp.zeros((b,), jnp.int32), 'valid': jnp.ones((b,), bool)},
       trainer.batch_sharding)
   for _ in range(2):

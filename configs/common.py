@@ -148,7 +148,9 @@ def method_variants(kind: str) -> dict[str, tuple[str, str]]:
   for name in registry.names():
     try:
       module = importlib.import_module(f'configs.{name}')
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as e:
+      if e.name != f'configs.{name}':  # a missing import inside the file: say so
+        raise
       continue
     for v in getattr(module, f'{kind.upper()}_VARIANTS', ()):
       out[f'{name}_{v}' if v else name] = (name, v)

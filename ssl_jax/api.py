@@ -72,6 +72,7 @@ class Model:
   state: Any
   step: int
   image_size: int
+  _compiled: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
   def representations(self) -> tuple[str, ...]:
@@ -101,13 +102,17 @@ class Model:
     return {k: np.concatenate(v) for k, v in out.items()}
 
   def _represent(self, names):
-    method = self.method
+    """The jit-compiled features of `names` (compiled once per set of names
+    and batch shape)."""
+    if names not in self._compiled:
+      method = self.method
 
-    @jax.jit
-    def represent(params, state, images):
-      feats = method.represent(params, {'image': images}, state=state)
-      return {k: feats[k] for k in names}
-    return represent
+      @jax.jit
+      def represent(params, state, images):
+        feats = method.represent(params, {'image': images}, state=state)
+        return {k: feats[k] for k in names}
+      self._compiled[names] = represent
+    return self._compiled[names]
 
 
 def load(workdir: str, step: int | None = None) -> Model:
@@ -127,8 +132,8 @@ def load(workdir: str, step: int | None = None) -> Model:
       return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                           jax.eval_shape(fn))
 
-    params = checkpointer.restore_subtree(
-        step, where, abstract(lambda: method.init(jax.random.key(0), one, decoder=False)))
+    shapes = abstract(lambda: method.init(jax.random.key(0), one, decoder=False))
+    params = checkpointer.restore_subtree(step, where, shapes) if jax.tree.leaves(shapes) else {}
     state = {}
     if method.state_in_evaluation == 'frozen':
       shapes = abstract(lambda: method.init_state(jax.random.key(0), one, method.init(
@@ -148,8 +153,7 @@ def restore_run(workdir: str, step: int | None = None):
   checkpointer, step = _checkpoint(workdir, step)
   try:
     config = ml_collections.ConfigDict(checkpointer.restore_meta(step)['config'])
-    run = assembly.assemble(config)
-    run.close()
+    run = assembly.assemble(config, restored=True)
     abstract = run.trainer.abstract_state()
     params = checkpointer.restore_subtree(step, ('params',), abstract.params)
     state = (checkpointer.restore_subtree(step, ('method_state',), abstract.method_state)

@@ -18,12 +18,14 @@ def main(argv: list[str]) -> None:
 
   from ssl_jax import api, drawing
   from ssl_jax.config.checks import ConfigError
+  from ssl_jax.core.checkpoint import CheckpointError
+  from ssl_jax.data import DataError
   try:
     run, params, state, step = api.restore_run(FLAGS.workdir, FLAGS.step)
-  except ConfigError as e:
+  except (ConfigError, CheckpointError, DataError) as e:
     raise SystemExit(f'error: {e}') from None
   if not run.evaluator.draws:
-    raise SystemExit(f'error: objective {run.config.objective!r} has no pictures to draw')
+    raise SystemExit(f'error: method {run.config.objective!r} has no pictures to draw')
   pictures = run.evaluator.pictures(params, state, FLAGS.num_images)
   path = drawing.png_path(FLAGS.workdir, step)
   drawing.save_png(path, pictures)

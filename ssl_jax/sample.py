@@ -28,11 +28,12 @@ def main(argv: list[str]) -> None:
   from ssl_jax import api, drawing
   from ssl_jax.config.checks import ConfigError
   from ssl_jax.tasks import is_classification
+  from ssl_jax.core.checkpoint import CheckpointError
+  from ssl_jax.data import DataError
   try:
     run, params, state, step = api.restore_run(FLAGS.workdir, FLAGS.step)
-  except ConfigError as e:
+  except (ConfigError, CheckpointError, DataError) as e:
     raise SystemExit(f'error: {e}') from None
-  del state
   if is_classification(run.config) or not run.method.samples:
     raise SystemExit(f'error: {FLAGS.workdir} holds a {run.config.objective!r} model that '
                      'cannot sample (its method must offer sampling: Method.samples, e.g. an '
@@ -44,10 +45,11 @@ def main(argv: list[str]) -> None:
   k = min(FLAGS.num_images, run.config.eval.batch_size)
   images = jnp.asarray(run.evaluator.eval_images(k))
   method = run.method
-  draw = jax.jit(lambda params, images, key: method.sample_grids(
-      params, images, key, completions=FLAGS.completions, temperature=FLAGS.temperature))
+  draw = jax.jit(lambda params, state, images, key: method.sample_grids(
+      params, images, key, completions=FLAGS.completions, temperature=FLAGS.temperature,
+      state=state))
   start = time.perf_counter()
-  grids = jax.device_get(draw(params['model'], images, jax.random.key(FLAGS.seed)))
+  grids = jax.device_get(draw(params['model'], state, images, jax.random.key(FLAGS.seed)))
   logging.info('sampled in %.1f s', time.perf_counter() - start)
   stem = os.path.join(FLAGS.workdir, 'samples', f'step_{step:08d}_t{FLAGS.temperature:g}')
   for name, grid in grids.items():

@@ -30,7 +30,9 @@ def tiny_methods() -> list[str]:
   for name in registry.self_supervised():
     try:
       module = importlib.import_module(f'configs.{name}')
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as e:
+      if e.name != f'configs.{name}':
+        raise
       continue
     if 'tiny' in getattr(module, 'VARIANTS', ()):
       names.append(name)

@@ -82,10 +82,6 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 # Keys that may change when a run resumes: they change neither the state's
 # structure nor the values a step computes.
-
-
-# Keys that may change when a run resumes: they change neither the state's
-# structure nor the values a step computes.
 RESUMABLE_KEYS = ('total_steps', 'log_every', 'checkpoint.every', 'checkpoint.keep',
                   'data.data_dir', 'sharding.rule', 'sharding.fsdp_axis_size',
                   'sharding.fsdp_min_size', 'init.workdir', 'init.step')

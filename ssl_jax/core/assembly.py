@@ -313,21 +313,25 @@ class Run:
       self.init_from = None
 
 
-def assemble(config: ml_collections.ConfigDict, *, devices=None, data: bool = True) -> Run:
+def assemble(config: ml_collections.ConfigDict, *, devices=None, data: bool = True,
+             restored: bool = False) -> Run:
   """Validates `config`, then builds its source (generating the built-in
   dataset if needed), runs the method's `prepare`, and builds the task,
   trainer, evaluator and init checkpoint. Raises ConfigError, DataError or
   CheckpointError, each with one line, before anything compiles.
 
   data=False (benchmarks on random batches): no source, evaluator or init
-  checkpoint, and no labels (so no classifier or online probe)."""
+  checkpoint, and no labels (so no classifier or online probe).
+  restored=True (a finished run whose parameters come from its own
+  checkpoint: pictures, the sampler): no `prepare` and no init checkpoint."""
   num_devices = len(devices) if devices is not None else jax.device_count()
   validation.validate(config, num_devices, jax.process_count())  # before any I/O
   if not data:
     return Run(config, None, Trainer(config, devices), None, None)
   source = build_source(config)
-  prepare_method(config)
+  if not restored:
+    prepare_method(config)
   trainer = Trainer(config, devices, num_classes=source.num_classes)
-  init_from = open_init_checkpoint(config)
+  init_from = None if restored else open_init_checkpoint(config)
   evaluator = Evaluator(config, trainer.task, trainer.mesh, source.num_classes)
   return Run(config, source, trainer, evaluator, init_from)

@@ -148,7 +148,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> list[dict
     raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
   if config.objective != validation.CLASSIFICATION or 'feature_probe' not in config:
     raise ConfigError('--layer_sweep / --low_data need a linear-probe config '
-                                 '(configs/linear_probe.py) with a feature_probe block')
+                      '(configs/linear_probe.py) with a feature_probe block')
   import jax
   validation.validate(config, jax.device_count())
   return layer_sweep(config, workdir) if mode == 'layers' else low_data(config, workdir)

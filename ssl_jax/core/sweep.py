@@ -50,8 +50,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str,
   """Runs (or resumes) every grid point; returns the table's rows."""
   if 'sweep' not in config:
     raise ConfigError(f'config.objective={config.objective!r} has no sweep block: '
-                                 '--sweep runs classification configs (configs/finetune.py, '
-                                 'configs/linear_probe.py)')
+                      '--sweep runs classification configs (configs/finetune.py, '
+                      'configs/linear_probe.py)')
   validation.validate(config, jax.device_count(), jax.process_count())
   source = assembly.build_source(config)
   grid = points(config)

@@ -15,9 +15,8 @@ from ssl_jax.config.checks import (ConfigError, get, is_int, is_number, one_of, 
                                    require, unit_interval)
 from ssl_jax.data import pipeline
 from ssl_jax.methods import registry
-from ssl_jax.tasks import HEADS, MODES
+from ssl_jax.tasks import CLASSIFICATION, HEADS, MODES
 
-CLASSIFICATION = 'classification'
 MONITORS = ('fewshot', 'knn')
 
 
@@ -223,8 +222,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   if config.objective == CLASSIFICATION:
     validate_classification(config)
   else:
-    registry.get(config.objective).validate(config)
+    method = registry.get(config.objective)
+    method.validate(config)
     validate_online_probe(config)
+    # The method's views against the data options, with the pipeline's check.
+    try:
+      pipeline.check_views(method.views(config), method.share_geometry(config),
+                           randaugment=tuple(config.data.get('randaugment', ())) or None,
+                           crop=config.data.get('crop', 'resized'))
+    except pipeline.DataError as e:
+      raise ConfigError(f'config.objective={config.objective!r} declares views that this '
+                        f'config\'s data options cannot give: {e}') from None
 
 
 def validate_representations(config: ml_collections.ConfigDict, available) -> None:

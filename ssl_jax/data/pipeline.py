@@ -895,8 +895,8 @@ def _train_views(image, g, *, seed, image_size, views, share_geometry
   return tf.stack(out)
 
 
-def _check_views(views, share_geometry, *, randaugment,
-                 crop) -> tuple[ViewSpec, ...] | None:
+def check_views(views, share_geometry, *, randaugment,
+                crop) -> tuple[ViewSpec, ...] | None:
   """Validates ``make_dataset``'s ``views`` and ``share_geometry``."""
   if not isinstance(share_geometry, bool):
     raise DataError('share_geometry must be True or False, got '
@@ -1073,8 +1073,8 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
   randaugment = check_randaugment(randaugment)
   check_crop(crop)
   check_pad(pad, image_size)
-  views = _check_views(views, share_geometry, randaugment=randaugment,
-                       crop=crop)
+  views = check_views(views, share_geometry, randaugment=randaugment,
+                      crop=crop)
   local_batch = _local_batch_size(global_batch_size, process_index,
                                   process_count)
   ds = _index_batches(source, seed=seed, global_batch_size=global_batch_size,

@@ -1,1 +1,2 @@
-"""Evaluation of frozen features: few-shot ridge regression and kNN."""
+"""Evaluation: the periodic evaluator (classification, few-shot and kNN
+monitors, pictures), few-shot ridge regression, kNN and logistic regression."""

@@ -170,7 +170,7 @@ class Evaluator:
 
   def pictures(self, params: Any, state: Any = None,
                num_images: int = 8) -> np.ndarray | None:
-    """uint8 [k, H, W, 3]: the objective's pictures of the first k images
+    """uint8 [k, H, W, 3]: the method's pictures of the first k images
     of eval.split, drawn with a fixed key (the same segments and orders at
     every step, so pictures from different steps compare). None if there is
     nothing to draw."""
@@ -182,8 +182,7 @@ class Evaluator:
     state = {} if state is None else state
 
     def draw(params, state, batch):
-      del state
-      return method.pictures(params['model'], batch['image'][:k], key)
+      return method.pictures(params['model'], batch['image'][:k], key, state=state)
 
     fn = self._jit(f'pictures/{k}', draw, params, state)
     return np.asarray(jax.device_get(fn(params, state, next(iter(self._batches(self.test))))))

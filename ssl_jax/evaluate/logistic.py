@@ -1,9 +1,9 @@
 """Multinomial logistic regression on frozen features, fitted by L-BFGS.
 
-iGPT's linear probes on CIFAR-10/100 and STL-10, and its low-data
-evaluation (Table 4: "a logistic regression classifier on iGPT-L's features
-without any data augmentation or fine-tuning"), fit a logistic regression
-to normalised features with L-BFGS. Here: features standardised with the
+The linear probes of generative pretraining on CIFAR-10/100 and STL-10,
+and their low-data evaluation ("a logistic regression classifier on ...
+features without any data augmentation or fine-tuning"), fit a logistic
+regression to normalised features with L-BFGS. Here: features standardised with the
 training set's mean and standard deviation, minimise
 
   mean cross-entropy + l2 / 2 * |W|^2        (the bias is not penalised)

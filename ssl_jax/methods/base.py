@@ -24,6 +24,9 @@ Capabilities (each one False unless the method implements what it names):
   generative_finetune  `finetune_features`: fine-tunes that keep its loss
   draws_pictures       `pictures`, drawn at every evaluation
   samples              `sample_grids`, for `python -m ssl_jax.sample`
+A capability is a class attribute; an instance may turn one off for its
+configuration (iGPT's BERT objective does not sample), so the core reads
+capabilities from the built method.
 
 What it does (methods):
   validate(config)     classmethod: checks its own config block (and the
@@ -158,18 +161,20 @@ class Method(abc.ABC):
     block k, num_blocks + 1 what follows the blocks (layer_decay)."""
     raise NotImplementedError(f'method {self.name!r} has no numbered layers')
 
-  def finetune_features(self, params: Params, batch: Batch, rng: jax.Array
-                        ) -> tuple[dict[str, jax.Array], jax.Array]:
+  def finetune_features(self, params: Params, batch: Batch, rng: jax.Array, *,
+                        state: State = None) -> tuple[dict[str, jax.Array], jax.Array]:
     """(features by name, self-supervised loss) of one forward pass
     (generative_finetune)."""
     raise NotImplementedError(f'method {self.name!r} has no generative fine-tuning')
 
-  def pictures(self, params: Params, images: jax.Array, rng: jax.Array) -> jax.Array:
+  def pictures(self, params: Params, images: jax.Array, rng: jax.Array, *,
+               state: State = None) -> jax.Array:
     """uint8 [b, H', W', 3] panels of what the method does to images [b, H,
     W, 3] in [0, 1] (draws_pictures)."""
     raise NotImplementedError(f'method {self.name!r} draws no pictures')
 
   def sample_grids(self, params: Params, images: jax.Array, rng: jax.Array, *,
-                   completions: int, temperature: float) -> dict[str, jax.Array]:
+                   completions: int, temperature: float,
+                   state: State = None) -> dict[str, jax.Array]:
     """{grid name: uint8 [b, H', W', 3]} of samples (samples capability)."""
     raise NotImplementedError(f'method {self.name!r} does not sample')

@@ -80,7 +80,8 @@ class Classification:
   def _features_and_loss(self, params, batch, rng, train: bool, state):
     """(features, the backbone's self-supervised loss or None)."""
     if train and self.generative_weight:  # one forward pass gives both
-      feats, loss = self.backbone.finetune_features(params['backbone'], batch, rng)
+      feats, loss = self.backbone.finetune_features(
+          params['backbone'], batch, rng, state=state if self.keeps_state else None)
       return feats[self.representation], loss
     return self._features(params, batch, rng, train, state), None
 

@@ -32,7 +32,9 @@ class Pretraining:
     params = {'model': self.method.init(rng, batch)}
     if self.probe is not None:  # the probe's shape, from features (which may read the state)
       state = self.method.init_state(rng, batch, params['model'])
-      feats = self.method.represent(params['model'], batch,
+      image = batch['image']
+      one_view = {'image': image[:, 0] if image.ndim == 5 else image}  # represent's input
+      feats = self.method.represent(params['model'], one_view,
                                     state=state)[self.probe_representation]
       params['online_probe'] = self.probe.init(rng, feats, train=False)['params']
     return params

@@ -246,8 +246,8 @@ class IGPT(Method):
       total = feats if total is None else {k: total[k] + f for k, f in feats.items()}
     return {k: t / self.eval_masks for k, t in total.items()}
 
-  def finetune_features(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array
-                        ) -> tuple[dict[str, jax.Array], jax.Array]:
+  def finetune_features(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, *,
+                        state: Any = None) -> tuple[dict[str, jax.Array], jax.Array]:
     """(features, generative loss) of one forward pass: fine-tuning
     optimises the classification and generative losses together."""
     loss, _, feats = self.generative_loss(params, batch, rng)
@@ -288,7 +288,8 @@ class IGPT(Method):
     return out.at[:, self.n - 1].set(draw(jax.random.fold_in(rng, self.n - 1), last))
 
   def sample_grids(self, params: Any, images: jax.Array, rng: jax.Array, *,
-                   completions: int, temperature: float) -> dict[str, jax.Array]:
+                   completions: int, temperature: float,
+                   state: Any = None) -> dict[str, jax.Array]:
     """{'unconditional': uint8 [b, H, W', 3], 'completions': uint8 [b, H,
     W'', 3]}: rows of `completions` samples drawn from nothing (the
     start-of-sequence vector alone), and per image: the image | its palette
@@ -314,7 +315,8 @@ class IGPT(Method):
             'completions': drawing.panels([images, self.to_images(params, tokens), given]
                                           + completed)}
 
-  def pictures(self, params: Any, images: jax.Array, rng: jax.Array) -> jax.Array:
+  def pictures(self, params: Any, images: jax.Array, rng: jax.Array, *,
+               state: Any = None) -> jax.Array:
     """uint8 [b, H', W', 3]. AR: image | quantised | the first half of the
     reading order given, the rest sampled (temperature 1) | greedy.
     BERT: image | quantised | masked (grey) | the model's most likely

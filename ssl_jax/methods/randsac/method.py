@@ -239,7 +239,8 @@ class RandSAC(Method):
         rngs={'dropout': jax.random.key(0) if rng is None else rng})
     return pool({'encoder': out, **layers})
 
-  def pictures(self, params: Any, images: jax.Array, rng: jax.Array) -> jax.Array:
+  def pictures(self, params: Any, images: jax.Array, rng: jax.Array, *,
+               state: Any = None) -> jax.Array:
     """uint8 [b, H', W', 3]: image | segments | serialisation | reconstruction
     (ssl_jax.drawing.panels), for images [b, H, W, 3] in [0, 1]."""
     b = images.shape[0]
