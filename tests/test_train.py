@@ -169,7 +169,8 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(reference, data_dir,
       yield batch
 
   monkeypatch.setattr(assembly, 'global_batches', poisoned)
-  with pytest.raises(train.NonFiniteLossError, match='at step 7'):
+  with pytest.raises(train.NonFiniteLossError,
+                     match='at step 7; the last checkpoint, step 4, in .* is intact'):
     train.run(config, str(tmp_path))
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path), keep=3)
   assert checkpointer.all_steps() == [4]
@@ -200,3 +201,16 @@ def test_incompatible_config_and_unreadable_checkpoint(reference, tmp_path):
   with pytest.raises(ckpt_lib.CheckpointError, match=f'checkpoint {STEPS} .* unreadable'):
     train.run(longer, workdir)
   assert sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))) == [20, 25, 30]
+
+
+def test_nonfinite_message_names_what_is_left_and_only_remedies_that_apply():
+  host = {'loss': float('nan'), 'grad_norm': float('inf')}
+  config = small_config(**{'optimizer.grad_clip_norm': 1.0})
+  fresh = train.nonfinite_message(config, 3, host, None, '/w/checkpoints')
+  assert 'at step 3; no checkpoint was written yet (the first is due at step 3)' in fresh
+  assert 'clipping' not in fresh and 'float32' not in fresh  # already clipped, float32
+  later = train.nonfinite_message(
+      small_config(**{'optimizer.grad_clip_norm': None, 'compute_dtype': 'bfloat16'}), 9, host,
+      6, '/w/checkpoints')
+  assert 'the last checkpoint, step 6, in /w/checkpoints is intact' in later
+  assert 'gradient clipping' in later and "compute_dtype='float32'" in later

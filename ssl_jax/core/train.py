@@ -98,6 +98,22 @@ def _format_eta(seconds: float) -> str:
   return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
 
 
+def nonfinite_message(config, step: int, host: dict[str, float], last_checkpoint: int | None,
+                      directory: str) -> str:
+  """The NaN / Inf stop: what happened, which checkpoint is left (or that
+  there is none), and only the remedies that apply to this config."""
+  kept = (f'the last checkpoint, step {last_checkpoint}, in {directory} is intact (the same '
+          'command resumes from it)' if last_checkpoint is not None else
+          f'no checkpoint was written yet (the first is due at step {config.checkpoint.every})')
+  remedies = ['a lower optimizer.lr']
+  if not config.optimizer.grad_clip_norm:
+    remedies.append('gradient clipping (optimizer.grad_clip_norm, e.g. 1.0)')
+  if config.compute_dtype == 'bfloat16':
+    remedies.append("compute_dtype='float32'")
+  return (f'non-finite loss {host["loss"]} (grad norm {host["grad_norm"]}) at step {step}; '
+          f'{kept}. Try ' + ', or '.join(remedies) + '.')
+
+
 def _meta(config, step: int) -> dict[str, Any]:
   return {'step': step,
           'config': json.loads(to_json(config)),
@@ -166,16 +182,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   batches = assembly.global_batches(config, run_.source, trainer.mesh, start)
   total = config.total_steps
   pending = None  # (step number, metrics) of the last dispatched step, unchecked
+  last_checkpoint = start or None  # the newest checkpoint of this run, if any
   last_log_time, last_log_step = time.perf_counter(), start
 
   def check(item) -> dict[str, float]:
     step, metrics = item
     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not (np.isfinite(host['loss']) and np.isfinite(host['grad_norm'])):
-      raise NonFiniteLossError(
-          f'non-finite loss {host["loss"]} (grad norm {host["grad_norm"]}) at step '
-          f'{step}; the last good checkpoint in {checkpointer.directory} is intact. '
-          'Try a lower optimizer.lr, optimizer.grad_clip_norm, or float32 compute.')
+      raise NonFiniteLossError(nonfinite_message(config, step, host, last_checkpoint,
+                                                 checkpointer.directory))
     return host
 
   def should_log(step: int) -> bool:
@@ -237,6 +252,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
           evaluate(step)
         if at_checkpoint or stopping:
           checkpointer.save(step, state, _meta(config, step))
+          last_checkpoint = step
         result.last_step = step
         if stopping:
           result.preempted = preemption.requested
