@@ -135,22 +135,29 @@ def linear_probe_config(pretrain: ml_collections.ConfigDict, *, tiny: bool
   return c
 
 
+def method_config_module(name: str):
+  """configs/NAME.py of method NAME, or None when the method has no config
+  file (a missing import inside an existing file is raised, not hidden)."""
+  import importlib
+  try:
+    return importlib.import_module(f'configs.{name}')
+  except ModuleNotFoundError as e:
+    if e.name != f'configs.{name}':
+      raise
+    return None
+
+
 def method_variants(kind: str) -> dict[str, tuple[str, str]]:
   """{'METHOD_VARIANT' (or 'METHOD' for its default): (method, variant)}
   of every method whose config file (configs/METHOD.py) offers `kind`
   ('linear_probe' or 'finetune') through its `LINEAR_PROBE_VARIANTS` /
   `FINETUNE_VARIANTS` and `linear_probe_config(variant)` /
   `finetune_config(variant)`; methods come from the registry."""
-  import importlib
-
   from ssl_jax.methods import registry
   out = {}
   for name in registry.names():
-    try:
-      module = importlib.import_module(f'configs.{name}')
-    except ModuleNotFoundError as e:
-      if e.name != f'configs.{name}':  # a missing import inside the file: say so
-        raise
+    module = method_config_module(name)
+    if module is None:
       continue
     for v in getattr(module, f'{kind.upper()}_VARIANTS', ()):
       out[f'{name}_{v}' if v else name] = (name, v)

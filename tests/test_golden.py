@@ -25,16 +25,12 @@ RTOL = 1e-5  # 20x the largest 1-vs-8-device spread measured (4.9e-7, randsac)
 
 def tiny_methods() -> list[str]:
   """Self-supervised methods whose config file has a `tiny` variant."""
+  from configs import common
   from ssl_jax.methods import registry
   names = []
   for name in registry.self_supervised():
-    try:
-      module = importlib.import_module(f'configs.{name}')
-    except ModuleNotFoundError as e:
-      if e.name != f'configs.{name}':
-        raise
-      continue
-    if 'tiny' in getattr(module, 'VARIANTS', ()):
+    module = common.method_config_module(name)
+    if module is not None and 'tiny' in getattr(module, 'VARIANTS', ()):
       names.append(name)
   return names
 

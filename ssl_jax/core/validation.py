@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from ssl_jax.config.checks import (ConfigError, get, is_int, is_number, one_of, positive_int,
-                                   require, unit_interval)
+from ssl_jax.config.checks import (ConfigError, boolean, get, is_int, is_number, one_of,
+                                   positive_int, require, unit_interval)
 from ssl_jax.data import pipeline
 from ssl_jax.methods import registry
 from ssl_jax.tasks import CLASSIFICATION, HEADS, MODES
@@ -50,7 +50,7 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int,
   positive_int(config, 'data.image_size')
   require(config, 'data.min_area', lambda v: is_number(v) and 0 < v <= 1,
           'a number in (0, 1]')
-  require(config, 'data.flip', lambda v: isinstance(v, bool), 'True or False')
+  boolean(config, 'data.flip')
   if 'crop' in config.data:  # the pipeline's own check: data options are validated once
     _data_option(config, 'data.crop', pipeline.check_crop, config.data.crop)
     _data_option(config, 'data.pad', pipeline.check_pad, config.data.pad,
@@ -159,7 +159,7 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.classifier.mask_ratio={config.classifier.mask_ratio} is not '
                       "allowed with classifier.mode='linear': must be 0 (the frozen "
                       'backbone sees whole images)')
-  require(config, c + 'whiten', lambda v: isinstance(v, bool), 'True or False')
+  boolean(config, c + 'whiten')
   if config.classifier.whiten and config.classifier.mode != 'linear':
     raise ConfigError(f'config.classifier.whiten=True is not allowed with classifier.mode='
                       f"{config.classifier.mode!r}: the whitening is fitted once to frozen "
