@@ -12,10 +12,15 @@ r"""Pretrain, probe and fine-tune self-supervised image models.
 
 Overrides: --config.KEY=VALUE (e.g. --config.total_steps=500). Running the
 same command again with the same --workdir resumes from its latest checkpoint.
+Exit status: 0 finished; 75 preempted after a checkpoint (or the workdir is
+held by another live run): run the same command again; 2 a bad flag, config,
+dataset or --workdir (one line on stderr); 1 any other failure.
 """
 
 from __future__ import annotations
 
+import glob
+import os
 import re
 import sys
 
@@ -45,13 +50,56 @@ _LOW_DATA = flags.DEFINE_bool(
     'low_data', False, 'With a linear-probe config: logistic regression on a few labels per '
     'class (feature_probe.shots) over seeds; writes low_data.md / low_data.json.')
 
+_LOCK_TIMEOUT = flags.DEFINE_float(
+    'lock_timeout', None, 'Seconds after which the heartbeat of a run holding --workdir is '
+    'stale, so that its workdir is taken over (default: $SSL_JAX_LOCK_TIMEOUT or 60).')
+
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+# Exit statuses (README, "Reliability"): what a scheduler or supervisor reads.
+EXIT_FINISHED = 0     # the run reached total_steps (or the table is written)
+EXIT_FAILED = 1       # anything else: a damaged checkpoint, NaN, a bug (traceback)
+EXIT_USER_ERROR = 2   # a bad flag, config, dataset or --workdir: one line on stderr
+EXIT_TEMPORARY = 75   # EX_TEMPFAIL: preempted after a checkpoint, or the workdir is
+                      # held by another live run: run the same command again
+
+
+def fail(message: str, status: int) -> None:
+  """One line on stderr, then exit."""
+  print(' '.join(message.split()), file=sys.stderr)
+  sys.exit(status)
+
+
+def _flag_error(e: Exception) -> str:
+  """absl's and ml_collections' flag errors as one line."""
+  text = str(e)
+  flag = re.match(r'flag (--[\w.]+)=(.*?): ', text)
+  name = flag.group(1) if flag else None
+  if 'must have a value other than None' in text:
+    return f'{name} is required' + (' (where checkpoints and metrics go)'
+                                    if name == '--workdir' else '')
+  if 'Error whilst parsing config file' in text:  # the config file raised
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return f'{name}={flag.group(2)}: {re.sub(r"^[A-Za-z_.]*Error: ", "", last)}'
+  if flag:
+    value, reason = flag.group(2), text[flag.end():]
+    expected = ('a boolean (true or false)' if 'Non-boolean' in reason else
+                'an integer' if 'int()' in reason else
+                'a number' if 'float' in reason else None)
+    if expected:
+      return f'{name}={value}: expected {expected}'
+    return f'{name}={value}: {reason}'
+  return text.splitlines()[0] if text else type(e).__name__
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, with an unknown --config.KEY reported in one line."""
+  """absl's parser, with every flag or config-file error reported in one
+  line and exit status 2."""
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    _CONFIG.value.get('objective')  # a config file that did not load raises here
+    return rest
   except (AttributeError, KeyError) as e:  # how ml_collections rejects a key
     text = str(e).encode().decode('unicode_escape')  # ml_collections escapes it
     key = re.search(r"'(\w+)'", text)
@@ -61,24 +109,40 @@ def parse_flags(argv: list[str]) -> list[str]:
     detail = (f'{offending[0] if offending else "--config"}: no such key'
               + (f' {key.group(1)!r}' if key else '')
               + (f' (did you mean {hint.group(1)!r}?)' if hint else ''))
-    print(f'error: {detail}; configs are locked: the config file lists every key',
-          file=sys.stderr)
-    sys.exit(2)
+    fail(f'error: {detail}; configs are locked: the config file lists every key',
+         EXIT_USER_ERROR)
+  except flags.Error as e:
+    fail(f'error: {_flag_error(e)}', EXIT_USER_ERROR)
+  except OSError:  # ml_collections could not load the config file
+    given = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')), '?')
+    path = given.split(':', 1)[0]
+    available = sorted(os.path.basename(p) for p in glob.glob(os.path.join(
+        os.path.dirname(path) or '.', '*.py')) if not p.endswith('__init__.py'))
+    fail(f'error: --config={given}: no config file {path!r}'
+         + (f'; files there: {", ".join(available)}' if available else ''), EXIT_USER_ERROR)
+  return []  # not reached
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    fail(f'error: unexpected arguments: {" ".join(argv[1:])} (overrides are '
+         '--config.KEY=VALUE)', EXIT_USER_ERROR)
   import jax  # after flag parsing, so that --help stays fast
   if _COORDINATOR.value is not None:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()
 
+  from ssl_jax import locking
   from ssl_jax.config import ConfigError
   from ssl_jax.core import checkpoint, feature_probe, sweep, train
   logging.set_verbosity(logging.INFO)
   train.quiet_library_logs()
+  if _LOCK_TIMEOUT.value is not None:
+    if not _LOCK_TIMEOUT.value > 0:
+      fail(f'error: --lock_timeout={_LOCK_TIMEOUT.value}: must be > 0 seconds',
+           EXIT_USER_ERROR)
+    locking.DEFAULT_TIMEOUT_S = _LOCK_TIMEOUT.value
   try:
     if sum([_SWEEP.value, _LAYER_SWEEP.value, _LOW_DATA.value]) > 1:
       raise ConfigError('pass at most one of --sweep, --layer_sweep, --low_data')
@@ -88,13 +152,17 @@ def main(argv):
       feature_probe.run(_CONFIG.value, _WORKDIR.value,
                         'layers' if _LAYER_SWEEP.value else 'low_data')
     else:
-      train.run(_CONFIG.value, _WORKDIR.value)
-  except (ConfigError, train.DataError) as e:  # a bad config, palette or dataset
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  except (checkpoint.CheckpointError, train.NonFiniteLossError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+      result = train.run(_CONFIG.value, _WORKDIR.value)
+      if result.preempted:
+        raise train.Preempted(result.last_step)
+  except train.Preempted as e:
+    fail(str(e), EXIT_TEMPORARY)
+  except locking.Busy as e:
+    fail(f'error: {e}', EXIT_TEMPORARY)
+  except (ConfigError, train.DataError, locking.Unwritable) as e:  # fix the command
+    fail(f'error: {e}', EXIT_USER_ERROR)
+  except (checkpoint.CheckpointError, train.NonFiniteLossError, locking.Lost) as e:
+    fail(f'error: {e}', EXIT_FAILED)
 
 
 if __name__ == '__main__':

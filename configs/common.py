@@ -82,7 +82,10 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
       flip=pretrain.data.flip,
       label_fraction=1.0,  # e.g. 0.01, 0.1, 0.2: class-balanced, deterministic
       subset_seed=0,       # which examples make up a label fraction
-      randaugment=()))     # () or (num_ops, magnitude, magnitude_std), e.g. (2, 9, 0.5)
+      randaugment=(),      # () or (num_ops, magnitude, magnitude_std), e.g. (2, 9, 0.5)
+      # True: image files that are empty, not images, or fail to decode are
+      # skipped and logged; False: such a file stops the run, named.
+      skip_bad_images=pretrain.data.get('skip_bad_images', False)))
   if 'crop' in pretrain.data:  # 'resized' or 'pad' (reflection padding + crop)
     c.data.update(dict(crop=pretrain.data.crop, pad=pretrain.data.pad))
   c.optimizer = ml_collections.ConfigDict(pretrain.optimizer.to_dict())

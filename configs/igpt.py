@@ -120,6 +120,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.image_size = 32
   c.data.min_area = 0.25
   c.data.flip = True
+  c.data.skip_bad_images = False  # True: skip (and log) unreadable image files
   c.data.crop = 'resized'  # or 'pad': reflection padding + random crop
   c.data.pad = 4
 

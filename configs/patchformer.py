@@ -87,6 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.image_size = 224
   c.data.min_area = 0.08
   c.data.flip = True
+  c.data.skip_bad_images = False  # True: skip (and log) unreadable image files
 
   pf = c.patchformer = ml_collections.ConfigDict()
   pf.patch_size = 16

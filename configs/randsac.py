@@ -145,6 +145,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.image_size = 192
   c.data.min_area = 0.2
   c.data.flip = True
+  c.data.skip_bad_images = False  # True: skip (and log) unreadable image files
 
   r = c.randsac = ml_collections.ConfigDict()
   r.patch_size = 16

@@ -20,6 +20,16 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.2'
 
+# Folder indexes (ssl_jax/data/folder.py) of the tests' temporary image
+# folders go to a temporary cache, not the user's ~/.cache/ssl_jax.
+if 'SSL_JAX_CACHE' not in os.environ:
+  import atexit  # noqa: E402
+  import shutil  # noqa: E402
+  import tempfile  # noqa: E402
+  _INDEX_CACHE = tempfile.mkdtemp(prefix='ssl_jax_test_cache_')
+  atexit.register(shutil.rmtree, _INDEX_CACHE, ignore_errors=True)
+  os.environ['SSL_JAX_CACHE'] = _INDEX_CACHE
+
 import sys  # noqa: E402
 
 import pytest  # noqa: E402

@@ -1,6 +1,16 @@
+import asyncio
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from ssl_jax.core import checkpoint as ckpt_lib
 
@@ -52,3 +62,304 @@ def test_checkpoints_from_before_the_method_state_restore(tmp_path):
       checkpointer.restore_state(7, state.replace(method_state={'table': jnp.zeros(3)}))
   finally:
     checkpointer.close()
+
+
+# A damaged checkpoint: one line that names the step, its directory, the
+# reason without object reprs, and what to do; nothing else on stderr.
+
+def _hashes(workdir):
+  """Every file under `workdir` (relative path -> sha256 of its bytes)."""
+  out = {}
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, workdir)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def _array_file(step_dir):
+  """The largest file of array data in a checkpoint step's state."""
+  metadata = {'_METADATA', '_sharding', 'manifest.ocdbt', 'commit_success.txt'}
+  files = [os.path.join(root, name)
+           for root, _, names in os.walk(os.path.join(step_dir, 'state'))
+           for name in names if name not in metadata and 'array_metadatas' not in root]
+  return max(files, key=os.path.getsize)
+
+
+def _write(path, data):
+  with open(path, 'wb') as f:
+    f.write(data)
+
+
+def _empty(step_dir):
+  shutil.rmtree(step_dir)
+  os.mkdir(step_dir)
+
+
+# kind -> (damage to checkpoints/4, what the reason in the message says)
+DAMAGE = {
+    'truncated array file': (lambda d: os.truncate(_array_file(d), 100),
+                             'state: ValueError: ', 'Error reading'),
+    'deleted array file': (lambda d: os.remove(_array_file(d)),
+                           'state: ValueError: ', 'Error reading'),
+    'garbage array metadata': (lambda d: _write(os.path.join(d, 'state', '_METADATA'), b'{x'),
+                               'state: JSONDecodeError: ', 'Expecting'),
+    'garbage meta json': (lambda d: _write(os.path.join(d, 'meta', 'metadata'), b'not json {'),
+                          'meta: JSONDecodeError: ', 'Expecting value'),
+    'deleted meta json': (lambda d: os.remove(os.path.join(d, 'meta', 'metadata')),
+                          'meta: FileNotFoundError: ', 'meta/metadata not found'),
+    'empty step directory': (_empty, 'meta: KeyError: ', 'Item "meta" was not found'),
+    'deleted state directory': (lambda d: shutil.rmtree(os.path.join(d, 'state')),
+                                'state: KeyError: ', 'Item "state" was not found'),
+}
+
+
+def _state(big=0):
+  """A small train-state-like tree; `big` adds an incompressible array of
+  that many float32s (whose read outlasts a failure elsewhere)."""
+  rng = np.random.default_rng(0)
+  state = {'w': rng.standard_normal((128, 64), dtype=np.float32),
+           'b': np.arange(8, dtype=np.float32), 'step': np.array(4, np.int32)}
+  if big:
+    state['big'] = rng.standard_normal((big,), dtype=np.float32)
+  return state
+
+
+@pytest.fixture(scope='module')
+def two_checkpoints(tmp_path_factory):
+  """A workdir with checkpoints 2 and 4, written as a run writes them."""
+  workdir = str(tmp_path_factory.mktemp('two_checkpoints'))
+  with ckpt_lib.Checkpointer(workdir, keep=3, asynchronous=False) as checkpointer:
+    for step in (2, 4):
+      checkpointer.save(step, _state(), {'step': step})
+    checkpointer.wait()
+  return workdir
+
+
+def _damaged_copy(two_checkpoints, tmp_path, kind):
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(two_checkpoints, workdir)
+  DAMAGE[kind][0](os.path.join(workdir, 'checkpoints', '4'))
+  return workdir
+
+
+def _assert_clean(message, workdir, step=4, previous=2):
+  directory = os.path.join(workdir, 'checkpoints')
+  assert '\n' not in message, message
+  assert '<bound method' not in message and ' object at 0x' not in message, message
+  assert message.startswith(f'checkpoint {step} in {directory} is unreadable or incompatible ('), message
+  assert message.endswith(
+      'Nothing was overwritten. To start over, move that directory away or use a new '
+      f'--workdir; to resume from the previous checkpoint (step {previous}), move only '
+      f'{os.path.join(directory, str(step))} away.'), message
+
+
+@pytest.mark.parametrize('kind', sorted(DAMAGE))
+def test_a_damaged_checkpoint_is_one_clean_line_and_left_as_it_is(two_checkpoints, tmp_path,
+                                                                  kind):
+  workdir = _damaged_copy(two_checkpoints, tmp_path, kind)
+  before = _hashes(workdir)
+  _, item, reason = DAMAGE[kind]
+  with ckpt_lib.Checkpointer(workdir, keep=3) as checkpointer:
+    assert checkpointer.latest_step() == 4
+    with pytest.raises(ckpt_lib.CheckpointError) as error:
+      checkpointer.restore_meta(4)
+      checkpointer.restore_state(4, _state())
+    # the previous checkpoint is intact: what the message tells the user to resume from
+    assert checkpointer.restore_meta(2) == {'step': 2}
+    np.testing.assert_array_equal(checkpointer.restore_state(2, _state())['w'], _state()['w'])
+  message = str(error.value)
+  _assert_clean(message, workdir)
+  assert f'({item}' in message and reason in message, message
+  assert _hashes(workdir) == before
+
+
+@pytest.mark.parametrize('damage', ['garbage', 'deleted'])
+def test_orbax_restores_without_its_step_metadata(two_checkpoints, tmp_path, damage):
+  """_CHECKPOINT_METADATA (timestamps, item handlers) garbage or missing:
+  orbax logs it and the checkpoint still restores; the run resumes."""
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(two_checkpoints, workdir)
+  path = os.path.join(workdir, 'checkpoints', '4', '_CHECKPOINT_METADATA')
+  _write(path, b'garbage{{') if damage == 'garbage' else os.remove(path)
+  with ckpt_lib.Checkpointer(workdir, keep=3) as checkpointer:
+    assert checkpointer.latest_step() == 4
+    assert checkpointer.restore_meta(4) == {'step': 4}
+    np.testing.assert_array_equal(checkpointer.restore_state(4, _state())['w'], _state()['w'])
+
+
+def test_the_reason_is_the_original_error_on_one_line_without_reprs():
+  store = ("<bound method pybind11_detail.spec of TensorStore({\n  'dtype': '<f4',\n"
+           "  'shape': [[3], [2]],\n})>")
+  try:
+    try:
+      raise ValueError('OUT_OF_RANGE: Error reading "params.w/0.0" in OCDBT database: '
+                       'Requested byte range [0, 10) is not valid for value of size 5')
+    except ValueError as e:
+      raise Exception('Encountered error while reading array index: (slice(0, 3, 1),). '
+                      f'See full TensorStore details: {store}.') from e
+  except Exception as e:  # pylint: disable=broad-except
+    chained = e
+  assert ckpt_lib._reason(chained) == (
+      'ValueError: OUT_OF_RANGE: Error reading "params.w/0.0" in OCDBT database: '
+      'Requested byte range [0, 10) is not valid for value of size 5')
+  assert ckpt_lib._reason(Exception(f'cannot read\n  {store}: at <x.Y object at 0x7f01>.')) == (
+      'Exception: cannot read: at.')
+  assert ckpt_lib._reason(KeyError('Item "state" was not found')) == (
+      'KeyError: Item "state" was not found')
+  assert ckpt_lib._reason(Exception(store)) == 'Exception'
+  shapes = 'Requested shape: () is not compatible with the stored shape: (3,).'
+  assert ckpt_lib._reason(ValueError(shapes)) == f'ValueError: {shapes}'  # no repr: as it was
+  long = ckpt_lib._reason(RuntimeError('x' * 1000))
+  assert len(long) < 450 and long.endswith('...')
+
+
+def test_without_an_older_checkpoint_the_message_says_so(tmp_path):
+  workdir = str(tmp_path)
+  with ckpt_lib.Checkpointer(workdir, keep=3, asynchronous=False) as checkpointer:
+    checkpointer.save(3, _state(), {'step': 3})
+    checkpointer.wait()
+  _write(os.path.join(workdir, 'checkpoints', '3', 'meta', 'metadata'), b'{')
+  with ckpt_lib.Checkpointer(workdir, keep=3) as checkpointer:
+    with pytest.raises(ckpt_lib.CheckpointError,
+                       match=r'^checkpoint 3 in .*\(meta: JSONDecodeError: .*use a new --workdir; '
+                             r'there is no older checkpoint to resume from\.$'):
+      checkpointer.restore_meta(3)
+
+
+def _failing_orbax_run(other):
+  """Runs, as orbax runs a restore, `other` next to a read that fails."""
+  from orbax.checkpoint._src import asyncio_utils
+
+  async def failing_read():
+    await asyncio.sleep(0.01)
+    raise ValueError('damaged')
+
+  async def restore():
+    await asyncio.gather(other(), failing_read())
+
+  with pytest.raises(ValueError, match='damaged'):
+    asyncio_utils.run_sync(restore())
+
+
+def test_a_failed_orbax_run_lets_reads_in_flight_call_back_first(tmp_path, monkeypatch):
+  """A TensorStore read still in flight when another read fails finishes
+  before orbax closes the event loop, instead of calling back into the
+  closed loop later ("RuntimeError: Event loop is closed" from its thread)."""
+  import tensorstore as ts
+  ckpt_lib.Checkpointer(str(tmp_path), keep=1).close()  # installs the wrapper
+  unraisable = []
+  monkeypatch.setattr(sys, 'unraisablehook', unraisable.append)
+  promise, future = ts.Promise.new()
+  timer = threading.Timer(0.3, promise.set_result, ['read'])
+  results = []
+
+  async def read_in_flight():
+    results.append(await future)
+
+  timer.start()
+  try:
+    _failing_orbax_run(read_in_flight)
+  finally:
+    timer.join()
+  time.sleep(0.1)
+  assert results == ['read'] and unraisable == []
+
+
+def test_a_failed_orbax_run_cancels_what_does_not_finish(tmp_path, monkeypatch):
+  from orbax.checkpoint._src import asyncio_utils
+  ckpt_lib.Checkpointer(str(tmp_path), keep=1).close()
+  monkeypatch.setattr(ckpt_lib, '_SETTLE_S', 0.2)
+  events = []
+
+  async def stuck():
+    try:
+      await asyncio.sleep(60)
+    except asyncio.CancelledError:
+      events.append('cancelled')
+      raise
+
+  start = time.perf_counter()
+  _failing_orbax_run(stuck)
+  assert events == ['cancelled'] and time.perf_counter() - start < 5
+  assert asyncio_utils.run_sync(asyncio.sleep(0, 'ok')) == 'ok'  # success: unchanged
+
+
+# In a fresh process, as main.py reports a CheckpointError: a restore that
+# fails while another array's read is in flight (a mismatched shape next to
+# a 16 MB array: the failure always comes first), then a truncated file.
+_RESTORE = '''
+import sys, time
+import jax
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from ssl_jax.core import checkpoint as ckpt_lib
+workdir, big = sys.argv[2], int(sys.argv[3])
+one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+like = lambda shape, dtype=np.float32: jax.ShapeDtypeStruct(shape, dtype, sharding=one)
+state = {'w': like((128, 64)), 'b': like((8,)), 'step': like((), np.int32), 'big': like((big,))}
+checkpointer = ckpt_lib.Checkpointer(workdir, keep=3)
+try:
+  try:
+    checkpointer.restore_state(2, dict(state, b=like((9,))))
+  except ckpt_lib.CheckpointError as e:
+    print('first:', e, flush=True)
+  time.sleep(1)  # reads left running would now call into a closed event loop
+  checkpointer.restore_state(4, state)
+except ckpt_lib.CheckpointError as e:
+  print(f'error: {e}', file=sys.stderr)
+  sys.exit(1)
+'''
+
+
+def test_a_failing_restore_in_a_fresh_process_prints_only_its_error(tmp_path):
+  big = 4 * 2**20
+  workdir = str(tmp_path / 'w')
+  with ckpt_lib.Checkpointer(workdir, keep=3, asynchronous=False) as checkpointer:
+    for step in (2, 4):
+      checkpointer.save(step, _state(big), {'step': step})
+    checkpointer.wait()
+  os.truncate(_array_file(os.path.join(workdir, 'checkpoints', '4')), 1000)
+  before = _hashes(workdir)
+  out = subprocess.run([sys.executable, '-c', _RESTORE, ROOT, workdir, str(big)],
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.returncode == 1, out.stderr
+  assert 'is not compatible with the stored shape' in out.stdout, out.stdout
+  assert _hashes(workdir) == before
+  for noise in ('Traceback', 'Event loop is closed', 'Exception ignored', 'never retrieved',
+                'was destroyed', '<bound method', ' object at 0x'):
+    assert noise not in out.stderr + out.stdout, out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: checkpoint 4 in '), out.stderr
+  _assert_clean(last[len('error: '):], workdir)
+  assert 'state: ValueError: ' in last and 'Error reading' in last
+
+
+@pytest.mark.slow
+def test_main_py_reports_a_damaged_checkpoint_in_one_line(data_dir, tmp_path):
+  """The command line end to end: the same command on a workdir whose latest
+  checkpoint is damaged prints one line, exits 1 and changes nothing."""
+  workdir = str(tmp_path / 'w')
+  with ckpt_lib.Checkpointer(workdir, keep=3, asynchronous=False) as checkpointer:
+    for step in (2, 4):
+      checkpointer.save(step, _state(), {'step': step})
+    checkpointer.wait()
+  _write(os.path.join(workdir, 'checkpoints', '4', 'meta', 'metadata'), b'not json {')
+  before = _hashes(workdir)
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'main.py'), '--config=configs/patchformer.py:tiny',
+       f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
+       '--config.data.name=ssl_jax_shapes/small', '--config.data.image_size=32',
+       '--config.eval.split=test[:96]', '--config.eval.train_split=train[:160]'],
+      capture_output=True, text=True, cwd=ROOT, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.returncode == 1, out.stderr
+  for noise in ('Traceback', 'Event loop is closed', 'Exception ignored', 'never retrieved'):
+    assert noise not in out.stderr, out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: checkpoint 4 in '), out.stderr
+  _assert_clean(last[len('error: '):], workdir)
+  assert '(meta: JSONDecodeError: ' in last
+  assert _hashes(workdir) == before

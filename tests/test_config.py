@@ -71,7 +71,8 @@ def test_cli_rejects_unknown_key_wrong_type_and_bad_value(tmp_path):
       "error: --config.patchformer.mask_ratoi: no such key 'mask_ratoi' "
       "(did you mean 'mask_ratio'?)")
   wrong_type = _main(*base, '--config.batch_size=abc')
-  assert wrong_type.returncode != 0 and 'batch_size' in wrong_type.stderr
+  assert wrong_type.returncode == 2
+  assert wrong_type.stderr == 'error: --config.batch_size=abc: expected an integer\n'
   bad = _main(*base, '--config.patchformer.mask_ratio=1.5')
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1] == (
@@ -79,12 +80,54 @@ def test_cli_rejects_unknown_key_wrong_type_and_bad_value(tmp_path):
   assert not os.path.exists(f'{tmp_path}/w/checkpoints')  # nothing started
 
 
+@pytest.mark.parametrize('args, line', [
+    (['--config.optimizer.lr=abc'], 'error: --config.optimizer.lr=abc: expected a number'),
+    (['--config.total_steps=1.5'], 'error: --config.total_steps=1.5: expected an integer'),
+    (['--config.data.flip=maybe'],
+     'error: --config.data.flip=maybe: expected a boolean (true or false)'),
+    (['--config=configs/patchformer.py:small'],
+     "error: --config=configs/patchformer.py:small: unknown variant 'small' of "
+     "configs/patchformer.py; allowed: '', 'tiny'"),
+    (['--config=configs/patchformr.py'],
+     "error: --config=configs/patchformr.py: no config file 'configs/patchformr.py'; "
+     'files there: common.py, finetune.py, igpt.py'),
+    (['--workdir='], 'error: --workdir is required (where checkpoints and metrics go)'),
+    pytest.param(['--workdir={tmp}/file/w'],
+                 'error: cannot write to workdir {tmp}/file/w: Not a directory',
+                 marks=[pytest.mark.slow, pytest.mark.e2e]),  # these two start JAX
+    pytest.param(['--config.data.name=folder', '--config.data.data_dir={tmp}/images',
+                  '--config.data.split=val'],
+                 "error: config.data.name='folder', config.data.split='val': Image folder "
+                 "'{tmp}/images': Split 'val' not found (available splits: ['train'];",
+                 marks=[pytest.mark.slow, pytest.mark.e2e]),
+    (['stray'], 'error: unexpected arguments: stray (overrides are --config.KEY=VALUE)'),
+])
+def test_cli_user_errors_are_one_line_with_status_2(tmp_path, args, line):
+  """Each user error: exit status 2 and exactly one line on stderr, which
+  names the flag or key; nothing is created or changed in --workdir."""
+  (tmp_path / 'file').write_text('not a directory')
+  for label in ('a', 'b'):
+    os.makedirs(tmp_path / 'images' / 'train' / label)
+  flags = {'--config': '--config=configs/patchformer.py:tiny',
+           '--workdir': f'--workdir={tmp_path}/w'}
+  for arg in args:
+    if arg.startswith(tuple(flags)) and arg.split('=')[0] in flags:
+      flags[arg.split('=')[0]] = arg
+  rest = [a for a in args if a.split('=')[0] not in flags]
+  argv = [a.format(tmp=tmp_path) for a in [*flags.values(), *rest] if a != '--workdir=']
+  out = _main(*argv)
+  assert out.returncode == 2, out.stderr
+  assert len(out.stderr.splitlines()) == 1, out.stderr
+  assert out.stderr.startswith(line.format(tmp=tmp_path)), out.stderr
+  assert not os.path.exists(tmp_path / 'w')
+
+
 def test_cli_unprepared_dataset_says_how_to_prepare_it(tmp_path):
   start = time.time()
   out = _main('--config=configs/patchformer.py:tiny', f'--workdir={tmp_path}/w',
               f'--config.data.data_dir={tmp_path}/tfds', '--config.data.name=mnist')
   assert out.returncode == 2
-  assert "error: config.data.name='mnist':" in out.stderr
+  assert "error: config.data.name='mnist', config.data.split='train':" in out.stderr
   assert f'tfds build mnist --data_dir={tmp_path}/tfds --file_format=array_record' in out.stderr
   assert time.time() - start < 120  # no download attempted
   assert not os.path.exists(f'{tmp_path}/tfds/downloads/mnist')

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import small_classifier_config
 
+from ssl_jax import locking
 from ssl_jax.core import assembly, sweep, train
 from ssl_jax.core import validation
 from ssl_jax.tasks import whitening as whitening_lib
@@ -153,6 +154,11 @@ def test_sweep_runs_every_point_and_writes_one_table(reference, tmp_path):
   assert len(table) == 4 and sum(line.count('| * |') for line in table) == 1
   # Finished points are read back, not retrained.
   assert sweep.run_sweep(config, str(tmp_path)) == rows
+  # The sweep holds its workdir (each point holds its own): a second one is refused.
+  assert not os.path.exists(tmp_path / locking.LOCK_DIR)  # released
+  with locking.Lease(str(tmp_path)):
+    with pytest.raises(locking.Busy, match='is in use by another run'):
+      sweep.run_sweep(config, str(tmp_path))
   # With epochs, each point's length covers the same number of examples.
   config.sweep.epochs = 1.0
   assert [sweep.point_config(config, b, 1e-3, 2000).total_steps for b in (16, 32)] == [125, 63]

@@ -128,26 +128,33 @@ def _wait_for_checkpoint_after(workdir, step, proc, timeout=240):
 def test_sigterm_then_kill9_resume_gives_identical_losses(reference, data_dir, tmp_path):
   _, ref_dir, _ = reference
   workdir = str(tmp_path / 'w')
-  # 1. SIGTERM (preemption): saves a checkpoint and exits cleanly.
+  # 1. SIGTERM (preemption): saves a checkpoint and exits with status 75 ...
   proc = _launch(workdir, data_dir)
   _wait_for_checkpoint_after(workdir, 0, proc)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out
   stopped = ckpt_lib.Checkpointer(workdir, keep=3)
   first_stop = stopped.latest_step()
   stopped.close()
   assert 0 < first_stop < STEPS, out
-  # 2. Resume, then kill -9 right after the next checkpoint lands.
+  # ... with the preemption status and last line, and the workdir released.
+  assert proc.returncode == 75, out
+  assert out.strip().splitlines()[-1] == (
+      f'preempted at step {first_stop}, resume with the same command')
+  assert not os.listdir(os.path.join(workdir, '.lock'))
+  # 2. Resume at once (not refused), then kill -9 right after the next
+  # checkpoint lands: the workdir stays claimed by a dead process.
   proc = _launch(workdir, data_dir)
   _wait_for_checkpoint_after(workdir, first_stop, proc)
   proc.kill()
   proc.wait()
-  # 3. Resume to the end.
+  assert len(os.listdir(os.path.join(workdir, '.lock'))) == 1
+  # 3. Resume to the end: the dead holder's claim is taken over at once.
   proc = _launch(workdir, data_dir)
   out, _ = proc.communicate(timeout=240)
   assert proc.returncode == 0, out
   assert 'resumed from checkpoint' in out
+  assert f'taking over workdir {workdir}' in out
   records = read_metrics(workdir)
   assert [r['step'] for r in records] == list(range(1, STEPS + 1))  # each step once
   ref = losses(ref_dir)

@@ -60,9 +60,11 @@ def build_source(config: ml_collections.ConfigDict) -> pipeline.Source:
       return pipeline.make_source(config.data.name, data_dir=config.data.data_dir,
                                   split=config.data.split,
                                   label_fraction=config.data.get('label_fraction', 1.0),
-                                  subset_seed=config.data.get('subset_seed', 0))
+                                  subset_seed=config.data.get('subset_seed', 0),
+                                  skip_bad_images=config.data.get('skip_bad_images', False))
     except DataError as e:
-      raise DataError(f'config.data.name={config.data.name!r}: {e}') from e
+      raise DataError(f'config.data.name={config.data.name!r}, '
+                      f'config.data.split={config.data.split!r}: {e}') from e
 
   return _on_process_zero_first(open_source, 'ssl_jax: dataset ready')
 
@@ -92,7 +94,7 @@ def global_batches(config, source, mesh, start_step: int) -> Iterator[dict[str, 
   """The training stream from `start_step` on, as global sharded jax.Arrays."""
   views, share = train_views(config)
   extra = {} if views is None else {'views': views, 'share_geometry': share}
-  ds = pipeline.make_dataset(
+  batches = pipeline.iterate(
       source, seed=config.seed, global_batch_size=config.batch_size,
       start_step=start_step, image_size=config.data.image_size, train=True,
       process_index=jax.process_index(), process_count=jax.process_count(),
@@ -100,7 +102,7 @@ def global_batches(config, source, mesh, start_step: int) -> Iterator[dict[str, 
       randaugment=tuple(config.data.get('randaugment', ())) or None,
       crop=config.data.get('crop', 'resized'), pad=config.data.get('pad', 4), **extra)
   sharding = sharding_lib.batch_sharding(mesh)
-  for local in ds.as_numpy_iterator():
+  for local in batches:
     yield sharding_lib.to_global(local, sharding)
 
 
@@ -216,33 +218,37 @@ def open_init_checkpoint(config: ml_collections.ConfigDict) -> InitCheckpoint | 
     raise ConfigError(f'{where} has no checkpoints/ directory: it must be the '
                       '--workdir of a pretraining run')
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=None, read_only=True)
-  steps = checkpointer.all_steps()
-  if not steps:
-    raise ConfigError(f'{where} has no complete checkpoint yet')
-  if step is None:
-    step = max(steps)
-  elif step not in steps:
-    raise ConfigError(f'config.init.step={step} is not a checkpoint in {workdir}; '
-                      f'available: {sorted(steps)}')
-  saved = checkpointer.restore_meta(step)['config']
-  want = json.loads(to_json(config.backbone))
-  source = f'checkpoint {step} in {checkpointer.directory}'
-  if saved.get('objective') != want['objective']:
-    raise ConfigError(
-        f'{source} was written by objective {saved.get("objective")!r}, but '
-        f'config.backbone.objective={want["objective"]!r}: use the {saved.get("objective")} '
-        'variant of this config, or the workdir of a ' + want['objective'] + ' pretraining run')
-  flat_saved, flat_want = flatten(saved), flatten(want)
-  mismatch = tasks.architecture_mismatch(flat_saved, flat_want)
-  if mismatch:
-    shown = ', '.join(f'{k} (checkpoint: {flat_saved.get(k, "<missing>")!r}, '
-                      f'config.backbone: {flat_want.get(k, "<missing>")!r})'
-                      for k in mismatch[:5])
-    fix = ' '.join(f'--config.backbone.{k}={flat_saved[k]}' for k in mismatch[:5]
-                   if k in flat_saved)
-    raise ConfigError(
-        f'{source} holds a different network than config.backbone: {shown}. Pass the '
-        f'pretraining values, e.g. {fix}')
+  try:
+    steps = checkpointer.all_steps()
+    if not steps:
+      raise ConfigError(f'{where} has no complete checkpoint yet')
+    if step is None:
+      step = max(steps)
+    elif step not in steps:
+      raise ConfigError(f'config.init.step={step} is not a checkpoint in {workdir}; '
+                        f'available: {sorted(steps)}')
+    saved = checkpointer.restore_meta(step)['config']
+    want = json.loads(to_json(config.backbone))
+    source = f'checkpoint {step} in {checkpointer.directory}'
+    if saved.get('objective') != want['objective']:
+      raise ConfigError(
+          f'{source} was written by objective {saved.get("objective")!r}, but '
+          f'config.backbone.objective={want["objective"]!r}: use the {saved.get("objective")} '
+          'variant of this config, or the workdir of a ' + want['objective'] + ' pretraining run')
+    flat_saved, flat_want = flatten(saved), flatten(want)
+    mismatch = tasks.architecture_mismatch(flat_saved, flat_want)
+    if mismatch:
+      shown = ', '.join(f'{k} (checkpoint: {flat_saved.get(k, "<missing>")!r}, '
+                        f'config.backbone: {flat_want.get(k, "<missing>")!r})'
+                        for k in mismatch[:5])
+      fix = ' '.join(f'--config.backbone.{k}={flat_saved[k]}' for k in mismatch[:5]
+                     if k in flat_saved)
+      raise ConfigError(
+          f'{source} holds a different network than config.backbone: {shown}. Pass the '
+          f'pretraining values, e.g. {fix}')
+  except BaseException:  # a refused init checkpoint: release orbax's threads
+    checkpointer.close()
+    raise
   return InitCheckpoint(checkpointer, step)
 
 

@@ -5,17 +5,29 @@ asynchronously and restored straight into its shardings) and 'meta' (JSON:
 the config, and the data position: the next global example index). Orbax
 writes each step into a temporary directory and renames it when complete, so
 a run killed at any moment leaves only whole checkpoints behind.
+
+A checkpoint that cannot be read raises CheckpointError with one line: the
+step, its directory, the underlying reason (without the object reprs that
+orbax and TensorStore put in their messages) and what to do.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
+import re
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+try:  # where orbax runs its coroutines (a private module: optional)
+  from orbax.checkpoint._src import asyncio_utils as _orbax_asyncio
+except ImportError:  # another orbax layout: restores work, only less tidily on errors
+  _orbax_asyncio = None
 
 
 def _same_shapes(tree: Any, abstract: Any) -> bool:
@@ -28,11 +40,143 @@ class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used; the message says what to do."""
 
 
+# Object reprs that orbax and TensorStore interpolate into their messages
+# (e.g. "See full TensorStore details: <bound method ...spec of
+# TensorStore({...40 lines...})>"): removed from the reasons shown.
+_REPR_START = re.compile(r'<(?:bound method |built-in method |built-in function |function |'
+                         r'[\w.]+ object at 0x)')
+_CLOSERS = {'(': ')', '[': ']', '{': '}'}
+_MAX_REASON = 400
+
+
+def _end_of_repr(text: str, start: int) -> int:
+  """The index just past the '>' closing the repr that opens at `start`
+  (brackets and quoted strings inside it may hold '<' and '>'), or the end of
+  `text` when it is cut off."""
+  angles, stack, quote = 0, [], None
+  i = start
+  while i < len(text):
+    c = text[i]
+    if quote:
+      if c == '\\':
+        i += 1
+      elif c == quote:
+        quote = None
+    elif c in '\'"':
+      quote = c
+    elif c in _CLOSERS:
+      stack.append(_CLOSERS[c])
+    elif stack and c == stack[-1]:
+      stack.pop()
+    elif not stack and c == '<':
+      angles += 1
+    elif not stack and c == '>':
+      angles -= 1
+      if angles == 0:
+        return i + 1
+    i += 1
+  return len(text)
+
+
+def _one_line(text: str) -> str:
+  """`text` without object reprs, on one line, at most _MAX_REASON characters."""
+  parts, i = [], 0
+  while (m := _REPR_START.search(text, i)) is not None:
+    parts.append(text[i:m.start()])
+    i = _end_of_repr(text, m.start())
+  parts.append(text[i:])
+  text = ' '.join(''.join(parts).split())
+  if len(parts) > 1:  # where a repr was: "details: <repr>." -> "details."
+    text = re.sub(r' ([.,;:)])', r'\1', text)
+    text = re.sub(r':(?=[.,;)]|$)', '', text)
+  return text if len(text) <= _MAX_REASON else text[:_MAX_REASON - 3].rstrip() + '...'
+
+
+def _reason(error: BaseException) -> str:
+  """'Type: message' of the error a failure started with (the end of its
+  `raise ... from` chain: e.g. TensorStore's "OUT_OF_RANGE: Error reading
+  <array> ... is not valid for value of size N" under orbax's "Encountered
+  error while reading array index"), on one line and without object reprs;
+  the outer errors when the inner ones say nothing."""
+  chain = [error]
+  while chain[-1].__cause__ is not None and chain[-1].__cause__ not in chain:
+    chain.append(chain[-1].__cause__)
+  for e in reversed(chain):
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+      text = e.args[0]  # str(KeyError) is the repr of its message
+    else:
+      text = str(e)
+    text = _one_line(text)
+    if text:
+      return f'{type(e).__name__}: {text}'
+  return type(error).__name__
+
+
+# How long a failed orbax run waits for its other reads (or writes) to
+# finish before cancelling them; then how long cancelled ones get to report.
+_SETTLE_S = 30.0
+_CANCELLED_SETTLE_S = 0.05
+
+
+async def _settle_the_rest_on_error(coro):
+  """Runs `coro`; if it raises, first lets every other task of the running
+  loop finish (cancelling those still running after _SETTLE_S), then raises.
+
+  orbax runs each restore in a fresh event loop that it closes as soon as
+  its coroutine returns (asyncio_utils._run_sync_via_new_loop, without
+  asyncio.run's teardown). When one array's read fails, asyncio.gather
+  raises at once while the reads of other arrays are still in flight in
+  TensorStore: the loop is closed under them, and each read that completes
+  later calls loop.call_soon_threadsafe on the closed loop from a TensorStore
+  thread, which prints a "RuntimeError: Event loop is closed" traceback
+  (and, at garbage collection, "Task was destroyed but it is pending",
+  "exception was never retrieved", "Exception ignored in: <coroutine>"),
+  around and after the one-line error.
+
+  Waiting for those reads is what removes the race: a task waiting on a
+  TensorStore read ends only after the read has called back into the loop.
+  Cancelling alone does not (a read that completes while it is being
+  cancelled still calls back later), so it is the fallback for runs that do
+  not finish in time, with a short pause for such late calls. A failed
+  restore therefore takes about as long as the reads it had started."""
+  try:
+    return await coro
+  except Exception:  # not on Ctrl-C or cancellation: those stop at once
+    current = asyncio.current_task()
+    rest = [t for t in asyncio.all_tasks() if t is not current]
+    if rest:
+      _, late = await asyncio.wait(rest, timeout=_SETTLE_S)
+      for task in late:
+        task.cancel()
+      await asyncio.gather(*rest, return_exceptions=True)  # their errors: retrieved
+      if late:
+        await asyncio.sleep(_CANCELLED_SETTLE_S)
+    raise
+
+
+def _tidy_orbax_failures() -> None:
+  """Makes orbax's run_sync (every synchronous restore and save runs its
+  coroutine through it) settle the coroutine's other tasks before it
+  returns a failure (see _settle_the_rest_on_error); a run that succeeds is
+  unchanged. Idempotent."""
+  run_sync = getattr(_orbax_asyncio, 'run_sync', None)
+  if run_sync is None or getattr(run_sync, '_ssl_jax_tidy', False):
+    return
+
+  @functools.wraps(run_sync)
+  def tidy_run_sync(coro, *args, **kwargs):
+    return run_sync(_settle_the_rest_on_error(coro), *args, **kwargs)
+
+  tidy_run_sync._ssl_jax_tidy = True
+  _orbax_asyncio.run_sync = tidy_run_sync
+
+
 class Checkpointer:
   """Keeps the last `keep` checkpoints of a run in `<workdir>/checkpoints`."""
 
   def __init__(self, workdir: str, *, keep: int | None, asynchronous: bool = True,
                read_only: bool = False):
+    _tidy_orbax_failures()
     if '://' not in workdir:  # orbax needs absolute local paths
       workdir = os.path.abspath(workdir)
     self.directory = os.path.join(workdir, 'checkpoints')
@@ -41,6 +185,13 @@ class Checkpointer:
         enable_async_checkpointing=asynchronous)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=('state', 'meta'))
+    self._closed = False
+
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -67,7 +218,7 @@ class Checkpointer:
           meta=ocp.args.JsonRestore()))
       return dict(out['meta'])
     except Exception as e:  # any corruption: report it, never start over
-      raise self._unreadable(step, e) from e
+      raise self._unreadable(step, 'meta', e) from e
 
   def restore_state(self, step: int, abstract_state: Any) -> Any:
     """Restores into the shapes, dtypes and shardings of `abstract_state`
@@ -79,7 +230,7 @@ class Checkpointer:
     except Exception as e:
       state = self._restore_without_empty_fields(step, abstract_state)
       if state is None:
-        raise self._unreadable(step, e) from e
+        raise self._unreadable(step, 'state', e) from e
     if not _same_shapes(state, abstract_state):
       raise CheckpointError(
           f'checkpoint {step} in {self.directory} does not match this config\'s '
@@ -120,7 +271,7 @@ class Checkpointer:
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
           partial_restore=True)))
     except Exception as e:
-      raise self._unreadable(step, e) from e
+      raise self._unreadable(step, 'state', e) from e
     tree = out['state']
     for key in path:
       tree = tree[key]
@@ -129,13 +280,20 @@ class Checkpointer:
                             f'{"/".join(path)} do not have the shapes this config expects')
     return tree
 
-  def _unreadable(self, step: int, error: Exception) -> CheckpointError:
+  def _unreadable(self, step: int, item: str, error: Exception) -> CheckpointError:
+    """`item`: the part that failed ('state', 'meta'), when the reason alone
+    (e.g. a JSONDecodeError) does not say which file it is in."""
+    try:
+      older = [s for s in self._manager.all_steps() if s < step]
+    except Exception:  # pylint: disable=broad-except  # the listing is only advice
+      older = []
+    resume = (f'to resume from the previous checkpoint (step {max(older)}), move only '
+              f'{os.path.join(self.directory, str(step))} away' if older else
+              'there is no older checkpoint to resume from')
     return CheckpointError(
         f'checkpoint {step} in {self.directory} is unreadable or incompatible '
-        f'({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}). '
-        'Nothing was overwritten. To start over, move that directory away or '
-        'use a new --workdir; to resume from an older checkpoint, move only '
-        f'{os.path.join(self.directory, str(step))} away.')
+        f'({item}: {_reason(error)}). Nothing was overwritten. To start over, move that '
+        f'directory away or use a new --workdir; {resume}.')
 
   def wait(self) -> None:
     """Blocks until every asynchronous save has been committed; raises
@@ -150,7 +308,11 @@ class Checkpointer:
     try:
       yield
     except Exception as e:
-      raise CheckpointError(f'writing a checkpoint to {self.directory} failed: {e}') from e
+      raise CheckpointError(
+          f'writing a checkpoint to {self.directory} failed ({_reason(e)})') from e
 
   def close(self) -> None:
-    self._manager.close()
+    """Waits for pending saves and releases orbax's threads (idempotent)."""
+    if not self._closed:
+      self._closed = True
+      self._manager.close()

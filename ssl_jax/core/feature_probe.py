@@ -33,6 +33,7 @@ from absl import logging
 from ssl_jax.config.checks import ConfigError
 from ssl_jax.core import assembly, validation
 from ssl_jax.core import metrics as metrics_lib
+from ssl_jax.core import workdir as workdir_lib
 from ssl_jax.data import pipeline
 from ssl_jax.evaluate import logistic
 from ssl_jax.evaluate.evaluator import open_split
@@ -151,4 +152,5 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> list[dict
                       '(configs/linear_probe.py) with a feature_probe block')
   import jax
   validation.validate(config, jax.device_count())
-  return layer_sweep(config, workdir) if mode == 'layers' else low_data(config, workdir)
+  with workdir_lib.hold(workdir):
+    return layer_sweep(config, workdir) if mode == 'layers' else low_data(config, workdir)

@@ -3,7 +3,8 @@
 `python main.py --config=configs/finetune.py:... --workdir=W --sweep` trains
 one run per point of `config.sweep` into W/batch{B}_lr{LR}, each the same
 loop as a single run (so each resumes from its own checkpoints after a
-preemption, and a finished point is not retrained), and after every point
+preemption, and a finished point is not retrained; a preempted point
+raises train.Preempted), and after every point
 rewrites W/sweep.json and W/sweep.md: one row per point with its final
 top-1 / top-5, the best top-1 marked.
 """
@@ -18,11 +19,11 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
-from etils import epath
 
 from ssl_jax.config.checks import ConfigError
 from ssl_jax.core import assembly, train, validation
 from ssl_jax.core import metrics as metrics_lib
+from ssl_jax.core import workdir as workdir_lib
 
 
 def points(config: ml_collections.ConfigDict) -> list[tuple[int, float]]:
@@ -58,10 +59,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str,
   for b, lr in grid:  # every point is checked before the first one trains
     validation.validate(point_config(config, b, lr, source.num_examples),
                         jax.device_count(), jax.process_count())
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  with workdir_lib.hold(workdir):
+    return _run_points(config, workdir, grid, source.num_examples)
+
+
+def _run_points(config, workdir: str, grid, num_examples: int) -> list[dict[str, Any]]:
   rows = []
   for i, (b, lr) in enumerate(grid):
-    c = point_config(config, b, lr, source.num_examples)
+    c = point_config(config, b, lr, num_examples)
     sub = os.path.join(workdir, f'batch{b}_lr{lr:g}')
     scores = metrics_lib.final_evaluation(sub, c.total_steps)
     if scores is None:
@@ -69,8 +74,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str,
                    b, lr, c.total_steps, sub)
       result = train.run(c, sub)
       if result.preempted:
-        logging.warning('sweep stopped by a preemption signal; run the same command to resume')
-        return rows
+        raise train.Preempted(result.last_step)
       scores = result.evaluation
     rows.append({'batch_size': b, 'lr': lr, 'steps': c.total_steps,
                  **{k: v for k, v in scores.items() if k != 'step'}})

@@ -22,15 +22,24 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 
 from ssl_jax import drawing
 from ssl_jax.config.checks import flatten, incompatible_keys, to_json
-from ssl_jax.core import assembly
+from ssl_jax.core import assembly, validation
 from ssl_jax.core import checkpoint as ckpt_lib
 from ssl_jax.core import metrics as metrics_lib
+from ssl_jax.core import workdir as workdir_lib
 
 DataError = assembly.DataError  # the dataset cannot be opened
+
+
+class Preempted(Exception):
+  """A run stopped by a preemption after saving its checkpoint (a sweep
+  raises it; `run` returns RunResult.preempted)."""
+
+  def __init__(self, step: int):
+    super().__init__(f'preempted at step {step}, resume with the same command')
+    self.step = step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -85,10 +94,11 @@ class _LibraryInfoFilter(pylogging.Filter):
 
 
 def quiet_library_logs() -> None:
-  """Installs the filter above on absl's logger (idempotent)."""
-  absl_logger = pylogging.getLogger('absl')
-  if not any(isinstance(f, _LibraryInfoFilter) for f in absl_logger.filters):
-    absl_logger.addFilter(_LibraryInfoFilter())
+  """Installs the filter above on absl's logger and on absl's handler, which
+  also prints what libraries log through Python's own loggers (idempotent)."""
+  for target in (pylogging.getLogger('absl'), logging.get_absl_handler()):
+    if not any(isinstance(f, _LibraryInfoFilter) for f in target.filters):
+      target.addFilter(_LibraryInfoFilter())
 
 
 def _format_eta(seconds: float) -> str:
@@ -145,93 +155,107 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
 
   `stop_after`: return after this many steps of this invocation (tests).
   """
-  run_ = assembly.assemble(config, devices=devices)
+  # A bad config fails before the workdir is touched; a held workdir is
+  # refused before the dataset is opened or anything is written.
+  validation.validate(config, len(devices) if devices is not None else jax.device_count(),
+                      jax.process_count())
+  # SIGTERM from here on (opening data, compiling) stops at the first step.
+  with _Preemption() as preemption, workdir_lib.hold(workdir) as lease:
+    run_ = assembly.assemble(config, devices=devices)
+    try:
+      return _run(config, workdir, run_, lease, preemption, stop_after)
+    finally:
+      run_.close()
+
+
+def _run(config, workdir: str, run_: assembly.Run, lease, preemption: '_Preemption',
+         stop_after: int | None) -> RunResult:
+  """`run` while holding the workdir."""
   trainer, evaluator = run_.trainer, run_.evaluator
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep)
-  abstract = trainer.abstract_state()
+  with checkpointer:  # closed however this ends (a refused resume included)
+    abstract = trainer.abstract_state()
 
-  start = checkpointer.latest_step()
-  if start is not None:
-    run_.close()
-    meta = checkpointer.restore_meta(start)
-    _check_compatible(config, meta, checkpointer.directory, start)
-    if meta['config'].get('total_steps') != config.total_steps:
-      logging.warning('total_steps changed from %s to %s: the learning-rate '
-                      'schedule after step %d differs from the original run',
-                      meta['config'].get('total_steps'), config.total_steps, start)
-    state = checkpointer.restore_state(start, abstract)
-    logging.info('resumed from checkpoint %d in %s', start, checkpointer.directory)
-  else:
-    start = 0
-    state = run_.new_state(abstract)
-  if jax.process_index() == 0:
-    metrics_lib.write_atomic(os.path.join(workdir, 'config.json'),
-                             json.dumps(json.loads(to_json(config)), indent=2))
+    start = checkpointer.latest_step()
+    if start is not None:
+      run_.close()
+      meta = checkpointer.restore_meta(start)
+      _check_compatible(config, meta, checkpointer.directory, start)
+      if meta['config'].get('total_steps') != config.total_steps:
+        logging.warning('total_steps changed from %s to %s: the learning-rate '
+                        'schedule after step %d differs from the original run',
+                        meta['config'].get('total_steps'), config.total_steps, start)
+      state = checkpointer.restore_state(start, abstract)
+      logging.info('resumed from checkpoint %d in %s', start, checkpointer.directory)
+    else:
+      start = 0
+      state = run_.new_state(abstract)
+    if jax.process_index() == 0:
+      metrics_lib.write_atomic(os.path.join(workdir, 'config.json'),
+                               json.dumps(json.loads(to_json(config)), indent=2))
 
-  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
-  logging.info('%s: %.2fM parameters, mesh %s', config.objective, num_params / 1e6,
-               dict(trainer.mesh.shape))
-  compiled, flops = trainer.compile_step(abstract, assembly.abstract_batch(config))
-  writer = metrics_lib.make_writer(workdir, resume_step=start)
-  results = metrics_lib.EvalResults(workdir, resume_step=start)
-  if start == 0:
-    writer.write_hparams({'num_params': num_params})
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+    logging.info('%s: %.2fM parameters, mesh %s', config.objective, num_params / 1e6,
+                 dict(trainer.mesh.shape))
+    compiled, flops = trainer.compile_step(abstract, assembly.abstract_batch(config))
+    writer = metrics_lib.make_writer(workdir, resume_step=start)
+    results = metrics_lib.EvalResults(workdir, resume_step=start)
+    if start == 0:
+      writer.write_hparams({'num_params': num_params})
 
-  result = RunResult(workdir, start, start, preempted=False)
-  batches = assembly.global_batches(config, run_.source, trainer.mesh, start)
-  total = config.total_steps
-  pending = None  # (step number, metrics) of the last dispatched step, unchecked
-  last_checkpoint = start or None  # the newest checkpoint of this run, if any
-  last_log_time, last_log_step = time.perf_counter(), start
+    result = RunResult(workdir, start, start, preempted=False)
+    batches = assembly.global_batches(config, run_.source, trainer.mesh, start)
+    total = config.total_steps
+    pending = None  # (step number, metrics) of the last dispatched step, unchecked
+    last_checkpoint = start or None  # the newest checkpoint of this run, if any
+    last_log_time, last_log_step = time.perf_counter(), start
 
-  def check(item) -> dict[str, float]:
-    step, metrics = item
-    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not (np.isfinite(host['loss']) and np.isfinite(host['grad_norm'])):
-      raise NonFiniteLossError(nonfinite_message(config, step, host, last_checkpoint,
-                                                 checkpointer.directory))
-    return host
+    def check(item) -> dict[str, float]:
+      step, metrics = item
+      host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not (np.isfinite(host['loss']) and np.isfinite(host['grad_norm'])):
+        raise NonFiniteLossError(nonfinite_message(config, step, host, last_checkpoint,
+                                                   checkpointer.directory))
+      return host
 
-  def should_log(step: int) -> bool:
-    return step % config.log_every == 0 or step in (1, total)
+    def should_log(step: int) -> bool:
+      return step % config.log_every == 0 or step in (1, total)
 
-  def should_eval(step: int) -> bool:
-    every = config.eval.every
-    return evaluator.enabled and ((every and step % every == 0) or step == total)
+    def should_eval(step: int) -> bool:
+      every = config.eval.every
+      return evaluator.enabled and ((every and step % every == 0) or step == total)
 
-  def evaluate(step: int):
-    t0 = time.perf_counter()
-    scores = evaluator(state.params, state.method_state)
-    writer.write_scalars(step, scores)
-    writer.flush()
-    results.add(step, scores)
-    logging.info('eval at step %d (%.1f s): %s', step, time.perf_counter() - t0,
-                 ' | '.join(f'{k} {v:.4f}' for k, v in scores.items()))
-    drawn = evaluator.pictures(state.params, state.method_state)
-    if drawn is not None:
-      writer.write_images(step, {'pictures': drawn})
+    def evaluate(step: int):
+      t0 = time.perf_counter()
+      scores = evaluator(state.params, state.method_state)
+      writer.write_scalars(step, scores)
       writer.flush()
-      if jax.process_index() == 0:
-        drawing.save_png(drawing.png_path(workdir, step), drawn)
+      results.add(step, scores)
+      logging.info('eval at step %d (%.1f s): %s', step, time.perf_counter() - t0,
+                   ' | '.join(f'{k} {v:.4f}' for k, v in scores.items()))
+      drawn = evaluator.pictures(state.params, state.method_state)
+      if drawn is not None:
+        writer.write_images(step, {'pictures': drawn})
+        writer.flush()
+        if jax.process_index() == 0:
+          drawing.save_png(drawing.png_path(workdir, step), drawn)
 
-  def log(step: int, host: dict[str, float], flush: bool = True):
-    nonlocal last_log_time, last_log_step
-    now = time.perf_counter()
-    dt = (now - last_log_time) / max(step - last_log_step, 1)
-    last_log_time, last_log_step = now, step
-    scalars = dict(host, step_time=dt, examples_per_sec=config.batch_size / dt)
-    if flops:
-      scalars['tflops_per_sec'] = flops / dt / 1e12
-    writer.write_scalars(step, scalars)
-    if flush:  # metrics.jsonl and TensorBoard are current at every log
-      writer.flush()
-    logging.info('step %d/%d | loss %.4f | lr %.2e | %.1f ex/s | %.0f ms/step | ETA %s',
-                 step, total, host['loss'], host['learning_rate'],
-                 config.batch_size / dt, dt * 1e3, _format_eta(dt * (total - step)))
+    def log(step: int, host: dict[str, float], flush: bool = True):
+      nonlocal last_log_time, last_log_step
+      now = time.perf_counter()
+      dt = (now - last_log_time) / max(step - last_log_step, 1)
+      last_log_time, last_log_step = now, step
+      scalars = dict(host, step_time=dt, examples_per_sec=config.batch_size / dt)
+      if flops:
+        scalars['tflops_per_sec'] = flops / dt / 1e12
+      writer.write_scalars(step, scalars)
+      if flush:  # metrics.jsonl and TensorBoard are current at every log
+        writer.flush()
+      logging.info('step %d/%d | loss %.4f | lr %.2e | %.1f ex/s | %.0f ms/step | ETA %s',
+                   step, total, host['loss'], host['learning_rate'],
+                   config.batch_size / dt, dt * 1e3, _format_eta(dt * (total - step)))
 
-  try:
-    with _Preemption() as preemption:
+    try:
       for step in range(start + 1, total + 1):
         state, metrics = compiled(state, next(batches))
         previous, pending = pending, (step, metrics)
@@ -251,23 +275,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
         if evaluating:  # before the checkpoint: a checkpoint's step is evaluated
           evaluate(step)
         if at_checkpoint or stopping:
+          workdir_lib.check(lease)  # another run took the workdir over: write nothing
           checkpointer.save(step, state, _meta(config, step))
           last_checkpoint = step
         result.last_step = step
         if stopping:
-          result.preempted = preemption.requested
+          result.preempted = preemption.requested or checkpointer.reached_preemption(step)
           break
-  finally:
-    checkpointer.wait()
-    checkpointer.close()
-    writer.close()
-  result.state = state
-  result.evaluation = results.latest()
-  if result.preempted:
-    logging.warning('stopped at step %d on a preemption signal; the checkpoint is '
-                    'saved: run the same command again to resume', result.last_step)
-  if jax.process_index() == 0:
-    logging.info('done at step %d. metrics: %s (TensorBoard: tensorboard --logdir %s); '
-                 'checkpoints: %s', result.last_step, os.path.join(workdir, 'metrics.jsonl'),
-                 workdir, checkpointer.directory)
-  return result
+    finally:
+      checkpointer.wait()
+      checkpointer.close()
+      writer.close()
+    result.state = state
+    result.evaluation = results.latest()
+    if result.preempted:
+      logging.warning('stopped at step %d on a preemption signal; the checkpoint is '
+                      'saved: run the same command again to resume', result.last_step)
+    elif jax.process_index() == 0:
+      logging.info('done at step %d. metrics: %s (TensorBoard: tensorboard --logdir %s); '
+                   'checkpoints: %s', result.last_step, os.path.join(workdir, 'metrics.jsonl'),
+                   workdir, checkpointer.directory)
+    return result

@@ -51,6 +51,8 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int,
   require(config, 'data.min_area', lambda v: is_number(v) and 0 < v <= 1,
           'a number in (0, 1]')
   boolean(config, 'data.flip')
+  if 'skip_bad_images' in config.data:
+    boolean(config, 'data.skip_bad_images')
   if 'crop' in config.data:  # the pipeline's own check: data options are validated once
     _data_option(config, 'data.crop', pipeline.check_crop, config.data.crop)
     _data_option(config, 'data.pad', pipeline.check_pad, config.data.pad,

@@ -1,10 +1,12 @@
 """Input data: the built-in shapes dataset and the index-based pipeline."""
 
 from ssl_jax.data.pipeline import class_balanced_subset
+from ssl_jax.data.pipeline import class_spread_ids
 from ssl_jax.data.pipeline import DataError
 from ssl_jax.data.pipeline import example_ids
 from ssl_jax.data.pipeline import FolderSource
 from ssl_jax.data.pipeline import imagenet_subset_name
+from ssl_jax.data.pipeline import iterate
 from ssl_jax.data.pipeline import iterate_numpy
 from ssl_jax.data.pipeline import make_dataset
 from ssl_jax.data.pipeline import make_source
@@ -26,8 +28,10 @@ __all__ = [
     'SubsetSource',
     'TfdsSource',
     'class_balanced_subset',
+    'class_spread_ids',
     'example_ids',
     'imagenet_subset_name',
+    'iterate',
     'iterate_numpy',
     'make_dataset',
     'make_source',

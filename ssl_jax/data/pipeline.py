@@ -32,7 +32,9 @@ decoded image and a label.
   nothing is ever downloaded or built implicitly.
 * The built-in ``ssl_jax_shapes`` dataset (:mod:`ssl_jax.data.shapes`): a
   :class:`TfdsSource` that is built on the machine if missing.
-* :class:`FolderSource` -- a folder of images ``ROOT/<class>/*.png|jpg|jpeg``.
+* :class:`FolderSource` -- a folder of images ``ROOT/<class>/*.png|jpg|jpeg``
+  (or ``ROOT/<split>/<class>/...``); splits accept TFDS slicing, over a
+  fixed seeded order of the files.
 
 Low-label training subsets (semi-supervised evaluation): ``make_source(...,
 label_fraction=f)`` keeps a deterministic, class-balanced fraction ``f`` of a
@@ -47,7 +49,16 @@ views=[ViewSpec(...), ...], share_geometry=...)`` gives each training example
 randomness from (seed, g, view); see :mod:`ssl_jax.data.views` for the ops,
 where they run and why.
 
+Bad images: a folder source checks every file's header when it is opened
+(cached in an index, :mod:`ssl_jax.data.folder`); an image that fails to
+decode while iterating is found and named by :func:`iterate`, or, with
+``make_source(..., skip_bad_images=True)``, skipped: replaced by another
+example in training, marked invalid in evaluation, so that the stream stays a
+pure function of (seed, global index) and resuming stays exact.
+``python -m ssl_jax.data.verify ROOT`` decodes a whole folder ahead of time.
+
 Use :func:`make_source` and :func:`make_dataset`; iterate with
+:func:`iterate` (names or skips images that fail to decode) or
 :func:`iterate_numpy` (or ``tfds.as_numpy``) to get numpy batches.
 """
 
@@ -67,6 +78,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from array_record.python import array_record_data_source
 
+from ssl_jax.data import folder as folder_lib
 from ssl_jax.data import randaugment as randaugment_lib
 from ssl_jax.data import shapes
 from ssl_jax.data import views as views_lib
@@ -74,10 +86,10 @@ from ssl_jax.data.errors import DataError
 from ssl_jax.data.views import ViewSpec  # Re-exported: pipeline.ViewSpec.
 
 AUTOTUNE = tf.data.AUTOTUNE
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+IMAGE_EXTENSIONS = folder_lib.IMAGE_EXTENSIONS
 SHAPES_NAMES = ('shapes', shapes.SslJaxShapes.name)
 FOLDER_KIND = 'folder'
-FOLDER_SPLITS = ('train', 'validation', 'test')
+FOLDER_SPLITS = folder_lib.SPLITS
 
 # Independent random streams derived from the user seed.
 _SHUFFLE_STREAM = 1
@@ -120,6 +132,9 @@ class Source(abc.ABC):
   split: str
   num_examples: int
   num_classes: int | None
+  # Whether :func:`iterate` skips an image that fails to decode (True) or
+  # stops with a DataError naming it (False).
+  skip_bad_images: bool = False
 
   @abc.abstractmethod
   def fetch(self, ids: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -149,6 +164,31 @@ class Source(abc.ABC):
 
     return _read_labels(self, batch_labels)
 
+  def labels_of(self, ids: np.ndarray) -> np.ndarray:
+    """The labels (int32) of example ids ``ids`` (sorted, distinct).
+
+    This default reads only those examples (no image decoded); sources that
+    hold their labels override it.
+    """
+    return Source.labels(SubsetSource(self, np.asarray(ids, np.int64)))
+
+  def bad_ids(self) -> np.ndarray:
+    """The sorted ids (int64) of examples known not to decode.
+
+    :func:`make_dataset` never reads them: in training each is replaced by
+    the next good id, in evaluation it is also marked ``valid=False``.
+    """
+    return np.asarray(sorted(getattr(self, '_bad_ids', ())), np.int64)
+
+  def mark_bad(self, ids: Sequence[int], reason: str) -> None:
+    """Records that examples ``ids`` fail to decode (``reason``: the error)."""
+    del reason  # Only kept in memory here; FolderSource records it.
+    self._bad_ids = set(getattr(self, '_bad_ids', ())) | {int(i) for i in ids}
+
+  def describe(self, example_id: int) -> str:
+    """How an error names example ``example_id`` (after name and split)."""
+    return f'example id {example_id}'
+
   def __repr__(self) -> str:
     return (f'{type(self).__name__}(name={self.name!r}, split={self.split!r}, '
             f'num_examples={self.num_examples}, '
@@ -159,9 +199,11 @@ class TfdsSource(Source):
   """A TFDS dataset prepared in ArrayRecord format, read by random access."""
 
   def __init__(self, builder: tfds.core.DatasetBuilder, split: str, *,
-               image_key: str | None = None, label_key: str | None = None):
+               image_key: str | None = None, label_key: str | None = None,
+               skip_bad_images: bool = False):
     self.name = builder.info.full_name
     self.split = split
+    self.skip_bad_images = skip_bad_images
     self._check_readable(builder)
     split_info = _tfds_split_info(builder, split)
     self._image_key, self._label_key = _tfds_keys(builder, image_key,
@@ -240,6 +282,13 @@ class TfdsSource(Source):
       self._labels = _read_labels(self, self._batch_labels)
     return self._labels.copy()
 
+  def labels_of(self, ids: np.ndarray) -> np.ndarray:
+    if self._label_key is None:
+      return np.full(len(ids), -1, np.int32)
+    if self._labels is not None:
+      return self._labels[np.asarray(ids, np.int64)]
+    return super().labels_of(ids)
+
   def _batch_labels(self, ids: tf.Tensor) -> tf.Tensor:
     """int64 [n] example ids -> int32 [n] labels."""
     records = self._records_op(ids, self._read_range)
@@ -271,36 +320,123 @@ class FolderSource(Source):
   and the classes are the union over splits (so labels agree across
   splits). Otherwise the whole of ``ROOT`` is the ``train`` split. Images are
   ``*.png``, ``*.jpg``, ``*.jpeg`` (any case) anywhere below a class folder,
-  sorted by path. ``gs://`` roots work (listing uses ``tf.io.gfile``).
+  sorted by class, then path. ``gs://`` roots work (``tf.io.gfile``).
+
+  A split may be sliced as in TFDS (``'train[:1000]'``, ``'test[10%:]'``,
+  ``'train[-500:]'``, ``'train[:50%]'``, ``'train+test'``; percent
+  boundaries rounded by TFDS): the slice is taken from a fixed seeded
+  permutation of the split's sorted files
+  (:func:`ssl_jax.data.folder.seeded_order`), so that it mixes the classes;
+  the chosen files keep their sorted order (``'train[:100%]'`` is
+  ``'train'``). Slices are taken over every listed file, before bad files are
+  left out, so a file's membership does not depend on which others are bad.
+
+  Opening checks every chosen file's header (not empty, starts with a PNG,
+  JPEG, GIF, BMP or WebP signature), with a thread pool; the results are
+  cached in an index so that the next open rereads only new or changed
+  files. The index lives in ``$SSL_JAX_CACHE/folder_index/`` (default
+  ``~/.cache/ssl_jax/folder_index/``), one file per root keyed by a hash of
+  the root path; an entry is reused while the file's size and modification
+  time are unchanged (``gs://``: while its path is listed); see
+  :mod:`ssl_jax.data.folder`.
+
+  Bad files: with ``skip_bad_images=False`` (the default) a file that fails
+  the header check, or that the index records as undecodable (found by an
+  earlier iteration or by ``python -m ssl_jax.data.verify ROOT``), is a
+  DataError naming the files (the first 10 and the count). With
+  ``skip_bad_images=True`` they are logged instead; files with a bad header
+  are left out (they are not examples), undecodable ones keep their example
+  id and are never read (:meth:`bad_ids`: replaced in training, invalid in
+  evaluation), so that the number of examples, hence the training stream,
+  does not depend on when a decode failure was found (resuming stays exact).
+  A class folder without images in any split is a DataError naming it.
   """
 
-  def __init__(self, root: str, split: str):
+  def __init__(self, root: str, split: str, *, skip_bad_images: bool = False):
     root = os.fspath(root).rstrip('/')
     if not tf.io.gfile.isdir(root):
       raise DataError(f'Image folder {root!r} does not exist or is not a '
                       'directory.')
-    split_dirs = _folder_split_dirs(root)
-    if split not in split_dirs:
-      raise DataError(f'Split {split!r} not found in image folder {root!r}; '
-                      f'available splits: {sorted(split_dirs)}. (Use '
-                      f'{root}/<split>/<class>/ for several splits; a flat '
-                      f'{root}/<class>/ folder is the train split.)')
-    class_names = sorted(set().union(
-        *(_subdirs(d) for d in split_dirs.values())))
+    split_dirs = folder_lib.split_dirs(root)
+    class_names = folder_lib.class_names(split_dirs)
+    listings = {}
+
+    def listing(name: str) -> folder_lib.Listing:
+      if name not in listings:
+        listings[name] = folder_lib.list_split(name, split_dirs[name],
+                                               class_names)
+      return listings[name]
+
     if not class_names:
+      split_dir = split_dirs.get(str(split).split('[', 1)[0], root)
       raise DataError(f'Image folder {root!r} has no class folders; expected '
-                      f'{split_dirs[split]}/<class_name>/<image files>.')
-    paths, labels = _list_images(split_dirs[split], class_names)
+                      f'{split_dir}/<class_name>/<image files>.')
+    try:
+      parts = folder_lib.resolve_split(split, list(split_dirs),
+                                       lambda s: len(listing(s)))
+    except DataError as e:
+      raise DataError(f'Image folder {root!r}: {e} (Use {root}/<split>/'
+                      f'<class>/ for several splits; a flat {root}/<class>/ '
+                      'folder is the train split.)') from None
+    chosen = []
+    for name, start, stop in parts:
+      files = listing(name)
+      if not files.paths:
+        raise DataError(f'No {"/".join(IMAGE_EXTENSIONS)} images found under '
+                        f'{files.directory}/<class_name>/.')
+      folder_lib.check_empty_classes(files, split_dirs)
+      chosen.append((files, folder_lib.select(len(files), start, stop)))
+    paths = [files.paths[i] for files, ids in chosen for i in ids]
+    labels = np.concatenate([files.labels[ids] for files, ids in chosen])
+    sizes = np.concatenate([files.sizes[ids] for files, ids in chosen])
+    mtimes = np.concatenate([files.mtimes[ids] for files, ids in chosen])
     if not paths:
-      raise DataError(f'No {"/".join(IMAGE_EXTENSIONS)} images found under '
-                      f'{split_dirs[split]}/<class_name>/.')
+      raise DataError(f'Split {split!r} of image folder {root!r} selects no '
+                      'files: use a wider slice.')
+    index = folder_lib.FolderIndex(root)  # Not kept: large for ImageNet.
+    listed = [(index.relative(files.directory + '/') if
+               files.directory != root else '',
+               {index.relative(p) for p in files.paths})
+              for files in listings.values()]
+    status = folder_lib.statuses(index, paths, sizes, mtimes, listed=listed,
+                                 what=f'{root} {split!r}')
+    del index
+    bad = np.flatnonzero(np.isin(status, folder_lib.HEADER_BAD)
+                         | (status == folder_lib.UNDECODABLE))
+    if bad.size:
+      described = folder_lib.describe_bad([paths[i] for i in bad],
+                                          status[bad])
+      if not skip_bad_images:
+        raise DataError(
+            f'Image folder {root!r} split {split!r} has {bad.size} bad image '
+            f'file(s): {described}. Fix or remove them, or set '
+            'config.data.skip_bad_images=True (make_source(..., '
+            'skip_bad_images=True)) to skip them.')
+      logging.warning('Image folder %s split %r: skipping %d bad image '
+                      'file(s) (skip_bad_images=True): %s', root, split,
+                      bad.size, described)
+    keep = np.flatnonzero(~np.isin(status, folder_lib.HEADER_BAD))
+    if not keep.size:
+      raise DataError(f'Image folder {root!r} split {split!r} has no usable '
+                      f'image: all {len(paths)} files are bad.')
+    self.root = root
     self.name = f'{FOLDER_KIND}:{root}'
     self.split = split
     self.class_names = class_names
-    self.num_examples = len(paths)
+    self.skip_bad_images = skip_bad_images
+    self.num_examples = int(keep.size)
     self.num_classes = len(class_names)
-    self._paths = tf.constant(paths, tf.string)
-    self._labels = tf.constant(labels, tf.int32)
+    self._path_list = [paths[i] for i in keep]
+    self._sizes, self._mtimes = sizes[keep], mtimes[keep]
+    self._bad_ids = set(np.flatnonzero(
+        status[keep] == folder_lib.UNDECODABLE).tolist())
+    self._paths = tf.constant(self._path_list, tf.string)
+    self._labels = tf.constant(labels[keep], tf.int32)
+
+  @property
+  def paths(self) -> list[str]:
+    """The file of every example id."""
+    return list(self._path_list)
 
   def fetch(self, ids):
     return {'path': tf.gather(self._paths, ids),
@@ -311,6 +447,21 @@ class FolderSource(Source):
 
   def labels(self) -> np.ndarray:
     return self._labels.numpy()
+
+  def labels_of(self, ids: np.ndarray) -> np.ndarray:
+    return self.labels()[np.asarray(ids, np.int64)]
+
+  def mark_bad(self, ids: Sequence[int], reason: str) -> None:
+    """Also records the files as undecodable in the index (later opens
+    skip them, or, without skip_bad_images, refuse them)."""
+    super().mark_bad(ids, reason)
+    ids = [int(i) for i in ids]
+    folder_lib.FolderIndex(self.root).record(
+        [self._path_list[i] for i in ids], self._sizes[ids], self._mtimes[ids],
+        folder_lib.UNDECODABLE)
+
+  def describe(self, example_id: int) -> str:
+    return f'image file {self._path_list[int(example_id)]}'
 
 
 class SubsetSource(Source):
@@ -347,6 +498,23 @@ class SubsetSource(Source):
 
   def labels(self) -> np.ndarray:
     return self.source.labels()[self.ids]
+
+  def labels_of(self, ids: np.ndarray) -> np.ndarray:
+    return self.source.labels_of(self.ids[np.asarray(ids, np.int64)])
+
+  @property
+  def skip_bad_images(self) -> bool:
+    return self.source.skip_bad_images
+
+  def bad_ids(self) -> np.ndarray:
+    return np.flatnonzero(np.isin(self.ids, self.source.bad_ids())).astype(
+        np.int64)
+
+  def mark_bad(self, ids: Sequence[int], reason: str) -> None:
+    self.source.mark_bad(self.ids[np.asarray(ids, np.int64)], reason)
+
+  def describe(self, example_id: int) -> str:
+    return self.source.describe(int(self.ids[int(example_id)]))
 
 
 def _read_labels(source: Source, batch_labels) -> np.ndarray:
@@ -439,35 +607,6 @@ def imagenet_subset_name(name: str, split: str, fraction: float) -> str | None:
   if base_name != _IMAGENET or split != 'train':
     return None
   return _IMAGENET_SUBSETS.get(fraction)
-
-
-def _subdirs(path: str) -> list[str]:
-  return [name.rstrip('/') for name in tf.io.gfile.listdir(path)
-          if tf.io.gfile.isdir(os.path.join(path, name))]
-
-
-def _folder_split_dirs(root: str) -> dict[str, str]:
-  subdirs = set(_subdirs(root))
-  split_dirs = {s: os.path.join(root, s) for s in FOLDER_SPLITS
-                if s in subdirs}
-  return split_dirs or {'train': root}
-
-
-def _list_images(split_dir: str,
-                 class_names: list[str]) -> tuple[list[str], list[int]]:
-  paths, labels = [], []
-  for label, name in enumerate(class_names):
-    class_dir = os.path.join(split_dir, name)
-    if not tf.io.gfile.isdir(class_dir):
-      continue
-    found = []
-    for dirpath, _, filenames in tf.io.gfile.walk(class_dir):
-      found += [os.path.join(dirpath, f) for f in filenames
-                if f.lower().endswith(IMAGE_EXTENSIONS)]
-    found.sort()
-    paths += found
-    labels += [label] * len(found)
-  return paths, labels
 
 
 def _builder_name(builder: tfds.core.DatasetBuilder) -> str:
@@ -573,7 +712,8 @@ def _shapes_builder(name: str, data_dir: str | None):
 
 def make_source(kind_or_name: str, *, data_dir: str | None, split: str,
                 image_key: str | None = None, label_key: str | None = None,
-                label_fraction: float = 1.0, subset_seed: int = 0) -> Source:
+                label_fraction: float = 1.0, subset_seed: int = 0,
+                skip_bad_images: bool = False) -> Source:
   """Opens a random-access source, or a class-balanced subset of one.
 
   Args:
@@ -583,8 +723,8 @@ def make_source(kind_or_name: str, *, data_dir: str | None, split: str,
       ``'mnist:3.0.1'``, ``'cifar10'``...) prepared in ArrayRecord format in
       ``data_dir`` (a local path or ``gs://``).
     data_dir: as above; ``None`` means the TFDS default data dir.
-    split: a split name; TFDS sources accept TFDS slicing
-      (``'train[:90%]'``).
+    split: a split name, with TFDS slicing (``'train[:90%]'``); folder
+      slices take a fixed seeded order of the files (:class:`FolderSource`).
     image_key, label_key: TFDS feature names; default to the dataset's
       supervised keys (else ``'image'`` / ``'label'``).
     label_fraction: in (0, 1]; below 1, a :class:`SubsetSource` of the
@@ -593,6 +733,10 @@ def make_source(kind_or_name: str, *, data_dir: str | None, split: str,
       ImageNet's ``train`` split at 0.01 or 0.1 opens the standard TFDS
       subset (:func:`imagenet_subset_name`; ``subset_seed`` is ignored).
     subset_seed: a non-negative integer; fixes the subset.
+    skip_bad_images: False: a bad image file found when opening a folder
+      (:class:`FolderSource`), or an image that fails to decode while
+      iterating (:func:`iterate`), is a DataError naming it. True: such
+      images are skipped and logged.
 
   Raises:
     DataError (a ValueError): with instructions, if the dataset is unknown,
@@ -604,12 +748,15 @@ def make_source(kind_or_name: str, *, data_dir: str | None, split: str,
     return _make_subset_source(
         kind_or_name, data_dir=data_dir, split=split, image_key=image_key,
         label_key=label_key, label_fraction=label_fraction,
-        subset_seed=subset_seed)
+        subset_seed=subset_seed, skip_bad_images=skip_bad_images)
+  if not isinstance(skip_bad_images, bool):
+    raise DataError(f'skip_bad_images must be True or False, got '
+                    f'{skip_bad_images!r}.')
   _hide_accelerators_from_tf()
   if kind_or_name == FOLDER_KIND:
     if not data_dir:
       raise DataError("make_source('folder', ...) needs data_dir=ROOT.")
-    return FolderSource(data_dir, split)
+    return FolderSource(data_dir, split, skip_bad_images=skip_bad_images)
   base_name = kind_or_name.split('/', 1)[0].split(':', 1)[0]
   if base_name in SHAPES_NAMES:
     name = shapes.SslJaxShapes.name + kind_or_name[len(base_name):]
@@ -618,17 +765,20 @@ def make_source(kind_or_name: str, *, data_dir: str | None, split: str,
     builder = _tfds_builder(kind_or_name, data_dir)
     if not builder.is_prepared():
       raise _not_prepared_error(builder, os.fspath(builder.data_dir_root))
-  return TfdsSource(builder, split, image_key=image_key, label_key=label_key)
+  return TfdsSource(builder, split, image_key=image_key, label_key=label_key,
+                    skip_bad_images=skip_bad_images)
 
 
 def _make_subset_source(kind_or_name: str, *, data_dir: str | None, split: str,
                         image_key: str | None, label_key: str | None,
-                        label_fraction: float, subset_seed: int) -> Source:
+                        label_fraction: float, subset_seed: int,
+                        skip_bad_images: bool) -> Source:
   """``make_source`` with ``label_fraction != 1``."""
   _check_fraction(label_fraction, 'label_fraction')
   _check_subset_seed(subset_seed, 'subset_seed')
   open_source = functools.partial(make_source, data_dir=data_dir,
-                                   image_key=image_key, label_key=label_key)
+                                   image_key=image_key, label_key=label_key,
+                                   skip_bad_images=skip_bad_images)
   subset_name = imagenet_subset_name(kind_or_name, split, label_fraction)
   if subset_name is not None:
     logging.info('label_fraction=%s of %s %r: opening the standard TFDS '
@@ -983,25 +1133,60 @@ def _eval_image(image, *, image_size, crop_fraction) -> tf.Tensor:
 # ----------------------------------------------------------------------------
 
 
+def _substitutes(source: Source) -> tuple[np.ndarray, np.ndarray] | None:
+  """(bad ids, their replacements), or None when every example decodes.
+
+  The replacement of a bad id is the next good id (cyclically): a function of
+  the set of bad ids only, so batches stay a pure function of (seed, global
+  index) given that set.
+  """
+  bad = source.bad_ids()
+  if not bad.size:
+    return None
+  good = np.ones(source.num_examples, bool)
+  good[bad] = False
+  good = np.flatnonzero(good)
+  if not good.size:
+    raise DataError(f'{source!r}: none of its {source.num_examples} images '
+                    'can be decoded.')
+  return bad, good[np.searchsorted(good, bad) % good.size].astype(np.int64)
+
+
 def _index_batches(source: Source, *, seed: int, global_batch_size: int,
                    local_batch: int, start_step: int, train: bool,
-                   process_index: int) -> tf.data.Dataset:
-  """Per step: {'index': g, 'id': example id, 'valid'} for this process."""
+                   process_index: int):
+  """(dataset, ids_for_step): per step, {'index': g, 'id': example id,
+  'valid'} for this process; ``ids_for_step(step)`` computes one step's.
+
+  Known bad ids (:meth:`Source.bad_ids`) are replaced by good ones; in
+  evaluation they are also marked invalid.
+  """
   num = source.num_examples
+  substitutes = _substitutes(source)
   if train:
     steps = tf.data.Dataset.counter(start_step)
   else:
     steps = tf.data.Dataset.range(start_step,
                                   math.ceil(num / global_batch_size))
 
+  def substitute(ids):
+    if substitutes is None:
+      return ids, tf.zeros_like(ids, tf.bool)
+    bad, replacement = (tf.constant(a, tf.int64) for a in substitutes)
+    position = tf.minimum(tf.searchsorted(bad, ids), len(substitutes[0]) - 1)
+    is_bad = tf.equal(tf.gather(bad, position), ids)
+    return tf.where(is_bad, tf.gather(replacement, position), ids), is_bad
+
   def ids_for_step(step):
     g = _step_indices(step, global_batch_size, local_batch, process_index)
     if train:
-      return {'index': g, 'id': _example_ids(g, seed, num),
-              'valid': tf.ones_like(g, tf.bool)}
-    return {'index': g, 'id': g % num, 'valid': g < num}
+      ids, _ = substitute(_example_ids(g, seed, num))
+      return {'index': g, 'id': ids, 'valid': tf.ones_like(g, tf.bool)}
+    ids, is_bad = substitute(g % num)
+    return {'index': g, 'id': ids,
+            'valid': tf.logical_and(g < num, tf.logical_not(is_bad))}
 
-  return steps.map(ids_for_step)
+  return steps.map(ids_for_step), ids_for_step
 
 
 def make_dataset(source: Source, *, seed: int, global_batch_size: int,
@@ -1060,7 +1245,33 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
     'index': int64 [b] (global index g), 'valid': bool [b]}`` with
     ``b = global_batch_size // process_count`` (``b`` counts examples, not
     views); with ``views`` and ``train``, ``image`` is ``[b, V, S, S, 3]``.
+
+  Examples known not to decode (:meth:`Source.bad_ids`) are never read: in
+  training each is replaced by the next good example id, in evaluation
+  also marked ``valid=False``. Iterate with :func:`iterate` to name (or
+  skip) an image that fails to decode.
   """
+  return _build(
+      source, seed=seed, global_batch_size=global_batch_size,
+      start_step=start_step, image_size=image_size, train=train,
+      process_index=process_index, process_count=process_count,
+      min_area=min_area, flip=flip, eval_crop_fraction=eval_crop_fraction,
+      randaugment=randaugment, crop=crop, pad=pad, views=views,
+      share_geometry=share_geometry)[0]
+
+
+def _build(source: Source, *, seed: int, global_batch_size: int,
+           start_step: int, image_size: int, train: bool,
+           process_index: int = 0, process_count: int = 1,
+           min_area: float = 0.08, flip: bool = True,
+           eval_crop_fraction: float = 1.0,
+           randaugment: tuple[int, float, float] | None = None,
+           crop: str = 'resized', pad: int = 4,
+           views: Sequence[ViewSpec] | None = None,
+           share_geometry: bool = False):
+  """:func:`make_dataset`'s (dataset, ids_for_step, preprocess): the step's
+  example ids and the per-example map, which :func:`iterate` reuses to find
+  the image that failed."""
   _hide_accelerators_from_tf()
   if not 0 <= seed < 2**63:
     raise DataError(f'seed must be in [0, 2**63), got {seed}.')
@@ -1077,9 +1288,10 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
                       crop=crop)
   local_batch = _local_batch_size(global_batch_size, process_index,
                                   process_count)
-  ds = _index_batches(source, seed=seed, global_batch_size=global_batch_size,
-                      local_batch=local_batch, start_step=start_step,
-                      train=train, process_index=process_index)
+  ds, ids_for_step = _index_batches(
+      source, seed=seed, global_batch_size=global_batch_size,
+      local_batch=local_batch, start_step=start_step, train=train,
+      process_index=process_index)
   # Batched random-access reads (one Python call per step), then
   # per-example parsing, decoding and augmentation in parallel.
   ds = ds.map(lambda b: {**b, **source.fetch(b['id'])},
@@ -1112,12 +1324,138 @@ def make_dataset(source: Source, *, seed: int, global_batch_size: int,
   options = tf.data.Options()
   options.deterministic = True
   ds = ds.with_options(options)
-  return ds.prefetch(AUTOTUNE)
+  return ds.prefetch(AUTOTUNE), ids_for_step, preprocess
 
 
 def iterate_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
-  """Iterates numpy batches (same as ``tfds.as_numpy(ds)``)."""
+  """Iterates numpy batches (same as ``tfds.as_numpy(ds)``).
+
+  An image that fails to decode stops it with TF's error, which does not
+  name the image: use :func:`iterate` for that.
+  """
   return ds.as_numpy_iterator()
+
+
+_DECODE_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError)
+_SHOWN_BAD = 10
+
+
+def iterate(source: Source, *, start_step: int = 0,
+            **make_dataset_args) -> Iterator[dict[str, np.ndarray]]:
+  """Numpy batches of ``make_dataset(source, start_step=..., ...)``, with
+  images that fail to decode named, or skipped.
+
+  When a batch fails to decode (``InvalidArgumentError`` or
+  ``DataLossError``), the examples of that step are decoded again one by
+  one, through the same per-example map, to find the failing ones. Then:
+
+  * ``source.skip_bad_images`` False: DataError naming them (the file of a
+    folder source; the dataset, split and example id of a TFDS source).
+  * True: they are logged and recorded (:meth:`Source.mark_bad`; a folder
+    source also records them in its index, so that later opens know them)
+    and the dataset is rebuilt from the same step. Bad ids are replaced by
+    the next good id in training and marked ``valid=False`` in evaluation
+    (:func:`make_dataset`), so batches stay a pure function of (seed,
+    global index, the set of bad files): a resumed run, which knows the
+    recorded files from the start, yields the batches the interrupted run
+    would have yielded.
+
+  An error that no single example reproduces is raised as it is.
+
+  Args:
+    source: from :func:`make_source`.
+    start_step: the first step.
+    **make_dataset_args: the other arguments of :func:`make_dataset`.
+
+  Yields:
+    The batches of :func:`make_dataset`, as numpy arrays.
+  """
+  step = start_step
+  while True:
+    ds, ids_for_step, preprocess = _build(source, start_step=step,
+                                          **make_dataset_args)
+    iterator = ds.as_numpy_iterator()
+    while True:
+      try:
+        batch = next(iterator)
+      except StopIteration:
+        return
+      except _DECODE_ERRORS as e:
+        failure = e
+        break
+      yield batch
+      step += 1
+    bad = _undecodable(source, ids_for_step, preprocess, step)
+    if not bad:
+      raise failure
+    reason = folder_lib.error_summary(failure)
+    names = ', '.join(source.describe(k) for k in bad[:_SHOWN_BAD])
+    if len(bad) > _SHOWN_BAD:
+      names += f', ... ({len(bad)} in all)'
+    where = f'{source.name} split {source.split!r}'
+    if not source.skip_bad_images:
+      root = _folder_root(source)
+      hint = (f' (python -m ssl_jax.data.verify {root} finds every such '
+              'file)' if root else '')
+      raise DataError(
+          f'{where}: {names} cannot be decoded ({reason}). Fix or remove '
+          f'it{hint}, or set config.data.skip_bad_images=True to skip '
+          'it.') from failure
+    logging.warning('%s: skipping %s, which cannot be decoded (%s; '
+                    'skip_bad_images=True).', where, names, reason)
+    source.mark_bad(bad, reason)
+
+
+def _undecodable(source: Source, ids_for_step, preprocess,
+                 step: int) -> list[int]:
+  """The example ids of ``step`` that fail ``preprocess`` (each decoded on
+  its own; in parallel)."""
+  batch = {k: v.numpy() for k, v in
+           ids_for_step(tf.constant(step, tf.int64)).items()}
+  _, first = np.unique(batch['id'], return_index=True)
+  candidates = {k: v[np.sort(first)] for k, v in batch.items()}
+  ds = tf.data.Dataset.from_tensor_slices(candidates).batch(1)
+  ds = ds.map(lambda b: {**b, **source.fetch(b['id'])}).unbatch()
+
+  def decodes(example):
+    image = preprocess(example)['image']
+    return example['id'], tf.reduce_sum(tf.cast(image, tf.float32))
+
+  ds = ds.map(decodes, num_parallel_calls=AUTOTUNE, deterministic=False)
+  decoded = {int(i) for i, _ in ds.ignore_errors().as_numpy_iterator()}
+  return [int(k) for k in candidates['id'] if int(k) not in decoded]
+
+
+def _folder_root(source: Source) -> str | None:
+  while isinstance(source, SubsetSource):
+    source = source.source
+  return source.root if isinstance(source, FolderSource) else None
+
+
+def class_spread_ids(source: Source, num: int) -> np.ndarray:
+  """Up to ``num`` example ids (sorted) spread over the classes.
+
+  Candidates are evenly spaced over the split (at most ``max(16 * num,
+  128)`` of them, known bad ids excluded); their labels are read
+  (:meth:`Source.labels_of`) and ids are taken round-robin over the labels
+  (the first candidate of every class, then the second...). Unlabelled
+  sources give the first ``num`` ids. For pictures that show several
+  classes although a folder source is sorted by class.
+  """
+  n = source.num_examples
+  num = max(0, min(int(num), n))
+  pool = min(n, max(16 * num, 128))
+  candidates = np.unique(np.linspace(0, n - 1, pool).round().astype(np.int64))
+  candidates = candidates[~np.isin(candidates, source.bad_ids())]
+  labels = source.labels_of(candidates) if candidates.size else candidates
+  if not (labels >= 0).any():
+    return np.arange(num, dtype=np.int64)
+  groups = [candidates[labels == c] for c in np.unique(labels[labels >= 0])]
+  chosen = [int(g[rank]) for rank in range(max(len(g) for g in groups))
+            for g in groups if rank < len(g)]
+  taken = set(chosen)
+  chosen += [int(k) for k in candidates if int(k) not in taken]
+  return np.sort(np.asarray(chosen[:num], np.int64))
 
 
 def measure_throughput(ds: tf.data.Dataset, num_batches: int,

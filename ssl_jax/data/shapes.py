@@ -48,6 +48,8 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ssl_jax import locking
+
 FIXED_SEED = 20240917
 IMAGE_SIZE = 64
 SPLIT_IDS = {'train': 0, 'test': 1}
@@ -402,11 +404,12 @@ def prepare(data_dir: str | os.PathLike,
             config: str = 'default') -> tfds.core.DatasetBuilder:
   """Builds the dataset into ``data_dir`` (ArrayRecord) unless already there.
 
+  Safe to call from several processes at once: the build holds a lease in
+  ``data_dir/.lock/`` (:mod:`ssl_jax.locking`) and the others wait for it.
+
   Cached: when the dataset is already prepared in ``data_dir`` this only
   reads its metadata. Nothing is ever downloaded. ``config`` is ``'default'``
-  (20000 train / 4000 test) or ``'small'`` (2000 / 500). On a multi-host
-  job with a shared ``data_dir``, prepare it once (e.g. on process 0, then
-  synchronise) before the other processes read it.
+  (20000 train / 4000 test) or ``'small'`` (2000 / 500).
 
   Raises:
     ValueError: if ``data_dir`` holds this dataset in another file format
@@ -414,18 +417,33 @@ def prepare(data_dir: str | os.PathLike,
   """
   # Probe without forcing a format: tfds refuses to open a prepared dataset
   # with a file_format different from the one it was written in.
-  existing = SslJaxShapes(data_dir=os.fspath(data_dir), config=config)
-  if existing.is_prepared():
-    if existing.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
-      raise ValueError(
-          f'{existing.info.full_name} in {existing.data_dir} is stored as '
-          f'{existing.info.file_format.value}, which has no random access; '
-          'delete that directory so that it is rebuilt in ArrayRecord format.')
+  existing = _prepared(data_dir, config)
+  if existing is not None:
     return existing
-  shapes_builder = builder(data_dir, config)
-  shapes_builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
-      )
-  )
+  # Concurrent first runs on one data_dir: one builds, the others wait for it
+  # (then find it prepared) instead of racing to rename tfds's temporary dir.
+  with locking.Lease(os.fspath(data_dir), f'{SslJaxShapes.name}-{config}', what='data_dir',
+                     wait=True):
+    existing = _prepared(data_dir, config)
+    if existing is not None:
+      return existing
+    shapes_builder = builder(data_dir, config)
+    shapes_builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
+        )
+    )
   return shapes_builder
+
+
+def _prepared(data_dir: str | os.PathLike, config: str) -> tfds.core.DatasetBuilder | None:
+  """The builder if the dataset is already prepared in data_dir, else None."""
+  existing = SslJaxShapes(data_dir=os.fspath(data_dir), config=config)
+  if not existing.is_prepared():
+    return None
+  if existing.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+    raise ValueError(
+        f'{existing.info.full_name} in {existing.data_dir} is stored as '
+        f'{existing.info.file_format.value}, which has no random access; '
+        'delete that directory so that it is rebuilt in ArrayRecord format.')
+  return existing

@@ -33,7 +33,8 @@ from ssl_jax.nn.losses import topk_correct
 def open_split(config: ml_collections.ConfigDict, split: str) -> pipeline.Source:
   """The dataset of `config.data` at another split (whole: no label fraction)."""
   try:
-    return pipeline.make_source(config.data.name, data_dir=config.data.data_dir, split=split)
+    return pipeline.make_source(config.data.name, data_dir=config.data.data_dir, split=split,
+                                skip_bad_images=config.data.get('skip_bad_images', False))
   except pipeline.DataError as e:
     raise pipeline.DataError(f'config.eval: split {split!r} of {config.data.name!r}: {e}') from e
 
@@ -62,18 +63,19 @@ class Evaluator:
         raise pipeline.DataError(f'config.eval: {source!r} has no labels to evaluate with')
     self._compiled: dict[str, Callable] = {}
     self._warned_shots: set[int] = set()
+    self._picture_sources: dict[int, pipeline.Source] = {}
 
   @property
   def enabled(self) -> bool:
     return self.test is not None
 
   def _batches(self, source: pipeline.Source):
-    ds = pipeline.make_dataset(
+    batches = pipeline.iterate(
         source, seed=self.config.seed, global_batch_size=self.config.eval.batch_size,
         start_step=0, image_size=self.config.data.image_size, train=False,
         process_index=jax.process_index(), process_count=jax.process_count(),
         eval_crop_fraction=self.config.eval.crop_fraction)
-    for local in ds.as_numpy_iterator():
+    for local in batches:
       yield sharding_lib.to_global(local, self.batch_sharding)
 
   def _jit(self, name: str, fn: Callable, params: Any, state: Any) -> Callable:
@@ -132,11 +134,15 @@ class Evaluator:
     return {k: np.concatenate(v) for k, v in xs.items()}, np.concatenate(ys)
 
   def _shots(self, labels: np.ndarray) -> tuple[int, ...]:
-    fewest = int(np.bincount(labels, minlength=self.num_classes).min())
+    counts = np.bincount(labels, minlength=self.num_classes)
+    smallest = int(counts.argmin())
+    fewest = int(counts[smallest])
+    names = getattr(self.pool, 'class_names', None)  # a folder source names its classes
+    name = repr(names[smallest]) if names and smallest < len(names) else str(smallest)
     shots = tuple(n for n in self.config.eval.fewshot_shots if n <= fewest)
     for n in set(self.config.eval.fewshot_shots) - set(shots) - self._warned_shots:
-      logging.warning('%d-shot evaluation skipped: a class of %s has only %d examples', n,
-                      self.config.eval.train_split, fewest)
+      logging.warning('%d-shot evaluation skipped: class %s of %s (config.eval.train_split) '
+                      'has only %d examples', n, name, self.config.eval.train_split, fewest)
       self._warned_shots.add(n)
     return shots
 
@@ -163,17 +169,28 @@ class Evaluator:
     return (self.test is not None and not self.classify
             and self.task.method.draws_pictures)
 
+  def _picture_source(self, num_images: int) -> pipeline.Source:
+    """`num_images` images of eval.split spread over its classes
+    (`pipeline.class_spread_ids`: round-robin over the labels of evenly
+    spaced examples; the first images when unlabelled), chosen once."""
+    if num_images not in self._picture_sources:
+      ids = pipeline.class_spread_ids(self.test, num_images)
+      self._picture_sources[num_images] = pipeline.SubsetSource(
+          self.test, ids, f'{len(ids)} pictures')
+    return self._picture_sources[num_images]
+
   def eval_images(self, num_images: int) -> np.ndarray:
-    """The first `num_images` images of eval.split (host numpy)."""
-    batch = next(iter(self._batches(self.test)))
+    """`num_images` images of eval.split from several classes (host numpy;
+    see `_picture_source`)."""
+    batch = next(iter(self._batches(self._picture_source(num_images))))
     return np.asarray(jax.device_get(batch['image']))[:num_images]
 
   def pictures(self, params: Any, state: Any = None,
                num_images: int = 8) -> np.ndarray | None:
-    """uint8 [k, H, W, 3]: the method's pictures of the first k images
-    of eval.split, drawn with a fixed key (the same segments and orders at
-    every step, so pictures from different steps compare). None if there is
-    nothing to draw."""
+    """uint8 [k, H, W, 3]: the method's pictures of k images of eval.split
+    from several classes (`eval_images`), drawn with a fixed key (the same
+    images, segments and orders at every step, so pictures from different
+    steps compare). None if there is nothing to draw."""
     if not self.draws:
       return None
     method = self.task.method
@@ -185,7 +202,8 @@ class Evaluator:
       return method.pictures(params['model'], batch['image'][:k], key, state=state)
 
     fn = self._jit(f'pictures/{k}', draw, params, state)
-    return np.asarray(jax.device_get(fn(params, state, next(iter(self._batches(self.test))))))
+    batch = next(iter(self._batches(self._picture_source(k))))
+    return np.asarray(jax.device_get(fn(params, state, batch)))
 
   def __call__(self, params: Any, state: Any = None) -> dict[str, float]:
     """Every configured evaluation of `params` (and the method's state):

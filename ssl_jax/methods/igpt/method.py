@@ -25,6 +25,7 @@ classifier, averaging features is averaging logits); 0: no mask.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -35,7 +36,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from ssl_jax import drawing
+from ssl_jax import drawing, locking
 from ssl_jax.config.checks import (ConfigError, boolean, is_int, one_of, positive_int, require,
                                    unit_interval)
 from ssl_jax.methods.base import LossAux, Method
@@ -145,7 +146,13 @@ class IGPT(Method):
     igpt.palette.fit_if_missing is set. Loading it, and every error about
     it, happens when the method is built."""
     path = palette_lib.resolve_path(config)
-    if config.igpt.palette.fit_if_missing and not _exists(path):
+    if not config.igpt.palette.fit_if_missing or _exists(path):
+      return
+    # Concurrent first runs: one fits, the others wait and then find the file.
+    with locking.Lease(os.path.dirname(path) or '.', os.path.basename(path),
+                       what='palette directory', wait=True):
+      if _exists(path):
+        return
       t0 = time.perf_counter()
       logging.info('palette %s is missing: fitting k-means (k=%d) on %d images of %s',
                    path, config.igpt.vocab_size, config.igpt.palette.fit_images,

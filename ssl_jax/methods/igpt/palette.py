@@ -209,15 +209,16 @@ def sample_pixels(config, *, num_images: int, num_pixels: int, seed: int) -> np.
   sees them (resized and centre-cropped to data.image_size)."""
   from ssl_jax.data import pipeline
   source = pipeline.make_source(config.data.name, data_dir=config.data.data_dir,
-                                split=config.data.split)
+                                split=config.data.split,
+                                skip_bad_images=config.data.get('skip_bad_images', False))
   rng = np.random.default_rng(seed)
   count = min(num_images, source.num_examples)
   ids = np.sort(rng.choice(source.num_examples, count, replace=False))
   subset = pipeline.SubsetSource(source, ids, f'{count} images')
-  ds = pipeline.make_dataset(subset, seed=seed, global_batch_size=min(256, count),
+  batches = pipeline.iterate(subset, seed=seed, global_batch_size=min(256, count),
                              start_step=0, image_size=config.data.image_size, train=False)
   chunks = []
-  for batch in ds.as_numpy_iterator():
+  for batch in batches:
     chunks.append(batch['image'][batch['valid']].reshape(-1, 3))
   pixels = to_signed(np.concatenate(chunks))
   take = rng.choice(len(pixels), min(num_pixels, len(pixels)), replace=False)

@@ -1,0 +1,76 @@
+"""One writer per workdir: the lease every writing run holds.
+
+Pretraining, probes, fine-tunes, every point of a sweep (in its own
+sub-workdir, while the sweep holds the top one) and the feature probes hold
+their --workdir for as long as they write checkpoints or metrics
+(`ssl_jax.locking.Lease`; claims live in WORKDIR/.lock/). A second run is
+refused before it writes anything, with one line naming the holder. On
+several processes, process 0 takes the lease and tells the others the
+outcome, so all of them stop, or none. Tools that only read checkpoints
+(pictures, samples, the public API) take no lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import sys
+from typing import Iterator
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from ssl_jax import locking
+
+Busy = locking.Busy            # another live run holds the workdir
+Unwritable = locking.Unwritable  # the workdir cannot be created or written
+Lost = locking.Lost            # taken over while this run was not responding
+
+
+def _command() -> str:
+  return ' '.join(shlex.quote(a) for a in sys.argv)[:500]
+
+
+def _agree(code: int) -> int:
+  """Process 0's outcome on every process."""
+  if jax.process_count() == 1:
+    return code
+  return int(multihost_utils.broadcast_one_to_all(np.int32(code)))
+
+
+@contextlib.contextmanager
+def hold(workdir: str, timeout: float | None = None) -> Iterator[locking.Lease | None]:
+  """Holds `workdir` (created if missing) for the duration of the block.
+
+  Yields the lease on process 0 and None elsewhere. Raises Busy or
+  Unwritable (on every process) when it cannot be held.
+  """
+  lease, error = None, None
+  if jax.process_index() == 0:
+    lease = locking.Lease(workdir, 'workdir', what='workdir', timeout=timeout,
+                          command=_command())
+    try:
+      lease.acquire()
+    except (locking.Busy, locking.Unwritable) as e:
+      error = e
+  code = _agree(0 if error is None else 1 if isinstance(error, locking.Busy) else 2)
+  if code:
+    if error is not None:
+      raise error
+    cls = locking.Busy if code == 1 else locking.Unwritable
+    raise cls(f'workdir {workdir} could not be held by process 0 (its log says why)')
+  try:
+    yield lease
+  finally:
+    if lease is not None:
+      lease.release()
+
+
+def check(lease: locking.Lease | None) -> None:
+  """Raises Lost on every process if process 0's lease was taken over."""
+  lost = _agree(int(lease is not None and lease.lost))
+  if lost:
+    if lease is not None:
+      lease.check()
+    raise locking.Lost('process 0 lost the workdir lease: another run took it over')
