@@ -113,9 +113,13 @@ def parse_flags(argv: list[str]) -> list[str]:
          EXIT_USER_ERROR)
   except flags.Error as e:
     fail(f'error: {_flag_error(e)}', EXIT_USER_ERROR)
-  except OSError:  # ml_collections could not load the config file
+  except Exception as e:  # noqa: BLE001 (ml_collections could not load the config file)
     given = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')), '?')
     path = given.split(':', 1)[0]
+    if os.path.exists(path):  # it exists but does not load: say why
+      reason = re.sub(r'\s+', ' ', str(e.__cause__ or e)).strip()
+      fail(f'error: --config={given}: the config file does not load: '
+           f'{type(e.__cause__ or e).__name__}: {reason}', EXIT_USER_ERROR)
     available = sorted(os.path.basename(p) for p in glob.glob(os.path.join(
         os.path.dirname(path) or '.', '*.py')) if not p.endswith('__init__.py'))
     fail(f'error: --config={given}: no config file {path!r}'
@@ -123,36 +127,19 @@ def parse_flags(argv: list[str]) -> list[str]:
   return []  # not reached
 
 
-def main(argv):
-  if len(argv) > 1:
-    fail(f'error: unexpected arguments: {" ".join(argv[1:])} (overrides are '
-         '--config.KEY=VALUE)', EXIT_USER_ERROR)
-  import jax  # after flag parsing, so that --help stays fast
-  if _COORDINATOR.value is not None:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  elif _DISTRIBUTED.value:
-    jax.distributed.initialize()
-
+def execute(config, workdir: str, mode: str = 'train') -> None:
+  """Runs `mode` ('train', 'sweep', 'layers', 'low_data') and exits with the
+  status of the outcome (returns only when it finished)."""
   from ssl_jax import locking
   from ssl_jax.config import ConfigError
   from ssl_jax.core import checkpoint, feature_probe, sweep, train
-  logging.set_verbosity(logging.INFO)
-  train.quiet_library_logs()
-  if _LOCK_TIMEOUT.value is not None:
-    if not _LOCK_TIMEOUT.value > 0:
-      fail(f'error: --lock_timeout={_LOCK_TIMEOUT.value}: must be > 0 seconds',
-           EXIT_USER_ERROR)
-    locking.DEFAULT_TIMEOUT_S = _LOCK_TIMEOUT.value
   try:
-    if sum([_SWEEP.value, _LAYER_SWEEP.value, _LOW_DATA.value]) > 1:
-      raise ConfigError('pass at most one of --sweep, --layer_sweep, --low_data')
-    if _SWEEP.value:
-      sweep.run_sweep(_CONFIG.value, _WORKDIR.value)
-    elif _LAYER_SWEEP.value or _LOW_DATA.value:
-      feature_probe.run(_CONFIG.value, _WORKDIR.value,
-                        'layers' if _LAYER_SWEEP.value else 'low_data')
+    if mode == 'sweep':
+      sweep.run_sweep(config, workdir)
+    elif mode in ('layers', 'low_data'):
+      feature_probe.run(config, workdir, mode)
     else:
-      result = train.run(_CONFIG.value, _WORKDIR.value)
+      result = train.run(config, workdir)
       if result.preempted:
         raise train.Preempted(result.last_step)
   except train.Preempted as e:
@@ -163,6 +150,34 @@ def main(argv):
     fail(f'error: {e}', EXIT_USER_ERROR)
   except (checkpoint.CheckpointError, train.NonFiniteLossError, locking.Lost) as e:
     fail(f'error: {e}', EXIT_FAILED)
+
+
+def main(argv):
+  if len(argv) > 1:
+    fail(f'error: unexpected arguments: {" ".join(argv[1:])} (overrides are '
+         '--config.KEY=VALUE)', EXIT_USER_ERROR)
+  if not _WORKDIR.value:
+    fail('error: --workdir is empty: give the folder where checkpoints and metrics go',
+         EXIT_USER_ERROR)
+  if sum([_SWEEP.value, _LAYER_SWEEP.value, _LOW_DATA.value]) > 1:
+    fail('error: pass at most one of --sweep, --layer_sweep, --low_data', EXIT_USER_ERROR)
+  if _LOCK_TIMEOUT.value is not None and not _LOCK_TIMEOUT.value > 0:
+    fail(f'error: --lock_timeout={_LOCK_TIMEOUT.value}: must be > 0 seconds', EXIT_USER_ERROR)
+  import jax  # after flag parsing, so that --help stays fast
+  if _COORDINATOR.value is not None:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif _DISTRIBUTED.value:
+    jax.distributed.initialize()
+
+  from ssl_jax import locking
+  from ssl_jax.core import train
+  logging.set_verbosity(logging.INFO)
+  train.quiet_library_logs()
+  if _LOCK_TIMEOUT.value is not None:
+    locking.DEFAULT_TIMEOUT_S = _LOCK_TIMEOUT.value
+  mode = ('sweep' if _SWEEP.value else 'layers' if _LAYER_SWEEP.value else
+          'low_data' if _LOW_DATA.value else 'train')
+  execute(_CONFIG.value, _WORKDIR.value, mode)
 
 
 if __name__ == '__main__':

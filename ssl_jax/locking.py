@@ -52,7 +52,22 @@ from typing import Any
 from absl import logging
 
 LOCK_DIR = '.lock'
-DEFAULT_TIMEOUT_S = float(os.environ.get('SSL_JAX_LOCK_TIMEOUT', '60'))
+
+
+def _timeout_from_env() -> float:
+  text = os.environ.get('SSL_JAX_LOCK_TIMEOUT', '60')
+  try:
+    value = float(text)
+  except ValueError:
+    value = -1.0
+  if not value > 0:
+    logging.warning('SSL_JAX_LOCK_TIMEOUT=%r is not a positive number of seconds: using 60',
+                    text)
+    value = 60.0
+  return value
+
+
+DEFAULT_TIMEOUT_S = _timeout_from_env()
 _ATTEMPTS = 8  # rounds of backing off when two attempts race
 
 
@@ -82,6 +97,7 @@ class Claim:
   heartbeat: float    # seconds since the epoch
   state: str          # 'pending' or 'held'
   command: str = ''
+  machine: str = ''   # this boot of this machine's pid namespace (see _machine)
 
   def describe(self) -> str:
     start = time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(self.started))
@@ -90,7 +106,24 @@ class Claim:
   def stale(self, now: float, timeout: float) -> bool:
     if now - self.heartbeat > timeout:
       return True
-    return self.host == socket.gethostname() and not _pid_alive(self.pid)
+    # A process of this machine (same boot, same pid namespace) that is gone.
+    return bool(self.machine) and self.machine == _machine() and not _pid_alive(self.pid)
+
+  def order(self) -> tuple[float, str]:
+    return (self.started, os.path.basename(self.path))
+
+
+def _machine() -> str:
+  """The host name, boot id and pid namespace: two processes with the same
+  value see each other's pids (containers sharing a host name do not)."""
+  parts = [socket.gethostname()]
+  try:
+    with open('/proc/sys/kernel/random/boot_id') as f:
+      parts.append(f.read().strip())
+    parts.append(str(os.stat('/proc/self/ns/pid').st_ino))
+  except OSError:  # not Linux: pids are only compared by host name and boot
+    pass
+  return '/'.join(parts)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -133,15 +166,33 @@ def _write(path: str, text: str) -> None:
     gfile.rename(tmp, path, overwrite=True)
 
 
+def _storage_errors() -> tuple[type[BaseException], ...]:
+  """What reading or writing a local or gs:// file raises when it fails."""
+  import sys  # pylint: disable=g-import-not-at-top
+  tf = sys.modules.get('tensorflow')
+  return (OSError,) + ((tf.errors.OpError,) if tf is not None else ())
+
+
+def _not_found(e: BaseException) -> bool:
+  import sys  # pylint: disable=g-import-not-at-top
+  tf = sys.modules.get('tensorflow')
+  return isinstance(e, FileNotFoundError) or (
+      tf is not None and isinstance(e, tf.errors.NotFoundError))
+
+
 def _read(path: str) -> str | None:
+  """The file's text; None if it does not exist. Other storage errors (a
+  transient gs:// failure) are raised."""
   try:
     if _is_local(path):
       with open(path) as f:
         return f.read()
     with _gfile().GFile(path, 'r') as f:
       return f.read()
-  except Exception:  # noqa: BLE001 (deleted between listing and reading)
-    return None
+  except _storage_errors() as e:
+    if _not_found(e):
+      return None
+    raise
 
 
 def _remove(path: str) -> None:
@@ -185,7 +236,12 @@ class Lease:
   def __init__(self, directory: str, name: str = 'workdir', *, what: str = 'workdir',
                timeout: float | None = None, wait: bool | float = False,
                command: str = ''):
-    self.directory = os.fspath(directory).rstrip('/') or '/'
+    directory = os.fspath(directory)
+    if not directory:
+      raise Unwritable(f'no {what} given (an empty path)')
+    if _is_local(directory):
+      directory = os.path.abspath(directory)
+    self.directory = directory.rstrip('/') or '/'
     self.name = name
     self.what = what
     self.timeout = float(DEFAULT_TIMEOUT_S if timeout is None else timeout)
@@ -208,7 +264,7 @@ class Lease:
   def _claim_text(self, state: str) -> str:
     return json.dumps({'host': socket.gethostname(), 'pid': os.getpid(),
                        'started': self.started, 'heartbeat': time.time(),
-                       'state': state, 'command': self.command})
+                       'state': state, 'command': self.command, 'machine': _machine()})
 
   def _claims(self) -> list[Claim]:
     prefix, out = f'{self.name}.', []
@@ -218,13 +274,19 @@ class Lease:
       path = os.path.join(self.lock_dir, entry)
       if path == self.path:
         continue
-      text = _read(path)
-      if text is None:
+      try:
+        text = _read(path)
+      except _storage_errors() as e:  # cannot tell: count it as a live contender
+        logging.warning('cannot read lock claim %s (%s)', path, _reason(e))
+        out.append(Claim(path, '?', 0, time.time(), time.time(), 'pending'))
+        continue
+      if text is None:  # released between listing and reading
         continue
       try:
         d: dict[str, Any] = json.loads(text)
         out.append(Claim(path, str(d['host']), int(d['pid']), float(d['started']),
-                         float(d['heartbeat']), str(d['state']), str(d.get('command', ''))))
+                         float(d['heartbeat']), str(d['state']), str(d.get('command', '')),
+                         str(d.get('machine', ''))))
       except (ValueError, KeyError, TypeError):  # not a claim of ours: a stale one
         logging.warning('ignoring unreadable lock claim %s', path)
     return out
@@ -260,7 +322,7 @@ class Lease:
     self._created = _is_local(self.directory) and not os.path.exists(self.directory)
     try:
       _makedirs(self.lock_dir)
-    except Exception as e:  # noqa: BLE001 (read-only, permissions, bad bucket)
+    except _storage_errors() as e:  # read-only, permissions, a bad bucket
       raise Unwritable(f'cannot write to {self.what} {self.directory}: '
                        f'{_reason(e)}') from None
     deadline = None
@@ -270,7 +332,7 @@ class Lease:
     while True:
       try:
         blocker = self._try_once()
-      except OSError as e:
+      except _storage_errors() as e:
         raise Unwritable(f'cannot write to {self.what} {self.directory}: '
                          f'{_reason(e)}') from None
       if blocker is None:
@@ -295,16 +357,30 @@ class Lease:
     return self
 
   def _heartbeat(self) -> None:
+    mine = Claim(self.path, '', 0, self.started, 0.0, 'held')
     while not self._stop.wait(self.timeout / 4):
-      if _read(self.path) is None:
-        self.lost = True
-        logging.error('the %s lease of %s was taken over by another run; this run '
-                      'stops writing', self.what, self.directory)
-        return
       try:
+        if _read(self.path) is None:
+          self._lose()
+          return
         _write(self.path, self._claim_text('held'))
-      except Exception as e:  # noqa: BLE001 (a transient storage error: retry)
+        # A taker may have deleted this claim between the read and the write
+        # above, which then put it back: the newer holder wins, and removes
+        # older 'held' claims it finds (their owners then find them gone).
+        held = [c for c in self._claims() if c.state == 'held']
+        if any(c.order() > mine.order() for c in held):
+          _remove(self.path)
+          self._lose()
+          return
+        for c in held:
+          _remove(c.path)
+      except _storage_errors() as e:  # a transient storage error: retry
         logging.warning('lease heartbeat of %s failed: %s', self.directory, _reason(e))
+
+  def _lose(self) -> None:
+    self.lost = True
+    logging.error('the %s lease of %s was taken over by another run; this run '
+                  'stops writing', self.what, self.directory)
 
   def check(self) -> None:
     """Raises Lost if another run has taken the lease over."""
@@ -318,7 +394,7 @@ class Lease:
       return
     self._stop.set()
     if self._thread is not None:
-      self._thread.join()
+      self._thread.join(timeout=max(self.timeout, 10.0))  # a hung write: do not hang too
     if not self.lost:
       _remove(self.path)
     self.held = False

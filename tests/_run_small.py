@@ -14,8 +14,8 @@ import conftest  # sets the fake devices before jax is imported
 import jax
 from absl import logging
 
-from main import EXIT_TEMPORARY
-from ssl_jax.core import assembly, train
+import main as cli
+from ssl_jax.core import train
 
 
 def main(workdir, data_dir, total_steps, every, coordinator=None, num_processes=None,
@@ -28,10 +28,7 @@ def main(workdir, data_dir, total_steps, every, coordinator=None, num_processes=
                                     'checkpoint.every': int(every)})
   logging.set_verbosity(logging.INFO)
   train.quiet_library_logs()
-  result = train.run(config, workdir)
-  if result.preempted:  # as main.py reports it
-    print(train.Preempted(result.last_step), file=sys.stderr, flush=True)
-    sys.exit(EXIT_TEMPORARY)
+  cli.execute(config, workdir)  # main.py's own outcome -> exit status
 
 
 if __name__ == '__main__':

@@ -91,7 +91,10 @@ def test_cli_rejects_unknown_key_wrong_type_and_bad_value(tmp_path):
     (['--config=configs/patchformr.py'],
      "error: --config=configs/patchformr.py: no config file 'configs/patchformr.py'; "
      'files there: common.py, finetune.py, igpt.py'),
-    (['--workdir='], 'error: --workdir is required (where checkpoints and metrics go)'),
+    (['--workdir=MISSING'], 'error: --workdir is required (where checkpoints and metrics go)'),
+    (['--workdir='], 'error: --workdir is empty: give the folder where checkpoints'),
+    (['--config={tmp}/broken.py'], 'error: --config={tmp}/broken.py: the config file does not '
+     "load: NameError: name 'undefined_name' is not defined"),
     pytest.param(['--workdir={tmp}/file/w'],
                  'error: cannot write to workdir {tmp}/file/w: Not a directory',
                  marks=[pytest.mark.slow, pytest.mark.e2e]),  # these two start JAX
@@ -106,6 +109,7 @@ def test_cli_user_errors_are_one_line_with_status_2(tmp_path, args, line):
   """Each user error: exit status 2 and exactly one line on stderr, which
   names the flag or key; nothing is created or changed in --workdir."""
   (tmp_path / 'file').write_text('not a directory')
+  (tmp_path / 'broken.py').write_text('def get_config():\n  return undefined_name\n')
   for label in ('a', 'b'):
     os.makedirs(tmp_path / 'images' / 'train' / label)
   flags = {'--config': '--config=configs/patchformer.py:tiny',
@@ -114,7 +118,8 @@ def test_cli_user_errors_are_one_line_with_status_2(tmp_path, args, line):
     if arg.startswith(tuple(flags)) and arg.split('=')[0] in flags:
       flags[arg.split('=')[0]] = arg
   rest = [a for a in args if a.split('=')[0] not in flags]
-  argv = [a.format(tmp=tmp_path) for a in [*flags.values(), *rest] if a != '--workdir=']
+  argv = [a.format(tmp=tmp_path) for a in [*flags.values(), *rest]
+          if a != '--workdir=MISSING']
   out = _main(*argv)
   assert out.returncode == 2, out.stderr
   assert len(out.stderr.splitlines()) == 1, out.stderr

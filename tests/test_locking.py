@@ -102,6 +102,24 @@ def test_a_holder_taken_over_knows_it(tmp_path):
   lease.release()
 
 
+def test_a_claim_put_back_by_a_late_heartbeat_yields_to_the_newer_holder(tmp_path):
+  """A taker deleted the old holder's stale claim, then the old holder's
+  heartbeat (stalled mid-write) put it back: two 'held' claims. The newer
+  one wins: the older holder marks itself lost and removes its claim."""
+  old = locking.Lease(str(tmp_path), timeout=0.4).acquire()
+  newer = _write_claim(str(tmp_path), pid=os.getpid(), heartbeat_age=0)
+  with open(newer) as f:
+    claim = json.load(f)
+  claim['started'] = old.started + 1
+  with open(newer, 'w') as f:
+    json.dump(claim, f)
+  deadline = time.time() + 5
+  while not old.lost and time.time() < deadline:
+    time.sleep(0.02)
+  assert old.lost and not os.path.exists(old.path) and os.path.exists(newer)
+  old.release()
+
+
 def test_unwritable_directory_is_one_line(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('x')

@@ -141,7 +141,7 @@ def test_sigterm_then_kill9_resume_gives_identical_losses(reference, data_dir, t
   assert proc.returncode == 75, out
   assert out.strip().splitlines()[-1] == (
       f'preempted at step {first_stop}, resume with the same command')
-  assert not os.listdir(os.path.join(workdir, '.lock'))
+  assert not os.path.exists(os.path.join(workdir, '.lock'))  # released
   # 2. Resume at once (not refused), then kill -9 right after the next
   # checkpoint lands: the workdir stays claimed by a dead process.
   proc = _launch(workdir, data_dir)

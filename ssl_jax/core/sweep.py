@@ -59,13 +59,18 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str,
   for b, lr in grid:  # every point is checked before the first one trains
     validation.validate(point_config(config, b, lr, source.num_examples),
                         jax.device_count(), jax.process_count())
-  with workdir_lib.hold(workdir):
-    return _run_points(config, workdir, grid, source.num_examples)
+  # SIGTERM between points (each point's run handles its own) stops before the next.
+  with train.Preemption() as preemption, workdir_lib.hold(workdir):
+    return _run_points(config, workdir, grid, source.num_examples, preemption)
 
 
-def _run_points(config, workdir: str, grid, num_examples: int) -> list[dict[str, Any]]:
+def _run_points(config, workdir: str, grid, num_examples: int,
+                preemption) -> list[dict[str, Any]]:
   rows = []
   for i, (b, lr) in enumerate(grid):
+    if preemption.requested:
+      raise train.Preempted(None, f'before sweep point {i + 1}/{len(grid)} (batch {b}, '
+                            f'lr {lr:g})')
     c = point_config(config, b, lr, num_examples)
     sub = os.path.join(workdir, f'batch{b}_lr{lr:g}')
     scores = metrics_lib.final_evaluation(sub, c.total_steps)

@@ -37,8 +37,9 @@ class Preempted(Exception):
   """A run stopped by a preemption after saving its checkpoint (a sweep
   raises it; `run` returns RunResult.preempted)."""
 
-  def __init__(self, step: int):
-    super().__init__(f'preempted at step {step}, resume with the same command')
+  def __init__(self, step: int | None, where: str = ''):
+    at = f'at step {step}' if step is not None else where
+    super().__init__(f'preempted {at}, resume with the same command')
     self.step = step
 
 
@@ -57,7 +58,7 @@ class RunResult:
   evaluation: dict[str, float] | None = None  # the latest evaluation's results
 
 
-class _Preemption:
+class Preemption:
   """Turns SIGTERM (how a TPU VM is preempted) into a flag the loop polls."""
 
   def __init__(self):
@@ -160,7 +161,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   validation.validate(config, len(devices) if devices is not None else jax.device_count(),
                       jax.process_count())
   # SIGTERM from here on (opening data, compiling) stops at the first step.
-  with _Preemption() as preemption, workdir_lib.hold(workdir) as lease:
+  with Preemption() as preemption, workdir_lib.hold(workdir) as lease:
     run_ = assembly.assemble(config, devices=devices)
     try:
       return _run(config, workdir, run_, lease, preemption, stop_after)
@@ -168,7 +169,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
       run_.close()
 
 
-def _run(config, workdir: str, run_: assembly.Run, lease, preemption: '_Preemption',
+def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemption',
          stop_after: int | None) -> RunResult:
   """`run` while holding the workdir."""
   trainer, evaluator = run_.trainer, run_.evaluator
@@ -280,7 +281,8 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: '_Preempti
           last_checkpoint = step
         result.last_step = step
         if stopping:
-          result.preempted = preemption.requested or checkpointer.reached_preemption(step)
+          result.preempted = step < total and (preemption.requested
+                                               or checkpointer.reached_preemption(step))
           break
     finally:
       checkpointer.wait()

@@ -52,13 +52,14 @@ def hold(workdir: str, timeout: float | None = None) -> Iterator[locking.Lease |
                           command=_command())
     try:
       lease.acquire()
-    except (locking.Busy, locking.Unwritable) as e:
+    except Exception as e:  # noqa: BLE001 (every process must hear of any failure)
       error = e
-  code = _agree(0 if error is None else 1 if isinstance(error, locking.Busy) else 2)
+  codes = {locking.Busy: 1, locking.Unwritable: 2}
+  code = _agree(0 if error is None else codes.get(type(error), 3))
   if code:
     if error is not None:
       raise error
-    cls = locking.Busy if code == 1 else locking.Unwritable
+    cls = {1: locking.Busy, 2: locking.Unwritable}.get(code, RuntimeError)
     raise cls(f'workdir {workdir} could not be held by process 0 (its log says why)')
   try:
     yield lease

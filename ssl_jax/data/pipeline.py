@@ -1408,22 +1408,23 @@ def iterate(source: Source, *, start_step: int = 0,
 
 def _undecodable(source: Source, ids_for_step, preprocess,
                  step: int) -> list[int]:
-  """The example ids of ``step`` that fail ``preprocess`` (each decoded on
-  its own; in parallel)."""
-  batch = {k: v.numpy() for k, v in
-           ids_for_step(tf.constant(step, tf.int64)).items()}
-  _, first = np.unique(batch['id'], return_index=True)
-  candidates = {k: v[np.sort(first)] for k, v in batch.items()}
-  ds = tf.data.Dataset.from_tensor_slices(candidates).batch(1)
-  ds = ds.map(lambda b: {**b, **source.fetch(b['id'])}).unbatch()
-
-  def decodes(example):
-    image = preprocess(example)['image']
-    return example['id'], tf.reduce_sum(tf.cast(image, tf.float32))
-
-  ds = ds.map(decodes, num_parallel_calls=AUTOTUNE, deterministic=False)
-  decoded = {int(i) for i, _ in ds.ignore_errors().as_numpy_iterator()}
-  return [int(k) for k in candidates['id'] if int(k) not in decoded]
+  """The example ids of ``step`` whose image fails to decode, each read and
+  decoded on its own (eagerly: this runs only after a failure). A read that
+  fails for another reason (a missing file, a permission, a transient
+  storage error) is raised as it is: it is not a bad image."""
+  del preprocess  # only the decoding is checked: a bug elsewhere is not a bad file
+  ids = ids_for_step(tf.constant(step, tf.int64))['id'].numpy()
+  bad = []
+  for example_id in dict.fromkeys(int(i) for i in ids):  # distinct, in order
+    handle = source.fetch(tf.constant([example_id], tf.int64))
+    image, _ = source.parse({k: v[0] for k, v in handle.items()})
+    try:
+      _to_uint8_rgb(image)
+    except _DECODE_ERRORS:
+      bad.append(example_id)
+  if len(bad) > 1 and len(bad) == len(set(int(i) for i in ids)):
+    return []  # every image of the step: not bad files (the caller re-raises)
+  return bad
 
 
 def _folder_root(source: Source) -> str | None:
