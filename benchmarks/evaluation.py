@@ -64,6 +64,8 @@ def _run(config, workdir: str) -> dict:
 
 def main(argv):
   del argv
+  from ssl_jax.core import provenance  # pylint: disable=g-import-not-at-top
+  print('produced by:', provenance.line(), flush=True)
   from ssl_jax.core import train
   train.quiet_library_logs()
   root, quick = _WORKDIR.value, _QUICK.value

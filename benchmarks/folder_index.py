@@ -23,6 +23,8 @@ def main():
   parser.add_argument('--files', type=int, default=100_000)
   parser.add_argument('--classes', type=int, default=1000)
   args = parser.parse_args()
+  from ssl_jax.core import provenance  # pylint: disable=g-import-not-at-top
+  print('produced by:', provenance.line(), flush=True)
   work = tempfile.mkdtemp(prefix='ssl_jax_folder_bench_')
   os.environ['SSL_JAX_CACHE'] = os.path.join(work, 'cache')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')

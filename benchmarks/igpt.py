@@ -56,6 +56,8 @@ def main():
   parser.add_argument('--s_batch', type=int, default=8)
   parser.add_argument('--s_size', type=int, default=16, help='iGPT-S image side (tokens: side^2)')
   args = parser.parse_args()
+  from ssl_jax.core import provenance  # pylint: disable=g-import-not-at-top
+  print('produced by:', provenance.line(), flush=True)
   path = os.path.join(tempfile.mkdtemp(), 'palette.npy')
   palette.save(path, np.random.default_rng(0).uniform(-1, 1, (512, 3)), {'random': True})
   peak = matmul_peak()

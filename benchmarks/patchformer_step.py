@@ -108,6 +108,8 @@ def main():
   parser.add_argument('--data_dir', default=None,
                       help='tfds data_dir for ssl_jax_shapes (default: a temp dir)')
   args = parser.parse_args()
+  from ssl_jax.core import provenance  # pylint: disable=g-import-not-at-top
+  print('produced by:', provenance.line(), flush=True)
   data_dir = args.data_dir or os.path.join(tempfile.gettempdir(), 'ssl_jax_tfds')
   peak = matmul_peak()
   print(f'devices: {jax.device_count()} x {jax.devices()[0].device_kind}')

@@ -87,6 +87,8 @@ def main():
   parser.add_argument('--batch', type=int, default=64, help='CIFAR-10 ViT-T step batch')
   parser.add_argument('--sizes', default='ViT-T,ViT-S,ViT-B')
   args = parser.parse_args()
+  from ssl_jax.core import provenance  # pylint: disable=g-import-not-at-top
+  print('produced by:', provenance.line(), flush=True)
   sizes = args.sizes.split(',')
 
   print('1. parameters (Table 10) and forward cost of one image (Table 11)')

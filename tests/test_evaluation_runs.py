@@ -50,7 +50,7 @@ def test_linear_probe_keeps_the_pretrained_backbone_frozen(reference, tmp_path):
   np.testing.assert_allclose(head['feature_mean'], mean, rtol=1e-5, atol=1e-6)
   metric = np.asarray(head['whitening']) @ np.asarray(head['whitening']).T
   np.testing.assert_allclose(metric, matrix @ matrix.T, rtol=1e-3, atol=1e-3 * np.abs(metric).max())
-  evaluated = json.load(open(tmp_path / 'eval.json'))
+  evaluated = json.load(open(tmp_path / 'eval.json'))['evaluations']
   assert [r['step'] for r in evaluated] == [config.total_steps]
   final = evaluated[-1]
   assert final['eval/examples'] == 96 and 0 <= final['eval/top1'] <= final['eval/top5'] <= 1
@@ -148,10 +148,12 @@ def test_sweep_runs_every_point_and_writes_one_table(reference, tmp_path):
   config.sweep.update(dict(batch_size=(8, 16), lr=(1e-3,), epochs=None))
   rows = sweep.run_sweep(config, str(tmp_path))
   assert [(r['batch_size'], r['lr'], r['steps']) for r in rows] == [(8, 1e-3, 4), (16, 1e-3, 4)]
-  assert json.load(open(tmp_path / 'sweep.json')) == rows
+  saved = json.load(open(tmp_path / 'sweep.json'))
+  assert saved['rows'] == rows and saved['provenance']['lock']
   table = (tmp_path / 'sweep.md').read_text().splitlines()
   assert table[0].startswith('| batch_size | lr | steps | eval/top1 (%) | eval/top5 (%) | best')
-  assert len(table) == 4 and sum(line.count('| * |') for line in table) == 1
+  assert len(table) == 6 and sum(line.count('| * |') for line in table) == 1
+  assert table[-1].startswith('Produced by: commit ')
   # Finished points are read back, not retrained.
   assert sweep.run_sweep(config, str(tmp_path)) == rows
   # The sweep holds its workdir (each point holds its own): a second one is refused.

@@ -184,6 +184,8 @@ def _main(*args, env=None):
                         env=dict(os.environ, JAX_PLATFORMS='cpu', **(env or {})))
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_refuses_a_held_workdir_in_one_line_with_status_75(tmp_path):
   workdir = str(tmp_path / 'w')
   os.makedirs(workdir)

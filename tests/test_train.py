@@ -16,7 +16,7 @@ import pytest
 from conftest import EVERY, ROOT, STEPS, small_config
 
 from ssl_jax.core import checkpoint as ckpt_lib
-from ssl_jax.core import assembly, train
+from ssl_jax.core import assembly, provenance, train
 
 
 def read_metrics(workdir):
@@ -44,10 +44,18 @@ def test_run_writes_metrics_events_and_checkpoints(reference):
   for r in evaluated.values():
     assert 0 <= r['knn/top1'] <= 1 and 0 <= r['fewshot/1shot'] <= 1 and 'fewshot/5shot' in r
   saved = json.load(open(os.path.join(workdir, 'eval.json')))
-  assert [r['step'] for r in saved] == [15, 30]
-  assert saved[-1]['knn/top1'] == evaluated[30]['knn/top1'] == result.evaluation['knn/top1']
+  assert [r['step'] for r in saved['evaluations']] == [15, 30]
+  assert (saved['evaluations'][-1]['knn/top1'] == evaluated[30]['knn/top1']
+          == result.evaluation['knn/top1'])
   table = open(os.path.join(workdir, 'eval.md')).read().splitlines()
-  assert table[0].startswith('| step | fewshot/1shot (%)') and len(table) == 4
+  assert table[0].startswith('| step | fewshot/1shot (%)') and len(table) == 6
+  # What produced it: in eval.json, under the table, and in config.json.
+  made_by = saved['provenance']
+  assert len(made_by) == 1 and made_by[0]['start_step'] == 0
+  assert made_by[0]['devices'] == '8 x cpu' and made_by[0]['jax'] == jax.__version__
+  assert len(made_by[0]['lock']) == 16 and isinstance(made_by[0]['dirty'], bool)
+  assert table[-1] == 'Produced by: ' + provenance.line(made_by[0])
+  assert json.load(open(os.path.join(workdir, 'config.json')))['provenance'] == made_by
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
   kept = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')))
   assert kept == [20, 25, 30]  # every 5, the last 3 kept

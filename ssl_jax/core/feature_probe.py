@@ -33,6 +33,7 @@ from absl import logging
 from ssl_jax.config.checks import ConfigError
 from ssl_jax.core import assembly, validation
 from ssl_jax.core import metrics as metrics_lib
+from ssl_jax.core import provenance as provenance_lib
 from ssl_jax.core import workdir as workdir_lib
 from ssl_jax.data import pipeline
 from ssl_jax.evaluate import logistic
@@ -118,11 +119,13 @@ def low_data(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, 
 
 def _write(workdir: str, stem: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
   os.makedirs(workdir, exist_ok=True)
+  made_by = provenance_lib.record()
   metrics_lib.write_atomic(os.path.join(workdir, f'{stem}.json'),
-                           json.dumps({'rows': rows, **meta}, indent=2))
+                           json.dumps({'rows': rows, **meta, 'provenance': made_by}, indent=2))
   first = ('representation',) if stem == 'layers' else ('labels',)
   metrics_lib.write_atomic(os.path.join(workdir, f'{stem}.md'),
-                           metrics_lib.markdown_table(rows, first=first))
+                           metrics_lib.markdown_table(rows, first=first)
+                           + provenance_lib.footer([made_by]))
 
 
 def _plot(path: str, rows: list[dict[str, Any]], config: ml_collections.ConfigDict) -> None:

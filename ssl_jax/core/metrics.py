@@ -14,6 +14,8 @@ from clu import metric_writers
 from clu.metric_writers import interface
 from etils import epath
 
+from ssl_jax.core import provenance as provenance_lib
+
 
 class JsonlWriter(interface.MetricWriter):
   """Keeps one JSON object per written step in a file: {"step": s, ...}.
@@ -101,25 +103,38 @@ def _is_accuracy(key: str) -> bool:
 
 
 class EvalResults:
-  """Every evaluation of a run, in `eval.json` (a list of {"step": s, ...})
-  and `eval.md` (the same as a Markdown table, accuracies in %), rewritten
-  atomically after each evaluation. On resume from `resume_step`, results of
-  later steps (about to be recomputed) are dropped."""
+  """Every evaluation of a run, in `eval.json` ({"evaluations": [{"step": s,
+  ...}, ...], "provenance": [one record per invocation, with the step it
+  started from]}) and `eval.md` (the same as a Markdown table, accuracies in
+  %, with what produced it underneath), rewritten atomically after each
+  evaluation. On resume from `resume_step`, results of later steps (about to
+  be recomputed) are dropped; `provenance` (this invocation's record) is
+  added to the saved ones."""
 
-  def __init__(self, workdir: str, resume_step: int | None = None):
+  def __init__(self, workdir: str, resume_step: int | None = None,
+               provenance: dict[str, Any] | None = None):
     self.json_path = os.path.join(workdir, 'eval.json')
     self.md_path = os.path.join(workdir, 'eval.md')
     self.records: list[dict[str, Any]] = []
+    self.provenance: list[dict[str, Any]] = []
     if resume_step is not None and epath.Path(self.json_path).exists():
       saved = json.loads(epath.Path(self.json_path).read_text())
-      self.records = [r for r in saved if r['step'] <= resume_step]
+      if isinstance(saved, list):  # written before provenance was recorded
+        saved = {'evaluations': saved, 'provenance': []}
+      self.records = [r for r in saved['evaluations'] if r['step'] <= resume_step]
+      self.provenance = [p for p in saved['provenance']
+                         if p.get('start_step', 0) <= resume_step]
+    if provenance is not None:
+      self.provenance.append(provenance)
 
   def add(self, step: int, scores: Mapping[str, float]) -> None:
     self.records = [r for r in self.records if r['step'] != step]
     self.records.append({'step': int(step), **{k: float(v) for k, v in scores.items()}})
     if jax.process_index() == 0:
-      write_atomic(self.json_path, json.dumps(self.records, indent=1) + '\n')
-      write_atomic(self.md_path, markdown_table(self.records))
+      write_atomic(self.json_path, json.dumps(
+          {'evaluations': self.records, 'provenance': self.provenance}, indent=1) + '\n')
+      write_atomic(self.md_path, markdown_table(self.records)
+                   + provenance_lib.footer(self.provenance))
 
   def latest(self) -> dict[str, Any] | None:
     return self.records[-1] if self.records else None

@@ -5,7 +5,7 @@ one run per point of `config.sweep` into W/batch{B}_lr{LR}, each the same
 loop as a single run (so each resumes from its own checkpoints after a
 preemption, and a finished point is not retrained; a preempted point
 raises train.Preempted), and after every point
-rewrites W/sweep.json and W/sweep.md: one row per point with its final
+rewrites W/sweep.json ({"rows": [...], "provenance": {...}}) and W/sweep.md: one row per point with its final
 top-1 / top-5, the best top-1 marked.
 """
 
@@ -23,6 +23,7 @@ from absl import logging
 from ssl_jax.config.checks import ConfigError
 from ssl_jax.core import assembly, train, validation
 from ssl_jax.core import metrics as metrics_lib
+from ssl_jax.core import provenance as provenance_lib
 from ssl_jax.core import workdir as workdir_lib
 
 
@@ -96,6 +97,9 @@ def _write(workdir: str, rows: list[dict[str, Any]]) -> None:
     return
   best = max(range(len(rows)), key=lambda i: rows[i].get('eval/top1', -1))
   marked = [dict(r, best='*' if i == best else '') for i, r in enumerate(rows)]
-  metrics_lib.write_atomic(os.path.join(workdir, 'sweep.json'), json.dumps(rows, indent=1) + '\n')
+  made_by = provenance_lib.record()
+  metrics_lib.write_atomic(os.path.join(workdir, 'sweep.json'), json.dumps(
+      {'rows': rows, 'provenance': made_by}, indent=1) + '\n')
   metrics_lib.write_atomic(os.path.join(workdir, 'sweep.md'), metrics_lib.markdown_table(
-      marked, first=('batch_size', 'lr', 'steps', 'eval/top1', 'eval/top5', 'best')))
+      marked, first=('batch_size', 'lr', 'steps', 'eval/top1', 'eval/top5', 'best'))
+      + provenance_lib.footer([made_by]))

@@ -22,12 +22,14 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from ssl_jax import drawing
 from ssl_jax.config.checks import flatten, incompatible_keys, to_json
 from ssl_jax.core import assembly, validation
 from ssl_jax.core import checkpoint as ckpt_lib
 from ssl_jax.core import metrics as metrics_lib
+from ssl_jax.core import provenance as provenance_lib
 from ssl_jax.core import workdir as workdir_lib
 
 DataError = assembly.DataError  # the dataset cannot be opened
@@ -132,6 +134,21 @@ def _meta(config, step: int) -> dict[str, Any]:
                    'batch_size': config.batch_size}}
 
 
+def _write_config(workdir: str, config, made_by: dict[str, Any]) -> None:
+  """config.json: the config, and under "provenance" what produced each
+  invocation of the run (earlier ones kept, each with its start step)."""
+  path = epath.Path(workdir, 'config.json')
+  earlier = []
+  if path.exists():
+    try:
+      earlier = [p for p in json.loads(path.read_text()).get('provenance', [])
+                 if p.get('start_step', 0) < made_by['start_step']]
+    except (ValueError, AttributeError):  # damaged, or not a dict: start afresh
+      earlier = []
+  saved = dict(json.loads(to_json(config)), provenance=earlier + [made_by])
+  metrics_lib.write_atomic(os.fspath(path), json.dumps(saved, indent=2))
+
+
 def _check_compatible(config, meta: dict[str, Any], directory: str, step: int) -> None:
   saved = meta.get('config', {})
   current = json.loads(to_json(config))
@@ -191,16 +208,16 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemptio
     else:
       start = 0
       state = run_.new_state(abstract)
+    made_by = dict(provenance_lib.record(), start_step=start)
     if jax.process_index() == 0:
-      metrics_lib.write_atomic(os.path.join(workdir, 'config.json'),
-                               json.dumps(json.loads(to_json(config)), indent=2))
+      _write_config(workdir, config, made_by)
 
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
     logging.info('%s: %.2fM parameters, mesh %s', config.objective, num_params / 1e6,
                  dict(trainer.mesh.shape))
     compiled, flops = trainer.compile_step(abstract, assembly.abstract_batch(config))
     writer = metrics_lib.make_writer(workdir, resume_step=start)
-    results = metrics_lib.EvalResults(workdir, resume_step=start)
+    results = metrics_lib.EvalResults(workdir, resume_step=start, provenance=made_by)
     if start == 0:
       writer.write_hparams({'num_params': num_params})
 
