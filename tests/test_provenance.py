@@ -41,3 +41,23 @@ def test_eval_results_keep_every_invocation_and_read_the_old_format(tmp_path):
   (tmp_path / 'eval.json').write_text('[{"step": 10, "eval/top1": 0.5}]')  # before provenance
   old = metrics.EvalResults(str(tmp_path), resume_step=10)
   assert old.records == [{'step': 10, 'eval/top1': 0.5}] and old.provenance == []
+
+
+def test_probe_results_say_which_augmentation_trained_them(tmp_path):
+  from conftest import small_classifier_config, small_config
+  from ssl_jax.core import train
+  assert train.augmentation_summary(small_config()) == ''  # pretraining: the method's views
+  probe = small_classifier_config('linear')
+  said = train.augmentation_summary(probe)
+  assert 'random horizontal flip (data.flip=false: none)' in said
+  probe.data.flip = False
+  probe.data.min_area = 1.0
+  assert train.augmentation_summary(probe) == 'whole images; no flip'
+  tuned = small_classifier_config('finetune', **{'classifier.mixup': 0.8,
+                                                 'data.randaugment': (2, 9, 0.5)})
+  said = train.augmentation_summary(tuned)
+  assert 'RandAugment 2 ops, magnitude 9 +- 0.5 (data.randaugment=())' in said
+  assert 'mixup 0.8 (classifier.mixup=0)' in said
+  results = metrics.EvalResults(str(tmp_path), augmentation='whole images; no flip')
+  results.add(5, {'eval/top1': 0.5})
+  assert 'Training augmentation: whole images; no flip' in (tmp_path / 'eval.md').read_text()

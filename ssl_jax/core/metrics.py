@@ -112,9 +112,10 @@ class EvalResults:
   added to the saved ones."""
 
   def __init__(self, workdir: str, resume_step: int | None = None,
-               provenance: dict[str, Any] | None = None):
+               provenance: dict[str, Any] | None = None, augmentation: str = ''):
     self.json_path = os.path.join(workdir, 'eval.json')
     self.md_path = os.path.join(workdir, 'eval.md')
+    self.augmentation = augmentation  # the training augmentation, said under the table
     self.records: list[dict[str, Any]] = []
     self.provenance: list[dict[str, Any]] = []
     if resume_step is not None and epath.Path(self.json_path).exists():
@@ -131,9 +132,12 @@ class EvalResults:
     self.records = [r for r in self.records if r['step'] != step]
     self.records.append({'step': int(step), **{k: float(v) for k, v in scores.items()}})
     if jax.process_index() == 0:
-      write_atomic(self.json_path, json.dumps(
-          {'evaluations': self.records, 'provenance': self.provenance}, indent=1) + '\n')
-      write_atomic(self.md_path, markdown_table(self.records)
+      saved = {'evaluations': self.records, 'provenance': self.provenance}
+      if self.augmentation:
+        saved['augmentation'] = self.augmentation
+      write_atomic(self.json_path, json.dumps(saved, indent=1) + '\n')
+      said = f'\nTraining augmentation: {self.augmentation}\n' if self.augmentation else ''
+      write_atomic(self.md_path, markdown_table(self.records) + said
                    + provenance_lib.footer(self.provenance))
 
   def latest(self) -> dict[str, Any] | None:

@@ -134,6 +134,31 @@ def _meta(config, step: int) -> dict[str, Any]:
                    'batch_size': config.batch_size}}
 
 
+def augmentation_summary(config) -> str:
+  """The training images' augmentation, with the keys that turn each part
+  off (flips and crops assume natural images), for a classification run;
+  '' for pretraining (each method declares its own views)."""
+  if config.objective != validation.CLASSIFICATION:
+    return ''
+  d, c = config.data, config.classifier
+  if d.get('crop', 'resized') == 'pad':
+    parts = [f'whole image, reflection-padded by {d.pad} px and randomly cropped back '
+             '(data.crop)']
+  elif d.min_area < 1.0:
+    parts = [f'random resized crop of area [{d.min_area:g}, 1] (data.min_area=1.0: whole '
+             'images)']
+  else:
+    parts = ['whole images']
+  parts.append('random horizontal flip (data.flip=false: none)' if d.flip else 'no flip')
+  if tuple(d.get('randaugment', ())):
+    n, m, std = d.randaugment
+    parts.append(f'RandAugment {n} ops, magnitude {m:g} +- {std:g} (data.randaugment=())')
+  for key in ('mixup', 'cutmix', 'label_smoothing', 'mask_ratio'):
+    if c.get(key, 0.0):
+      parts.append(f'{key} {c[key]:g} (classifier.{key}=0)')
+  return '; '.join(parts)
+
+
 def _write_config(workdir: str, config, made_by: dict[str, Any]) -> None:
   """config.json: the config, and under "provenance" what produced each
   invocation of the run (earlier ones kept, each with its start step)."""
@@ -217,7 +242,8 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemptio
                  dict(trainer.mesh.shape))
     compiled, flops = trainer.compile_step(abstract, assembly.abstract_batch(config))
     writer = metrics_lib.make_writer(workdir, resume_step=start)
-    results = metrics_lib.EvalResults(workdir, resume_step=start, provenance=made_by)
+    results = metrics_lib.EvalResults(workdir, resume_step=start, provenance=made_by,
+                                      augmentation=augmentation_summary(config))
     if start == 0:
       writer.write_hparams({'num_params': num_params})
 
