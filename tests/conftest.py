@@ -38,6 +38,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+def tree_digest(path, skip=()):
+  """{relative path: sha256} of every file under `path`, except under
+  directories named in `skip`: what a refused or failed run must not change."""
+  import hashlib
+  out = {}
+  for root, dirs, files in os.walk(path):
+    dirs[:] = [d for d in dirs if d not in skip]
+    for name in files:
+      full = os.path.join(root, name)
+      with open(full, 'rb') as f:
+        out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
 def small_config(**overrides):
   """The `tiny` config shrunk further so that it compiles in seconds: 32x32
   images, a 4x4 patch grid, unblocked masks, one stack, one transformer

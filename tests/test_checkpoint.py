@@ -1,5 +1,4 @@
 import asyncio
-import hashlib
 import os
 import shutil
 import subprocess
@@ -10,7 +9,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, tree_digest
 
 from ssl_jax.core import checkpoint as ckpt_lib
 
@@ -66,17 +65,6 @@ def test_checkpoints_from_before_the_method_state_restore(tmp_path):
 
 # A damaged checkpoint: one line that names the step, its directory, the
 # reason without object reprs, and what to do; nothing else on stderr.
-
-def _hashes(workdir):
-  """Every file under `workdir` (relative path -> sha256 of its bytes)."""
-  out = {}
-  for root, _, files in os.walk(workdir):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        out[os.path.relpath(path, workdir)] = hashlib.sha256(f.read()).hexdigest()
-  return out
-
 
 def _array_file(step_dir):
   """The largest file of array data in a checkpoint step's state."""
@@ -159,7 +147,7 @@ def _assert_clean(message, workdir, step=4, previous=2):
 def test_a_damaged_checkpoint_is_one_clean_line_and_left_as_it_is(two_checkpoints, tmp_path,
                                                                   kind):
   workdir = _damaged_copy(two_checkpoints, tmp_path, kind)
-  before = _hashes(workdir)
+  before = tree_digest(workdir)
   _, item, reason = DAMAGE[kind]
   with ckpt_lib.Checkpointer(workdir, keep=3) as checkpointer:
     assert checkpointer.latest_step() == 4
@@ -172,7 +160,7 @@ def test_a_damaged_checkpoint_is_one_clean_line_and_left_as_it_is(two_checkpoint
   message = str(error.value)
   _assert_clean(message, workdir)
   assert f'({item}' in message and reason in message, message
-  assert _hashes(workdir) == before
+  assert tree_digest(workdir) == before
 
 
 @pytest.mark.parametrize('damage', ['garbage', 'deleted'])
@@ -321,13 +309,13 @@ def test_a_failing_restore_in_a_fresh_process_prints_only_its_error(tmp_path):
       checkpointer.save(step, _state(big), {'step': step})
     checkpointer.wait()
   os.truncate(_array_file(os.path.join(workdir, 'checkpoints', '4')), 1000)
-  before = _hashes(workdir)
+  before = tree_digest(workdir)
   out = subprocess.run([sys.executable, '-c', _RESTORE, ROOT, workdir, str(big)],
                        capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert out.returncode == 1, out.stderr
   assert 'is not compatible with the stored shape' in out.stdout, out.stdout
-  assert _hashes(workdir) == before
+  assert tree_digest(workdir) == before
   for noise in ('Traceback', 'Event loop is closed', 'Exception ignored', 'never retrieved',
                 'was destroyed', '<bound method', ' object at 0x'):
     assert noise not in out.stderr + out.stdout, out.stderr
@@ -347,7 +335,7 @@ def test_main_py_reports_a_damaged_checkpoint_in_one_line(data_dir, tmp_path):
       checkpointer.save(step, _state(), {'step': step})
     checkpointer.wait()
   _write(os.path.join(workdir, 'checkpoints', '4', 'meta', 'metadata'), b'not json {')
-  before = _hashes(workdir)
+  before = tree_digest(workdir)
   out = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'main.py'), '--config=configs/patchformer.py:tiny',
        f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
@@ -362,4 +350,4 @@ def test_main_py_reports_a_damaged_checkpoint_in_one_line(data_dir, tmp_path):
   assert last.startswith('error: checkpoint 4 in '), out.stderr
   _assert_clean(last[len('error: '):], workdir)
   assert '(meta: JSONDecodeError: ' in last
-  assert _hashes(workdir) == before
+  assert tree_digest(workdir) == before

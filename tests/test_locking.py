@@ -3,7 +3,6 @@ leases on a local disk and on a fake bucket (TensorFlow's ram:// filesystem,
 an object store without rename or create-if-absent, like gs://), and the
 runs that hold them."""
 
-import hashlib
 import json
 import os
 import socket
@@ -14,22 +13,15 @@ import time
 
 import pytest
 
-from conftest import ROOT, small_config
+from conftest import ROOT, small_config, tree_digest
 
 from ssl_jax import locking
 
 
-def digest(path, skip=(locking.LOCK_DIR,)):
-  """{relative path: sha256} of every file under `path`, except the lease
-  claims (the holder's heartbeat rewrites its own)."""
-  out = {}
-  for root, dirs, files in os.walk(path):
-    dirs[:] = [d for d in dirs if d not in skip]
-    for name in files:
-      full = os.path.join(root, name)
-      with open(full, 'rb') as f:
-        out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
-  return out
+def digest(path):
+  """The workdir's files, except the lease claims (the holder's heartbeat
+  rewrites its own)."""
+  return tree_digest(path, skip=(locking.LOCK_DIR,))
 
 
 def claims(directory):

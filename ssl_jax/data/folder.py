@@ -166,6 +166,17 @@ def subdirs(path: str) -> list[str]:
           if tf.io.gfile.isdir(os.path.join(path, name))]
 
 
+def open_root(root: str) -> tuple[str, dict[str, str], list[str]]:
+  """(root without a trailing '/', {split: directory}, class names) of an
+  image folder; DataError if ``root`` is not a directory."""
+  root = os.fspath(root).rstrip('/')
+  if not tf.io.gfile.isdir(root):
+    raise DataError(f'Image folder {root!r} does not exist or is not a '
+                    'directory.')
+  dirs = split_dirs(root)
+  return root, dirs, class_names(dirs)
+
+
 def split_dirs(root: str) -> dict[str, str]:
   """{split: directory}: ``ROOT/<split>`` for the :data:`SPLITS` present,
   else ``{'train': ROOT}``."""

@@ -353,12 +353,7 @@ class FolderSource(Source):
   """
 
   def __init__(self, root: str, split: str, *, skip_bad_images: bool = False):
-    root = os.fspath(root).rstrip('/')
-    if not tf.io.gfile.isdir(root):
-      raise DataError(f'Image folder {root!r} does not exist or is not a '
-                      'directory.')
-    split_dirs = folder_lib.split_dirs(root)
-    class_names = folder_lib.class_names(split_dirs)
+    root, split_dirs, class_names = folder_lib.open_root(root)
     listings = {}
 
     def listing(name: str) -> folder_lib.Listing:

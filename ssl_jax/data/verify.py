@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import os
 import sys
 import time
 from typing import Sequence
@@ -95,12 +94,7 @@ def _decode_error(path: str) -> str:
 def verify(root: str) -> Report:
   """Decodes every image file of every split of ``root``; records the
   results in the index. Raises DataError if ``root`` is not a folder."""
-  root = os.fspath(root).rstrip('/')
-  if not tf.io.gfile.isdir(root):
-    raise DataError(f'Image folder {root!r} does not exist or is not a '
-                    'directory.')
-  dirs = folder.split_dirs(root)
-  classes = folder.class_names(dirs)
+  root, dirs, classes = folder.open_root(root)
   index = folder.FolderIndex(root)
   report = Report(root, {}, [], [])
   for split, directory in dirs.items():
