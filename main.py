@@ -5,6 +5,8 @@ r"""Pretrain, probe and fine-tune self-supervised image models.
       --config.init.workdir=/tmp/pf_tiny --workdir=/tmp/pf_tiny_probe
   python main.py --config=configs/finetune.py:patchformer_tiny --sweep \
       --config.init.workdir=/tmp/pf_tiny --workdir=/tmp/pf_tiny_ft_sweep
+  python main.py --config=configs/linear_probe.py:patchformer_tiny --seeds=3 \
+      --config.init.workdir=/tmp/pf_tiny --workdir=/tmp/pf_tiny_probe_seeds
   python main.py --config=configs/linear_probe.py:igpt_tiny --layer_sweep \
       --config.init.workdir=/tmp/igpt_tiny --workdir=/tmp/igpt_tiny_layers
   python main.py --config=configs/patchformer.py --workdir=gs://B/pf \
@@ -49,6 +51,12 @@ _LAYER_SWEEP = flags.DEFINE_bool(
 _LOW_DATA = flags.DEFINE_bool(
     'low_data', False, 'With a linear-probe config: logistic regression on a few labels per '
     'class (feature_probe.shots) over seeds; writes low_data.md / low_data.json.')
+
+_SEEDS = flags.DEFINE_integer(
+    'seeds', None, 'Run the config with N seeds (config.seed, config.seed + 1, ...) into '
+    '--workdir/seed{S}, and write the mean, std and n of their numbers: seeds.md / '
+    'seeds.json. A probe whose --config.init.workdir holds {seed} reads the pretraining '
+    'run of the same seed.')
 
 _LOCK_TIMEOUT = flags.DEFINE_float(
     'lock_timeout', None, 'Seconds after which the heartbeat of a run holding --workdir is '
@@ -127,14 +135,17 @@ def parse_flags(argv: list[str]) -> list[str]:
   return []  # not reached
 
 
-def execute(config, workdir: str, mode: str = 'train') -> None:
-  """Runs `mode` ('train', 'sweep', 'layers', 'low_data') and exits with the
-  status of the outcome (returns only when it finished)."""
+def execute(config, workdir: str, mode: str = 'train', num_seeds: int | None = None) -> None:
+  """Runs `mode` ('train', 'sweep', 'layers', 'low_data', 'seeds' with
+  `num_seeds`) and exits with the status of the outcome (returns only when
+  it finished)."""
   from ssl_jax import locking
   from ssl_jax.config import ConfigError
-  from ssl_jax.core import checkpoint, feature_probe, sweep, train
+  from ssl_jax.core import checkpoint, feature_probe, seeds, sweep, train
   try:
-    if mode == 'sweep':
+    if mode == 'seeds':
+      seeds.run_seeds(config, workdir, num_seeds)
+    elif mode == 'sweep':
       sweep.run_sweep(config, workdir)
     elif mode in ('layers', 'low_data'):
       feature_probe.run(config, workdir, mode)
@@ -159,8 +170,11 @@ def main(argv):
   if not _WORKDIR.value:
     fail('error: --workdir is empty: give the folder where checkpoints and metrics go',
          EXIT_USER_ERROR)
-  if sum([_SWEEP.value, _LAYER_SWEEP.value, _LOW_DATA.value]) > 1:
-    fail('error: pass at most one of --sweep, --layer_sweep, --low_data', EXIT_USER_ERROR)
+  if sum([_SWEEP.value, _LAYER_SWEEP.value, _LOW_DATA.value, _SEEDS.value is not None]) > 1:
+    fail('error: pass at most one of --sweep, --layer_sweep, --low_data, --seeds',
+         EXIT_USER_ERROR)
+  if _SEEDS.value is not None and _SEEDS.value < 1:
+    fail(f'error: --seeds={_SEEDS.value}: must be an integer >= 1', EXIT_USER_ERROR)
   if _LOCK_TIMEOUT.value is not None and not _LOCK_TIMEOUT.value > 0:
     fail(f'error: --lock_timeout={_LOCK_TIMEOUT.value}: must be > 0 seconds', EXIT_USER_ERROR)
   import jax  # after flag parsing, so that --help stays fast
@@ -176,8 +190,8 @@ def main(argv):
   if _LOCK_TIMEOUT.value is not None:
     locking.DEFAULT_TIMEOUT_S = _LOCK_TIMEOUT.value
   mode = ('sweep' if _SWEEP.value else 'layers' if _LAYER_SWEEP.value else
-          'low_data' if _LOW_DATA.value else 'train')
-  execute(_CONFIG.value, _WORKDIR.value, mode)
+          'low_data' if _LOW_DATA.value else 'seeds' if _SEEDS.value else 'train')
+  execute(_CONFIG.value, _WORKDIR.value, mode, _SEEDS.value)
 
 
 if __name__ == '__main__':

@@ -35,6 +35,18 @@ def eval_config(*, split: str, batch_size: int, every: int, crop_fraction: float
       knn_k=20, knn_temperature=0.07))
 
 
+# Held-out sizes by dataset: ImageNet 10 images per class (a 10k 'minival'
+# from the training split, as S4L held out for its 1% / 10% selection),
+# CIFAR the usual 45k / 5k split of the training set, the built-in dataset
+# 100 per class. Other datasets: none unless set (data.held_out_examples).
+HELD_OUT = {'imagenet2012': 10_000, 'cifar10': 5_000, 'cifar100': 5_000, 'stl10': 500,
+            'shapes': 1_000, 'ssl_jax_shapes': 1_000}
+
+
+def held_out_default(name: str) -> int:
+  return HELD_OUT.get(name.split('/', 1)[0].split(':', 1)[0], 0)
+
+
 def backbone_config(pretrain: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The part of a pretraining config that defines its network: the
   objective, the image size and the objective's own block. A probe or
@@ -81,7 +93,12 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
       split=pretrain.data.split, image_size=image_size, min_area=pretrain.data.min_area,
       flip=pretrain.data.flip,
       label_fraction=1.0,  # e.g. 0.01, 0.1, 0.2: class-balanced, deterministic
-      subset_seed=0,       # which examples make up a label fraction
+      subset_seed=0,       # which examples make up a label fraction and the held-out part
+      # Labelled examples of data.split held out, class-balanced, never
+      # trained on: every choice (eval.every's evaluations, early stopping,
+      # a sweep's best point) reads them, and eval.split is read once, at the
+      # end. 0: none (then eval.every must be 0, and --sweep is refused).
+      held_out_examples=held_out_default(pretrain.data.name),
       randaugment=(),      # () or (num_ops, magnitude, magnitude_std), e.g. (2, 9, 0.5)
       # True: image files that are empty, not images, or fail to decode are
       # skipped and logged; False: such a file stops the run, named.
@@ -92,6 +109,10 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
   c.sharding = ml_collections.ConfigDict(pretrain.sharding.to_dict())
   c.eval = eval_config(split=pretrain.eval.split, batch_size=pretrain.eval.batch_size,
                        every=0, crop_fraction=pretrain.eval.crop_fraction)
+  # The parameters whose eval.split numbers are reported: 'last' (the final
+  # step's) or 'best' (early stopping: the evaluation with the best top-1
+  # on the held-out examples, kept in WORKDIR/best/).
+  c.eval.select = 'last'
   # `python main.py ... --sweep` trains one run per (batch_size, lr) and
   # writes one table; `epochs` (None: every run takes total_steps) sets
   # total_steps = ceil(epochs * examples / batch_size), warmup scaled alike.
@@ -100,12 +121,13 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
       epochs=ml_collections.FieldReference(None, field_type=float)))
   # `--layer_sweep` / `--low_data` (ssl_jax.core.feature_probe):
   # logistic regressions (L-BFGS, `steps` iterations) on frozen features of
-  # the first `train_examples` images of data.split, tested on eval.split.
-  # layers: () = every representation; l2 from l2_grid on a held-out
-  # val_fraction. Low-data: `shots` labels per class x `seeds` draws, l2 =
-  # low_data_l2, on classifier.representation.
+  # the first `train_examples` training images (data.split without its
+  # held-out part), tested on eval.split. layers: () = every representation;
+  # each layer's l2 from l2_grid and the best layer are chosen on the
+  # held-out examples. Low-data: `shots` labels per class x `seeds` draws,
+  # l2 = low_data_l2, on classifier.representation.
   c.feature_probe = ml_collections.ConfigDict(dict(
-      train_examples=50_000, layers=(), l2_grid=(1e-4, 1e-3, 1e-2, 1e-1), val_fraction=0.1,
+      train_examples=50_000, layers=(), l2_grid=(1e-4, 1e-3, 1e-2, 1e-1),
       steps=100, shots=(4, 25, 400), seeds=5, low_data_l2=1e-2))
   c.log_every = pretrain.log_every
   c.checkpoint = ml_collections.ConfigDict(pretrain.checkpoint.to_dict())
@@ -120,7 +142,7 @@ def linear_probe_config(pretrain: ml_collections.ConfigDict, *, tiny: bool
   batch 1024, lr 1e-3, 30k steps, evaluated on the validation split. A
   method's `linear_probe_config` adjusts it."""
   c = classification_config(pretrain, mode='linear')
-  c.optimizer.update(dict(weight_decay=0.0, grad_clip_norm=None))
+  c.optimizer.update(dict(name='adamw', weight_decay=0.0, grad_clip_norm=None))
   if tiny:
     c.total_steps = 400
     c.batch_size = 64

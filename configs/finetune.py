@@ -8,7 +8,10 @@ classifier; every parameter trains, with the pretraining optimizer (AdamW,
 b2=0.999, eps=1e-6, weight decay 1e-3, clipping at 1.0), soft labels, and
 10% of the patches masked at random in every training example. The paper's
 grid: batch sizes {16, 32, 64, 128, 256} x learning rates {3e-5, 2e-4, 4e-4,
-1e-3}; one command runs it and writes one table (sweep.md in the workdir):
+1e-3}; one command runs it and writes one table (sweep.md in the workdir),
+the point chosen on the training images held out (data.held_out_examples;
+the paper does not say what it chose on) and only that point scored on the
+evaluation split:
 
   python main.py --config=configs/finetune.py:patchformer_tiny --sweep \
       --config.init.workdir=workdirs/patchformer_tiny --config.data.label_fraction=0.1 \
@@ -66,8 +69,10 @@ final norm's output averaged over positions, a linear classifier, and the
 classification and generative losses optimised together
 (classifier.generative_weight=1). The paper fine-tunes with the
 pretraining's batch (128) and Adam betas, no cosine schedule, no dropout,
-and early stopping on validation accuracy (read eval.json: the runs write
-the test accuracy every eval.every steps); CIFAR augmentation: 4 pixels of
+and early stopping on validation accuracy: eval.select='best' scores the
+5000 training images held out (data.held_out_examples) every 2000 steps,
+keeps the best step's state, and scores the test split once, for it (the
+paper does not say how large its validation set is); CIFAR augmentation: 4 pixels of
 reflection padding, a random 32x32 crop and a flip (data.crop='pad'). Its
 learning rate is not reported: 3e-5 here (constant), with --sweep over
 sweep.lr. Paper: iGPT-L CIFAR-10 99.0, CIFAR-100 88.5. The palette is the

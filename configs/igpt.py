@@ -63,6 +63,11 @@ paper where they say; otherwise ours):
   the CIFAR fine-tunes, configs/finetune.py).
 * BERT: masked tokens' embeddings are zeroed (the released model has no mask
   token); the loss is averaged per example over its masked tokens.
+  Evaluation ensembles over masks (Figure 4): igpt.bert_eval_masks=5
+  masks (the count is not in the text implemented here), each drawn afresh
+  for every evaluation batch; classifiers average their predicted
+  probabilities over the masks, feature probes read the features averaged
+  over them. 0 evaluates unmasked inputs.
 * Reading order: raster by default; igpt.order='random' reads the positions
   in one fixed random permutation (seeded by igpt.order_seed), the same for
   every image: the density of the paper's formula under another pi.
@@ -130,7 +135,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   g.order_seed = 0
   g.vocab_size = 512
   g.bert_mask_rate = 0.15
-  g.bert_eval_masks = 1  # masks averaged when evaluating a BERT model (0: none)
+  g.bert_eval_masks = 5  # masks ensembled when evaluating a BERT model (0: none)
   g.palette = ml_collections.ConfigDict(dict(
       path='', fit_if_missing=False, fit_images=10_000, fit_pixels=1_000_000,
       fit_iterations=30, fit_seed=0))
@@ -192,7 +197,9 @@ def linear_probe_config(variant: str) -> ml_collections.ConfigDict:
   if tiny:
     c.feature_probe.update(dict(train_examples=5000, shots=(4, 25, 100)))
   elif variant != 'l':
-    c.data.update(dict(name=variant.split('_')[-1], split='train', min_area=1.0))
+    name = variant.split('_')[-1]
+    c.data.update(dict(name=name, split='train', min_area=1.0,
+                       held_out_examples=common.held_out_default(name)))
     c.eval.update(dict(split='test', crop_fraction=1.0))
     c.total_steps = 20_000
     c.batch_size = 256
@@ -221,11 +228,15 @@ def finetune_config(variant: str) -> ml_collections.ConfigDict:
     c.checkpoint.every = 150
     c.sweep.batch_size = (32,)
     return c
-  c.data.update(dict(name=variant.split('_')[-1], split='train', pad=4))
-  c.eval.update(dict(split='test', every=5000, crop_fraction=1.0))
+  name = variant.split('_')[-1]
+  c.data.update(dict(name=name, split='train', pad=4,
+                     held_out_examples=common.held_out_default(name)))
+  # Early stopping on validation accuracy (the paper): every 2000 steps the
+  # 5000 held-out training images are scored, and the test split is read
+  # once, for the best of them.
+  c.eval.update(dict(split='test', every=2000, crop_fraction=1.0, select='best'))
   c.batch_size = 128  # the pretraining's batch
   c.sweep.batch_size = (128,)
-  c.total_steps = 50_000  # early stopping in the paper: read eval.json
+  c.total_steps = 50_000
   c.optimizer.lr = 3e-5
-  c.eval.every = 2000
   return c

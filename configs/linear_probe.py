@@ -27,10 +27,12 @@ LINEAR_PROBE_VARIANTS and linear_probe_config):
   randsac_tiny, randsac, randsac_cifar10
                     the networks of configs/randsac.py (tiny, ImageNet-1K
                     ViT-B, CIFAR-10 ViT-T), representation 'encoder': the
-                    encoder's output averaged over tokens (B.5). RandSAC's
-                    probe (Table 19: LARS, base lr 0.1, batch 16384, 90
-                    epochs) is replaced by this file's AdamW probe on
-                    whitened features, the same for every method here.
+                    encoder's output averaged over tokens (D.3). randsac and
+                    randsac_cifar10 are the paper's probe (Table 19: LARS,
+                    base lr 0.1, batch 16384, 90 epochs, a BatchNorm
+                    without affine parameters before the classifier, as
+                    MAE's; see configs/randsac.py); randsac_tiny is this
+                    file's AdamW probe on whitened features.
   igpt_tiny, igpt_l, igpt_l_cifar10, igpt_l_cifar100
                     the networks of configs/igpt.py (tiny; iGPT-L on ImageNet
                     at 32x32), representation: the middle layer's normed

@@ -88,7 +88,29 @@ def small_classifier_config(mode='linear', **overrides):
   c.checkpoint.every = 4
   c.log_every = 1
   c.eval.update(dict(split='test[:96]', batch_size=48, every=0))
+  c.data.held_out_examples = 100  # 10 per class of the 2000 training images
   return _override(c, overrides)
+
+
+class SplitReads:
+  """Records, in order, which examples every evaluation pass reads
+  (Evaluator._batches): 'held_out' or the split name (e.g. 'test[:96]')."""
+
+  def __init__(self, monkeypatch):
+    from ssl_jax.evaluate import evaluator
+    self.reads: list[str] = []
+    original = evaluator.Evaluator._batches
+
+    def recorded(this, source):
+      self.reads.append('held_out' if source is this.val else source.split)
+      return original(this, source)
+
+    monkeypatch.setattr(evaluator.Evaluator, '_batches', recorded)
+
+
+@pytest.fixture
+def split_reads(monkeypatch):
+  return SplitReads(monkeypatch)
 
 
 def vocabulary_config(**overrides):

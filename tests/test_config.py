@@ -104,6 +104,9 @@ def test_cli_rejects_unknown_key_wrong_type_and_bad_value(tmp_path):
                  "'{tmp}/images': Split 'val' not found (available splits: ['train'];",
                  marks=[pytest.mark.slow, pytest.mark.e2e]),
     (['stray'], 'error: unexpected arguments: stray (overrides are --config.KEY=VALUE)'),
+    (['--seeds=0'], 'error: --seeds=0: must be an integer >= 1'),
+    (['--seeds=2', '--sweep'],
+     'error: pass at most one of --sweep, --layer_sweep, --low_data, --seeds'),
 ])
 def test_cli_user_errors_are_one_line_with_status_2(tmp_path, args, line):
   """Each user error: exit status 2 and exactly one line on stderr, which

@@ -149,6 +149,35 @@ def test_bert_masks_have_the_configured_rate_and_only_masked_tokens_count(tmp_pa
   np.testing.assert_allclose(float(loss), np.log(64), rtol=1e-5)
 
 
+def test_bert_evaluation_draws_fresh_masks_and_ensembles_predictions(tmp_path):
+  from configs import common
+  from ssl_jax.tasks.classification import Classification
+  path = str(tmp_path / 'p.npy')
+  palette_lib.save(path, _random_palette(), {})
+  config = small_igpt_config(**{'igpt.objective': 'bert', 'igpt.palette.path': path,
+                                'igpt.bert_eval_masks': 3})
+  task = Classification(common.classification_config(config, mode='finetune'), 10)
+  images = jax.random.uniform(jax.random.key(1), (4, 8, 8, 3))
+  params = task.init(jax.random.key(0), {'image': images})
+  params['head'] = jax.tree.map(lambda p: jax.random.normal(jax.random.key(5), p.shape),
+                                params['head'])
+  batch = {'image': images}
+  draws = task.backbone.represent_draws(params['backbone'], batch, jax.random.key(7))
+  assert len(draws) == 3  # one per mask, and the masks differ
+  assert not np.allclose(draws[0]['layer_2'], draws[1]['layer_2'])
+  # Another batch's key draws other masks.
+  other = task.backbone.represent_draws(params['backbone'], batch, jax.random.key(8))
+  assert not np.allclose(draws[0]['layer_2'], other[0]['layer_2'])
+  # Predictions: the log of the probabilities averaged over the masks.
+  head = lambda f: task.head.apply({'params': params['head']}, f['layer_2'], train=False)
+  want = np.log(np.mean([jax.nn.softmax(head(d)) for d in draws], 0))
+  got = task.predict(params, batch, rng=jax.random.key(7))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  # Feature probes read the features averaged over the same masks.
+  np.testing.assert_allclose(task.represent(params, batch, rng=jax.random.key(7))['layer_2'],
+                             np.mean([d['layer_2'] for d in draws], 0), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('variant,paper_millions', [('s', 76), ('m', 455), ('l', 1362)])
 def test_parameter_counts_match_the_paper(variant, paper_millions, tmp_path):
@@ -221,7 +250,8 @@ def test_variants_and_unknown_layers():
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_tiny_pretraining_fits_the_palette_samples_and_finetunes(data_dir, tmp_path):
+def test_tiny_pretraining_fits_the_palette_samples_and_finetunes(data_dir, tmp_path,
+                                                                 split_reads):
   """AR pretraining on 8 devices fits the missing palette, the loss falls,
   the PNG pictures exist; the sampler draws from the checkpoint; a fine-tune
   keeps the generative loss."""
@@ -258,12 +288,17 @@ def test_tiny_pretraining_fits_the_palette_samples_and_finetunes(data_dir, tmp_p
   probe.update(dict(total_steps=1, batch_size=16))
   probe.optimizer.warmup_steps = 0
   probe.eval.update(dict(split='test[:48]', batch_size=48))
+  probe.data.held_out_examples = 50
   probe.feature_probe.update(dict(train_examples=96, steps=20, l2_grid=(1e-3, 1e-1),
                                   shots=(2,), seeds=2))
   layers_dir = str(tmp_path / 'layers')
+  before = len(split_reads.reads)
   rows = feature_probe.run(probe, layers_dir, 'layers')
+  # l2 and layer chosen on the held-out examples; the test split read once, last.
+  assert split_reads.reads[before:] == ['train', 'held_out', 'test[:48]']
   assert [r['representation'] for r in rows] == ['layer_0', 'layer_1', 'layer_2']
-  assert all(0 <= r['top1'] <= 1 for r in rows)
+  assert all(0 <= r['top1'] <= 1 and 0 <= r['val_top1'] <= 1 for r in rows)
+  assert sum(r['chosen'] == '*' for r in rows) == 1
   assert os.path.getsize(os.path.join(layers_dir, 'layers.png')) > 1000
   low = feature_probe.run(probe, layers_dir, 'low_data')
   assert low[0]['labels'] == 2 * 10 and low[0]['seeds'] == 2
@@ -275,6 +310,7 @@ def test_tiny_pretraining_fits_the_palette_samples_and_finetunes(data_dir, tmp_p
   ft.optimizer.warmup_steps = 1
   ft.checkpoint.every = 2
   ft.eval.update(dict(split='test[:48]', batch_size=48, every=0))
+  ft.data.held_out_examples = 0
   out = train.run(ft, str(tmp_path / 'finetune'))
   assert set(out.evaluation) >= {'eval/top1', 'eval/top5'}
   with open(os.path.join(str(tmp_path / 'finetune'), 'metrics.jsonl')) as f:

@@ -96,6 +96,7 @@ def test_state_updates_resumes_exactly_and_matches_one_device(data_dir, tmp_path
   probe.optimizer.warmup_steps = 0
   probe.checkpoint.every = 2
   probe.eval.update(dict(split='test[:48]', batch_size=48))
+  probe.data.held_out_examples = 0
   out = train.run(probe, str(tmp_path / 'probe'))
   np.testing.assert_array_equal(np.asarray(out.state.method_state['table']), table)
   assert 0 <= out.evaluation['eval/top1'] <= 1

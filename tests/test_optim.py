@@ -155,3 +155,39 @@ def test_without_lr_scales_state_is_unchanged():
                   mask=optim.decay_mask))
   assert (jax.tree.structure(optim.make_optimizer(config()).init(params))
           == jax.tree.structure(reference.init(params)))
+
+
+def _first_updates(name, **optimizer):
+  c = config(grad_clip_norm=None)
+  c.optimizer.update(dict(name=name, weight_decay=0.0, **optimizer))
+  params = {'w': jnp.full((3, 2), 2.0), 'b': jnp.ones(2)}
+  grads = {'w': jnp.full((3, 2), 0.5), 'b': jnp.full(2, -0.25)}
+  tx = optim.make_optimizer(c)
+  state = tx.init(params)
+  out = []
+  for _ in range(200):
+    updates, state = tx.update(grads, state, params)
+    out.append(updates)
+  return c.optimizer, out
+
+
+def test_bert_adamw_has_no_bias_correction_and_optax_adamw_has():
+  o, adam = _first_updates('adamw')
+  _, bert = _first_updates('bert_adamw')
+  lr = o.lr
+  # Step 1: Adam's bias-corrected direction is sign(g); BERT's AdamWeightDecay
+  # moves (1 - b1) / sqrt(1 - b2) of that.
+  np.testing.assert_allclose(adam[0]['w'], -lr, rtol=1e-5)
+  np.testing.assert_allclose(bert[0]['w'], -lr * 0.1 / np.sqrt(0.05), rtol=1e-5)
+  np.testing.assert_allclose(bert[0]['b'], lr * 0.1 / np.sqrt(0.05), rtol=1e-5)
+  # Once the moving averages have forgotten their zero start, both agree.
+  np.testing.assert_allclose(bert[-1]['w'], adam[-1]['w'], rtol=1e-4)
+
+
+def test_lars_scales_matrices_by_their_trust_ratio_only():
+  _, lars = _first_updates('lars', momentum=0.9)
+  lr, w, g = 1e-2, np.full((3, 2), 2.0), np.full((3, 2), 0.5)
+  trust = 1e-3 * np.linalg.norm(w) / np.linalg.norm(g)
+  np.testing.assert_allclose(lars[0]['w'], -lr * trust * g, rtol=1e-5)
+  np.testing.assert_allclose(lars[0]['b'], lr * 0.25, rtol=1e-5)  # no trust ratio on biases
+  np.testing.assert_allclose(lars[1]['w'], -lr * trust * g * 1.9, rtol=1e-5)  # momentum

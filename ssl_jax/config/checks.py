@@ -100,10 +100,18 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
   return out
 
 
+# Keys added after checkpoints were first written, with the value that
+# reproduces what a config without them did: a checkpoint whose config
+# lacks one resumes when the current value is that one.
+ADDED_KEYS = {'optimizer.name': 'adamw', 'data.held_out_examples': 0,
+              'classifier.whiten_kind': 'full'}
+
+
 def incompatible_keys(saved: dict, current: dict) -> list[str]:
   """Keys whose values differ between a checkpoint's config and this run's,
   other than RESUMABLE_KEYS and RESUMABLE_PREFIXES."""
   a, b = flatten(saved), flatten(current)
   keys = sorted(set(a) | set(b))
-  return [k for k in keys if a.get(k, '<missing>') != b.get(k, '<missing>')
+  old = lambda d, k: d.get(k, ADDED_KEYS.get(k, '<missing>'))
+  return [k for k in keys if old(a, k) != old(b, k)
           and k not in RESUMABLE_KEYS and not k.startswith(RESUMABLE_PREFIXES)]

@@ -16,7 +16,6 @@ from typing import Any, Iterator
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
@@ -27,7 +26,7 @@ from ssl_jax.core import optim
 from ssl_jax import sharding as sharding_lib
 from ssl_jax.core import step as step_lib
 from ssl_jax.core import validation
-from ssl_jax.data import pipeline
+from ssl_jax.data import pipeline, splits
 from ssl_jax.evaluate.evaluator import Evaluator, open_split
 from ssl_jax.methods import registry
 from ssl_jax import tasks
@@ -50,7 +49,9 @@ def _on_process_zero_first(fn, barrier: str):
 
 
 def build_source(config: ml_collections.ConfigDict) -> pipeline.Source:
-  """Opens config.data; a dataset that cannot be used raises DataError.
+  """Opens config.data (the training examples; with data.held_out_examples,
+the part held out for selection is its `held_out`); a dataset that cannot be
+used raises DataError.
 
   With several processes, process 0 opens it first (generating the built-in
   dataset into a shared data_dir if needed) and the others wait for it.
@@ -61,6 +62,7 @@ def build_source(config: ml_collections.ConfigDict) -> pipeline.Source:
                                   split=config.data.split,
                                   label_fraction=config.data.get('label_fraction', 1.0),
                                   subset_seed=config.data.get('subset_seed', 0),
+                                  held_out_examples=config.data.get('held_out_examples', 0),
                                   skip_bad_images=config.data.get('skip_bad_images', False))
     except DataError as e:
       raise DataError(f'config.data.name={config.data.name!r}, '
@@ -271,12 +273,14 @@ def initial_state(trainer: Trainer, abstract: Any, init_from: InitCheckpoint | N
 
 def fit_whitening(config, task, evaluator: Evaluator, state: Any) -> Any:
   """`state` with a linear probe's whitening fitted to the frozen features
-  of the first `classifier.whiten_examples` training images (eval-mode
-  views; labels unused, so a label fraction sees the same statistics)."""
+  of the first `classifier.whiten_examples` images of data.split outside its
+  held-out part (eval-mode views; labels unused, so a label fraction sees
+  the same statistics)."""
   c = config.classifier
   split = open_split(config, config.data.split)
-  n = min(c.whiten_examples, split.num_examples)
-  source = pipeline.SubsetSource(split, np.arange(n), f':{n}')
+  held = evaluator.val.ids if evaluator.val is not None else ()
+  ids = splits.remaining_ids(split.num_examples, held)[:c.whiten_examples]
+  source = pipeline.SubsetSource(split, ids, f'first {len(ids)} not held out')
   start = time.perf_counter()
   features, _ = evaluator.features(state.params, source, c.representation,
                                    state=state.method_state)
@@ -339,5 +343,6 @@ def assemble(config: ml_collections.ConfigDict, *, devices=None, data: bool = Tr
     prepare_method(config)
   trainer = Trainer(config, devices, num_classes=source.num_classes)
   init_from = None if restored else open_init_checkpoint(config)
-  evaluator = Evaluator(config, trainer.task, trainer.mesh, source.num_classes)
+  evaluator = Evaluator(config, trainer.task, trainer.mesh, source.num_classes,
+                        held_out=source.held_out)
   return Run(config, source, trainer, evaluator, init_from)

@@ -172,14 +172,15 @@ def _tidy_orbax_failures() -> None:
 
 
 class Checkpointer:
-  """Keeps the last `keep` checkpoints of a run in `<workdir>/checkpoints`."""
+  """Keeps the last `keep` checkpoints of a run in `<workdir>/<subdir>`
+  (`checkpoints`; `best`: the parameters an early-stopping run selected)."""
 
   def __init__(self, workdir: str, *, keep: int | None, asynchronous: bool = True,
-               read_only: bool = False):
+               read_only: bool = False, subdir: str = 'checkpoints'):
     _tidy_orbax_failures()
     if '://' not in workdir:  # orbax needs absolute local paths
       workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(workdir, 'checkpoints')
+    self.directory = os.path.join(workdir, subdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=asynchronous)
@@ -206,6 +207,13 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         force=True)
+
+  def prune(self, keep) -> None:
+    """Deletes every checkpoint whose step is not in `keep`."""
+    self.wait()
+    for step in self.all_steps():
+      if step not in keep:
+        self._manager.delete(step)
 
   def reached_preemption(self, step: int) -> bool:
     """True on every process once any of them got a preemption notice

@@ -2,20 +2,24 @@ r"""Logistic-regression probes of frozen features: every layer, or few labels.
 
 Both read a linear-probe config (configs/linear_probe.py: the backbone, the
 checkpoint in config.init, the data) and its `feature_probe` block, extract
-the features of the training images (the first feature_probe.train_examples
-of data.split) and of eval.split once, in evaluation mode, and fit
-ssl_jax.evaluate.logistic (L-BFGS on standardised features) on the host.
+features in evaluation mode, and fit ssl_jax.evaluate.logistic (L-BFGS on
+standardised features) on the host. The training features are the first
+feature_probe.train_examples of the run's training examples (data.split
+without its held-out part); eval.split's features are extracted only after
+every choice is made, and read once.
 
 * Layer sweep (accuracy by depth), `python main.py --config=... --layer_sweep`:
   every layer's average-pooled features (or feature_probe.layers), one probe
-  per layer, its l2 picked from feature_probe.l2_grid on a held-out
-  val_fraction of the training features, then refitted on all of them.
-  Writes layers.json, layers.md and layers.png (accuracy by depth).
+  per layer, its l2 picked from feature_probe.l2_grid on the examples held
+  out of the training split (data.held_out_examples); the layer with the
+  best held-out top-1 is marked as chosen. Writes layers.json, layers.md
+  and layers.png (accuracy by depth).
 * Low-data, `--low_data`: feature_probe.shots labelled
   examples per class (class-balanced, drawn from the training features) for
   each of feature_probe.seeds seeds, on classifier.representation, with
-  l2 = feature_probe.low_data_l2. Writes low_data.json and low_data.md: the
-  mean and standard deviation over seeds of the test accuracy and error.
+  l2 = feature_probe.low_data_l2 (nothing is chosen). Writes low_data.json
+  and low_data.md: the mean and standard deviation over seeds of the test
+  accuracy and error.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ from ssl_jax.core import provenance as provenance_lib
 from ssl_jax.core import workdir as workdir_lib
 from ssl_jax.data import pipeline
 from ssl_jax.evaluate import logistic
-from ssl_jax.evaluate.evaluator import open_split
 
 MODES = ('layers', 'low_data')
 
@@ -47,47 +50,70 @@ def _layer_number(name: str) -> int | None:
   return int(match.group(1)) if match else None
 
 
-def extract(config: ml_collections.ConfigDict, names: tuple[str, ...] | None):
-  """(train features by name, train labels, test features, test labels,
-  num_classes, the names) of the probe config's backbone."""
-  run = assembly.assemble(config)
-  available = run.task.representations()
-  names = tuple(names) if names else available
-  bad = [n for n in names if n not in available]
-  if bad:
-    run.close()
-    raise ConfigError(f'config.feature_probe.layers: {bad[0]!r} is not a '
-                      'representation of this backbone; allowed: ' + ', '.join(available))
-  state = run.new_state(whiten=False)  # the features are the backbone's
-  params, evaluator, source = state.params, run.evaluator, run.source
-  split = open_split(config, config.data.split)
-  n = min(config.feature_probe.train_examples, split.num_examples)
-  pool = pipeline.SubsetSource(split, np.arange(n), f':{n}')
-  start = time.perf_counter()
-  train_x, train_y = evaluator.features_by_name(params, pool, names, state=state.method_state)
-  test_x, test_y = evaluator.features_by_name(params, evaluator.test, names,
-                                              state=state.method_state)
-  logging.info('features of %d + %d images, %d representations (%.1f s)', len(train_y),
-               len(test_y), len(names), time.perf_counter() - start)
-  return train_x, train_y, test_x, test_y, source.num_classes, names
+class Features:
+  """The probe config's backbone, assembled once; `of(source)` extracts
+  {name: features}, labels of every example of a source."""
+
+  def __init__(self, config: ml_collections.ConfigDict, names: tuple[str, ...] | None):
+    run = assembly.assemble(config)
+    available = run.task.representations()
+    self.names = tuple(names) if names else available
+    bad = [n for n in self.names if n not in available]
+    if bad:
+      run.close()
+      raise ConfigError(f'config.feature_probe.layers: {bad[0]!r} is not a '
+                        'representation of this backbone; allowed: ' + ', '.join(available))
+    self.state = run.new_state(whiten=False)  # the features are the backbone's
+    self.evaluator, self.source = run.evaluator, run.source
+    self.num_classes = run.source.num_classes
+    n = min(config.feature_probe.train_examples, self.source.num_examples)
+    self.train = pipeline.SubsetSource(self.source, np.arange(n), f':{n}')
+
+  def of(self, source: pipeline.Source) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    start = time.perf_counter()
+    out = self.evaluator.features_by_name(self.state.params, source, self.names,
+                                          state=self.state.method_state)
+    logging.info('features of %d images of %s, %d representations (%.1f s)', len(out[1]),
+                 source.name, len(self.names), time.perf_counter() - start)
+    return out
 
 
 def layer_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
   f = config.feature_probe
-  train_x, train_y, test_x, test_y, classes, names = extract(config, tuple(f.layers))
-  rows = []
-  for name in names:
-    l2, scores = logistic.select_l2(train_x[name], train_y, classes, tuple(f.l2_grid),
-                                    val_fraction=f.val_fraction, steps=f.steps)
-    xt, xs = logistic.standardise(train_x[name], test_x[name])
-    params = logistic.fit(xt, train_y, classes, l2=l2, steps=f.steps)
-    rows.append({'representation': name, 'layer': _layer_number(name),
-                 'top1': logistic.accuracy(params, xs, test_y),
-                 'train_top1': logistic.accuracy(params, xt, train_y),
-                 'l2': l2, 'val_top1': scores[l2], 'features': int(xt.shape[1])})
-    logging.info('%s: top-1 %.4f (l2 %g)', name, rows[-1]['top1'], l2)
-  _write(workdir, 'layers', rows, {'train_examples': int(len(train_y)),
-                                   'test_examples': int(len(test_y))})
+  features = Features(config, tuple(f.layers))
+  if features.source.held_out is None:
+    raise ConfigError('--layer_sweep chooses each layer\'s l2, and the best layer, on '
+                      'examples held out of the training split: set '
+                      'config.data.held_out_examples > 0 (e.g. 1000)')
+  train_x, train_y = features.of(features.train)
+  val_x, val_y = features.of(features.source.held_out)
+  classes, rows, fitted = features.num_classes, [], {}
+  for name in features.names:
+    xt, xv = logistic.standardise(train_x[name], val_x[name])
+    scores = {float(l2): logistic.fit(xt, train_y, classes, l2=l2, steps=f.steps)
+              for l2 in f.l2_grid}
+    val = {l2: logistic.accuracy(params, xv, val_y) for l2, params in scores.items()}
+    l2 = max(val, key=lambda k: (val[k], k))
+    fitted[name] = scores[l2]
+    rows.append({'representation': name, 'layer': _layer_number(name), 'l2': l2,
+                 'val_top1': val[l2], 'train_top1': logistic.accuracy(scores[l2], xt, train_y),
+                 'features': int(xt.shape[1])})
+    logging.info('%s: held-out top-1 %.4f (l2 %g)', name, val[l2], l2)
+  chosen = max(range(len(rows)), key=lambda i: rows[i]['val_top1'])
+  # Every choice is made: eval.split is read now, once.
+  test_x, test_y = features.of(features.evaluator.test)
+  for row in rows:
+    name = row['representation']
+    _, xs = logistic.standardise(train_x[name], test_x[name])
+    row['top1'] = logistic.accuracy(fitted[name], xs, test_y)
+    row['chosen'] = '*' if row is rows[chosen] else ''
+  logging.info('chosen on the held-out examples: %s; its %s top-1 %.4f',
+               rows[chosen]['representation'], config.eval.split, rows[chosen]['top1'])
+  _write(workdir, 'layers', rows, {
+      'train_examples': int(len(train_y)), 'held_out_examples': int(len(val_y)),
+      'test_examples': int(len(test_y)), 'chosen': rows[chosen]['representation'],
+      'selected_on': f'{len(val_y)} examples held out of {config.data.split}',
+      'reported_on': config.eval.split})
   _plot(os.path.join(workdir, 'layers.png'), rows, config)
   return rows
 
@@ -95,7 +121,10 @@ def layer_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
 def low_data(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
   f = config.feature_probe
   name = config.classifier.representation
-  train_x, train_y, test_x, test_y, classes, _ = extract(config, (name,))
+  features = Features(config, (name,))
+  classes = features.num_classes
+  train_x, train_y = features.of(features.train)
+  test_x, test_y = features.of(features.evaluator.test)
   rows = []
   for shots in f.shots:
     accs = []
@@ -122,9 +151,13 @@ def _write(workdir: str, stem: str, rows: list[dict[str, Any]], meta: dict[str, 
   made_by = provenance_lib.record()
   metrics_lib.write_atomic(os.path.join(workdir, f'{stem}.json'),
                            json.dumps({'rows': rows, **meta, 'provenance': made_by}, indent=2))
-  first = ('representation',) if stem == 'layers' else ('labels',)
+  first = (('representation', 'layer', 'val_top1', 'top1', 'chosen') if stem == 'layers'
+           else ('labels',))
+  said = (f'\nl2 and layer chosen on {meta["selected_on"]} (val_top1); top1 reported on '
+          f'{meta["reported_on"]}, read once after the choice.\n' if 'selected_on' in meta
+          else '')
   metrics_lib.write_atomic(os.path.join(workdir, f'{stem}.md'),
-                           metrics_lib.markdown_table(rows, first=first)
+                           metrics_lib.markdown_table(rows, first=first) + said
                            + provenance_lib.footer([made_by]))
 
 

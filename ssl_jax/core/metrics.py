@@ -98,7 +98,7 @@ def make_writer(workdir: str, resume_step: int | None) -> metric_writers.MetricW
   ])
 
 
-def _is_accuracy(key: str) -> bool:
+def is_accuracy(key: str) -> bool:
   return key.endswith(('top1', 'top5')) or 'shot' in key
 
 
@@ -156,14 +156,14 @@ def markdown_table(records: list[dict[str, Any]], first: tuple[str, ...] = ('ste
   present = {k for r in records for k in r}
   natural = lambda k: [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', k)]
   columns = [c for c in first if c in present] + sorted(present - set(first), key=natural)
-  head = [f'{c} (%)' if _is_accuracy(c) else c for c in columns]
+  head = [f'{c} (%)' if is_accuracy(c) else c for c in columns]
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(columns)]
   for r in records:
     cells = []
     for c in columns:
       v = r.get(c, '')
       if isinstance(v, float):
-        v = f'{100 * v:.2f}' if _is_accuracy(c) else f'{v:.4g}'
+        v = f'{100 * v:.2f}' if is_accuracy(c) else f'{v:.4g}'
       cells.append(str(v))
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'

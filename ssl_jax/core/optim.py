@@ -80,10 +80,53 @@ def scale_by_tree(scales: Any) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
+OPTIMIZERS = ('adamw', 'bert_adamw', 'lars')
+
+
+def scale_by_adam_without_bias_correction(b1: float, b2: float, eps: float
+                                          ) -> optax.GradientTransformation:
+  """BERT's AdamWeightDecay direction m / (sqrt(v) + eps), with m and v the
+  plain exponential moving averages of the gradient and its square: no
+  1 / (1 - b^t) bias correction (optax.scale_by_adam always applies it), so
+  the first updates are smaller than Adam's by (1 - b1) / sqrt(1 - b2)."""
+
+  def init_fn(params):
+    zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+    return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros())
+
+  def update_fn(updates, state, params=None):
+    del params
+    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
+    out = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
+    return out, optax.ScaleByAdamState(count=optax.safe_increment(state.count), mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _base(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The configured optimizer (optimizer.name), before clipping and scales."""
+  o = config.optimizer
+  name = o.get('name', 'adamw')
+  if name == 'lars':  # LARS (linear probes of MAE / RandSAC Table 19)
+    return optax.lars(schedule(config), weight_decay=o.weight_decay,
+                      weight_decay_mask=decay_mask, trust_ratio_mask=decay_mask,
+                      momentum=o.momentum)
+  if name == 'bert_adamw':
+    return optax.chain(scale_by_adam_without_bias_correction(o.b1, o.b2, o.eps),
+                       optax.add_decayed_weights(o.weight_decay, decay_mask),
+                       optax.scale_by_learning_rate(schedule(config)))
+  return optax.adamw(schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
+                     weight_decay=o.weight_decay, mask=decay_mask)
+
+
 def make_optimizer(config: ml_collections.ConfigDict,
                    param_labels: Callable[[Any], Any] | None = None,
                    lr_scales: Any | None = None) -> optax.GradientTransformation:
-  """AdamW (with optional clipping) from `config.optimizer`.
+  """`config.optimizer.name` (with optional clipping) from `config.optimizer`:
+  'adamw' (optax's, with Adam's bias correction), 'bert_adamw' (BERT's
+  AdamWeightDecay: the same decoupled decay, no bias correction) or 'lars'
+  (momentum SGD with layer-wise trust ratios; `optimizer.momentum`).
 
   With `param_labels` (params -> tree of 'train' | 'probe' | 'frozen'), each
   group gets its own transformation: 'train' the configured optimizer (its
@@ -103,8 +146,7 @@ def make_optimizer(config: ml_collections.ConfigDict,
   parts = []
   if o.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
-  parts.append(optax.adamw(schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
-                           weight_decay=o.weight_decay, mask=decay_mask))
+  parts.append(_base(config))
   if lr_scales is not None:
     parts.append(scale_by_tree(lr_scales))
   main = optax.chain(*parts)

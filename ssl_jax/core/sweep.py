@@ -4,9 +4,12 @@
 one run per point of `config.sweep` into W/batch{B}_lr{LR}, each the same
 loop as a single run (so each resumes from its own checkpoints after a
 preemption, and a finished point is not retrained; a preempted point
-raises train.Preempted), and after every point
-rewrites W/sweep.json ({"rows": [...], "provenance": {...}}) and W/sweep.md: one row per point with its final
-top-1 / top-5, the best top-1 marked.
+raises train.Preempted). The points are scored on the examples held out of
+the training split (data.held_out_examples, `val/top1`) and never read
+eval.split; the best point is chosen on them, and only its parameters are
+then scored on eval.split (`train.report`), once. After every point
+W/sweep.json ({"rows": [...], "chosen": {...}, "selected_on", "reported_on",
+"provenance"}) and W/sweep.md are rewritten.
 """
 
 from __future__ import annotations
@@ -49,12 +52,17 @@ def point_config(config: ml_collections.ConfigDict, batch_size: int, lr: float,
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-  """Runs (or resumes) every grid point; returns the table's rows."""
+  """Runs (or resumes) every grid point; returns the table's rows (the
+  chosen one also holds its `eval/...` numbers)."""
   if 'sweep' not in config:
     raise ConfigError(f'config.objective={config.objective!r} has no sweep block: '
                       '--sweep runs classification configs (configs/finetune.py, '
                       'configs/linear_probe.py)')
   validation.validate(config, jax.device_count(), jax.process_count())
+  if not config.data.get('held_out_examples', 0):
+    raise ConfigError('--sweep chooses among its points on examples held out of the '
+                      'training split, so config.data.held_out_examples must be > 0 (e.g. '
+                      '1000; the reported split, config.eval.split, is never used to choose)')
   source = assembly.build_source(config)
   grid = points(config)
   for b, lr in grid:  # every point is checked before the first one trains
@@ -73,33 +81,61 @@ def _run_points(config, workdir: str, grid, num_examples: int,
       raise train.Preempted(None, f'before sweep point {i + 1}/{len(grid)} (batch {b}, '
                             f'lr {lr:g})')
     c = point_config(config, b, lr, num_examples)
-    sub = os.path.join(workdir, f'batch{b}_lr{lr:g}')
+    sub = os.path.join(workdir, point_name(b, lr))
     scores = metrics_lib.final_evaluation(sub, c.total_steps)
     if scores is None:
       logging.info('sweep point %d/%d: batch %d, lr %g, %d steps -> %s', i + 1, len(grid),
                    b, lr, c.total_steps, sub)
-      result = train.run(c, sub)
+      result = train.run(c, sub, report=False)
       if result.preempted:
         raise train.Preempted(result.last_step)
       scores = result.evaluation
     rows.append({'batch_size': b, 'lr': lr, 'steps': c.total_steps,
-                 **{k: v for k, v in scores.items() if k != 'step'}})
-    _write(workdir, rows)
-  best = max(rows, key=lambda r: r.get('eval/top1', -1))
-  logging.info('sweep done: best top-1 %.4f at batch %d, lr %g; table: %s',
-               best.get('eval/top1', float('nan')), best['batch_size'], best['lr'],
+                 **{k: v for k, v in scores.items() if k.startswith('val/')
+                    or k == 'selected_step'}})
+    _write(config, workdir, rows, None)
+  best = choose(rows)
+  c = point_config(config, best['batch_size'], best['lr'], num_examples)
+  reported = train.report(c, os.path.join(workdir, point_name(best['batch_size'],
+                                                               best['lr'])))
+  best.update({k: v for k, v in reported.items() if k.startswith('eval/')})
+  chosen = best
+  _write(config, workdir, rows, chosen)
+  logging.info('sweep done: chose batch %d, lr %g on %s (%.4f); %s top-1 %.4f; table: %s',
+               best['batch_size'], best['lr'], train.SELECT, best[train.SELECT],
+               config.eval.split, chosen.get('eval/top1', float('nan')),
                os.path.join(workdir, 'sweep.md'))
   return rows
 
 
-def _write(workdir: str, rows: list[dict[str, Any]]) -> None:
+def point_name(batch_size: int, lr: float) -> str:
+  return f'batch{batch_size}_lr{lr:g}'
+
+
+def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
+  """The row with the best held-out top-1 (the first of ties)."""
+  return max(rows, key=lambda r: r.get(train.SELECT, -1))
+
+
+def _write(config, workdir: str, rows: list[dict[str, Any]],
+           chosen: dict[str, Any] | None) -> None:
   if jax.process_index() > 0:
     return
-  best = max(range(len(rows)), key=lambda i: rows[i].get('eval/top1', -1))
-  marked = [dict(r, best='*' if i == best else '') for i, r in enumerate(rows)]
+  held = config.data.held_out_examples
+  selected_on = (f'{held} examples held out of {config.data.split} (data.held_out_examples, '
+                 f'class-balanced, subset_seed {config.data.subset_seed})')
+  reported_on = f'{config.eval.split} (once, for the chosen point)'
+  marked = [dict(r, chosen='*' if r is chosen else '') for r in rows]
   made_by = provenance_lib.record()
   metrics_lib.write_atomic(os.path.join(workdir, 'sweep.json'), json.dumps(
-      {'rows': rows, 'provenance': made_by}, indent=1) + '\n')
-  metrics_lib.write_atomic(os.path.join(workdir, 'sweep.md'), metrics_lib.markdown_table(
-      marked, first=('batch_size', 'lr', 'steps', 'eval/top1', 'eval/top5', 'best'))
-      + provenance_lib.footer([made_by]))
+      {'rows': rows, 'chosen': rows.index(chosen) if chosen else None, 'selected_on': selected_on,
+       'reported_on': reported_on, 'provenance': made_by}, indent=1) + '\n')
+  text = metrics_lib.markdown_table(
+      marked, first=('batch_size', 'lr', 'steps', 'val/top1', 'val/top5', 'chosen'))
+  text += f'\nChosen on: {selected_on}, by {train.SELECT}.\n'
+  if chosen:
+    text += (f'Reported on {reported_on}: batch {chosen["batch_size"]}, lr {chosen["lr"]:g}: '
+             f'top-1 {100 * chosen["eval/top1"]:.2f}%, top-5 {100 * chosen["eval/top5"]:.2f}%.'
+             '\n')
+  metrics_lib.write_atomic(os.path.join(workdir, 'sweep.md'),
+                           text + provenance_lib.footer([made_by]))

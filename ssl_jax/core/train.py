@@ -10,13 +10,14 @@ checkpoint, so a resumed run computes exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging as pylogging
 import os
 import signal
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import ml_collections
@@ -193,10 +194,13 @@ def _check_compatible(config, meta: dict[str, Any], directory: str, step: int) -
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
-        stop_after: int | None = None) -> RunResult:
+        stop_after: int | None = None, report: bool = True) -> RunResult:
   """Trains from scratch or resumes from the latest checkpoint in `workdir`.
 
   `stop_after`: return after this many steps of this invocation (tests).
+  `report=False` (a sweep's points): a classification run ends without
+  reading eval.split; `report(config, workdir)` reads it later, for the
+  point the sweep chose.
   """
   # A bad config fails before the workdir is touched; a held workdir is
   # refused before the dataset is opened or anything is written.
@@ -206,17 +210,71 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   with Preemption() as preemption, workdir_lib.hold(workdir) as lease:
     run_ = assembly.assemble(config, devices=devices)
     try:
-      return _run(config, workdir, run_, lease, preemption, stop_after)
+      return _run(config, workdir, run_, lease, preemption, stop_after, report)
     finally:
       run_.close()
 
 
+SELECT = 'val/top1'  # what early stopping and a sweep choose by (held-out part)
+
+
+def selects_best(config) -> bool:
+  """Whether the run reports its best held-out evaluation's parameters
+  (eval.select='best': early stopping) rather than its last ones."""
+  return (config.objective == validation.CLASSIFICATION
+          and config.eval.get('select', 'last') == 'best')
+
+
+def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+  """The evaluation with the highest held-out top-1 (the earliest of ties)."""
+  scored = [r for r in records if SELECT in r]
+  return max(scored, key=lambda r: (r[SELECT], -r['step'])) if scored else None
+
+
+def report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Reads eval.split once for a finished classification run trained with
+  report=False: the parameters it selected (its last step, or with
+  eval.select='best' its best held-out evaluation) are scored, and the
+  `eval/...` numbers join its final record in eval.json / eval.md. Returns
+  that record (unchanged if it already holds them)."""
+  validation.validate(config, jax.device_count(), jax.process_count())
+  final = metrics_lib.final_evaluation(workdir, config.total_steps)
+  if final is None:
+    raise ValueError(f'{workdir} has not finished its {config.total_steps} steps')
+  if 'eval/top1' in final:
+    return final
+  with workdir_lib.hold(workdir):
+    run_ = assembly.assemble(config, restored=True)
+    try:
+      abstract = run_.trainer.abstract_state()
+      step = int(final.get('selected_step', config.total_steps))
+      best = selects_best(config) and step != config.total_steps
+      with ckpt_lib.Checkpointer(workdir, keep=None, read_only=True,
+                                 subdir='best' if best else 'checkpoints') as checkpointer:
+        state = checkpointer.restore_state(step, abstract)
+      scores = run_.evaluator.report(state.params, state.method_state)
+    finally:
+      run_.close()
+    made_by = dict(provenance_lib.record(), start_step=config.total_steps)
+    results = metrics_lib.EvalResults(workdir, resume_step=config.total_steps,
+                                      provenance=made_by,
+                                      augmentation=augmentation_summary(config))
+    record = dict({k: v for k, v in final.items() if k != 'step'}, **scores)
+    results.add(config.total_steps, record)
+  logging.info('%s: reported on %s (parameters of step %d): %s', workdir, config.eval.split,
+               step, ' | '.join(f'{k} {v:.4f}' for k, v in scores.items()))
+  return results.latest()
+
+
 def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemption',
-         stop_after: int | None) -> RunResult:
+         stop_after: int | None, report_at_end: bool = True) -> RunResult:
   """`run` while holding the workdir."""
   trainer, evaluator = run_.trainer, run_.evaluator
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep)
-  with checkpointer:  # closed however this ends (a refused resume included)
+  # Early stopping keeps the best held-out evaluation's state apart.
+  best_keeper = (ckpt_lib.Checkpointer(workdir, keep=None, subdir='best')
+                 if selects_best(config) else contextlib.nullcontext())
+  with checkpointer, best_keeper:  # closed however this ends (a refused resume included)
     abstract = trainer.abstract_state()
 
     start = checkpointer.latest_step()
@@ -247,6 +305,11 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemptio
     if start == 0:
       writer.write_hparams({'num_params': num_params})
 
+    if selects_best(config):
+      # Those of an interrupted run's later steps are recomputed identically.
+      best_keeper.prune({s for s in best_keeper.all_steps() if s <= start})
+    best = best_record(results.records)
+
     result = RunResult(workdir, start, start, preempted=False)
     batches = assembly.global_batches(config, run_.source, trainer.mesh, start)
     total = config.total_steps
@@ -270,8 +333,19 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemptio
       return evaluator.enabled and ((every and step % every == 0) or step == total)
 
     def evaluate(step: int):
+      nonlocal best
       t0 = time.perf_counter()
-      scores = evaluator(state.params, state.method_state)
+      scores = evaluator.select(state.params, state.method_state)
+      if selects_best(config) and SELECT in scores and (
+          best is None or scores[SELECT] > best[SELECT]):
+        best = {'step': step, **scores}
+        if step < total:  # the last step's state is the regular checkpoint
+          keep_best(step)
+      if step == total and config.objective == validation.CLASSIFICATION:
+        chosen = best['step'] if selects_best(config) and best is not None else step
+        scores['selected_step'] = chosen
+        if report_at_end:
+          scores.update(evaluator.report(*chosen_state(chosen)))
       writer.write_scalars(step, scores)
       writer.flush()
       results.add(step, scores)
@@ -283,6 +357,24 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemptio
         writer.flush()
         if jax.process_index() == 0:
           drawing.save_png(drawing.png_path(workdir, step), drawn)
+
+    def keep_best(step: int):
+      """Saves the new best state; keeps besides it only the best state a
+      resume from the last regular checkpoint would fall back to."""
+      fallback = best_record([r for r in results.records
+                              if r['step'] <= (last_checkpoint or 0)])
+      keep = {step} | ({fallback['step']} if fallback else set())
+      best_keeper.prune(keep)
+      best_keeper.save(step, state, {'step': step, SELECT: best[SELECT]})
+
+    def chosen_state(step: int):
+      """(params, method state) of the selected step, for the report."""
+      if step == total:
+        return state.params, state.method_state
+      best_keeper.wait()
+      chosen = best_keeper.restore_state(step, abstract)
+      logging.info('reporting the parameters of step %d (best %s)', step, SELECT)
+      return chosen.params, chosen.method_state
 
     def log(step: int, host: dict[str, float], flush: bool = True):
       nonlocal last_log_time, last_log_step

@@ -12,10 +12,12 @@ from __future__ import annotations
 import ml_collections
 
 from ssl_jax.config.checks import (ConfigError, boolean, get, is_int, is_number, one_of,
-                                   positive_int, require, unit_interval)
+                                   positive_int, require)
+from ssl_jax.core import optim
 from ssl_jax.data import pipeline
 from ssl_jax.methods import registry
 from ssl_jax.tasks import CLASSIFICATION, HEADS, MODES
+from ssl_jax.tasks.whitening import KINDS as WHITEN_KINDS
 
 MONITORS = ('fewshot', 'knn')
 
@@ -59,6 +61,11 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int,
                  config.data.image_size)
 
   o = 'optimizer.'
+  if 'name' in config.optimizer:  # absent: 'adamw'
+    one_of(config, o + 'name', optim.OPTIMIZERS)
+    if config.optimizer.name == 'lars':
+      require(config, o + 'momentum', lambda v: is_number(v) and 0 <= v < 1,
+              'a number in [0, 1) (LARS momentum)')
   require(config, o + 'lr', lambda v: is_number(v) and v > 0, 'a number > 0')
   require(config, o + 'weight_decay', lambda v: is_number(v) and v >= 0, 'a number >= 0')
   for b in ('b1', 'b2'):
@@ -166,6 +173,8 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.classifier.whiten=True is not allowed with classifier.mode='
                       f"{config.classifier.mode!r}: the whitening is fitted once to frozen "
                       'features, so it needs mode=\'linear\' (or set whiten=False)')
+  if 'whiten_kind' in config.classifier:  # absent: 'full'
+    one_of(config, c + 'whiten_kind', WHITEN_KINDS)
   require(config, c + 'whiten_examples', lambda v: is_int(v) and v >= 2,
           'an integer >= 2 (training images whose features fit the whitening)')
   for key in ('mixup', 'cutmix'):
@@ -191,6 +200,7 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
   require(config, 'data.label_fraction', lambda v: is_number(v) and 0 < v <= 1,
            'a number in (0, 1] (the fraction of training labels used)')
   require(config, 'data.subset_seed', lambda v: is_int(v) and v >= 0, 'an integer >= 0')
+  validate_selection(config)
   if 'feature_probe' in config:
     validate_feature_probe(config)
   s = 'sweep.'
@@ -201,6 +211,27 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
            'None (every run takes total_steps) or a number of epochs > 0')
 
 
+SELECTIONS = ('last', 'best')
+
+
+def validate_selection(config: ml_collections.ConfigDict) -> None:
+  """What a classification run may choose with: only the examples held out
+  of its training split, never eval.split (read once, at the end)."""
+  held = require(config, 'data.held_out_examples', lambda v: is_int(v) and v >= 0,
+                 'an integer >= 0 (labelled training examples held out, class-balanced, '
+                 'for model selection; 0: none)')
+  select = one_of(config, 'eval.select', SELECTIONS)
+  if config.eval.every and not held:
+    raise ConfigError(f'config.eval.every={config.eval.every} is not allowed with '
+                      'data.held_out_examples=0: evaluations during training read the '
+                      'held-out examples, and eval.split is read once, at the end. Set '
+                      'data.held_out_examples (e.g. 1000) or eval.every=0')
+  if select == 'best' and not (held and config.eval.every):
+    raise ConfigError("config.eval.select='best' (early stopping) needs held-out examples "
+                      'to choose on and evaluations to choose among: set '
+                      'data.held_out_examples > 0 and eval.every > 0')
+
+
 def validate_feature_probe(config: ml_collections.ConfigDict) -> None:
   """The logistic-regression probes of --layer_sweep / --low_data."""
   f = 'feature_probe.'
@@ -209,7 +240,6 @@ def validate_feature_probe(config: ml_collections.ConfigDict) -> None:
            "a tuple of representation names (() for all), e.g. ('layer_4', 'layer_8')")
   require(config, f + 'l2_grid', lambda v: len(v) >= 1 and all(
       is_number(x) and x >= 0 for x in v), 'a non-empty tuple of numbers >= 0')
-  unit_interval(config, f + 'val_fraction', open_=True)
   positive_int(config, f + 'steps')
   require(config, f + 'shots', lambda v: len(v) >= 1 and all(is_int(x) and x > 0 for x in v),
            'a non-empty tuple of labels per class, e.g. (4, 25, 400)')

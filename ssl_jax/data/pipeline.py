@@ -41,7 +41,10 @@ label_fraction=f)`` keeps a deterministic, class-balanced fraction ``f`` of a
 split (:func:`class_balanced_subset`, wrapped in a :class:`SubsetSource`),
 so that 1% of the labels is a subset of 10%, itself a subset of 20%. For
 ImageNet's train split, 1% and 10% are instead the standard TFDS subsets
-``imagenet2012_subset/1pct`` and ``/10pct`` (:func:`imagenet_subset_name`).
+``imagenet2012_subset/1pct`` and ``/10pct`` (:func:`imagenet_subset_name`),
+and larger fractions contain the 10% list. ``held_out_examples=n`` sets
+aside n class-balanced labelled examples of the split for model selection
+(the source's ``held_out``; :mod:`ssl_jax.data.splits`).
 
 Multi-view training (contrastive methods): ``make_dataset(...,
 views=[ViewSpec(...), ...], share_geometry=...)`` gives each training example
@@ -82,6 +85,7 @@ from ssl_jax.data import folder as folder_lib
 from ssl_jax.data import randaugment as randaugment_lib
 from ssl_jax.data import shapes
 from ssl_jax.data import views as views_lib
+from ssl_jax.data import splits
 from ssl_jax.data.errors import DataError
 from ssl_jax.data.views import ViewSpec  # Re-exported: pipeline.ViewSpec.
 
@@ -135,6 +139,9 @@ class Source(abc.ABC):
   # Whether :func:`iterate` skips an image that fails to decode (True) or
   # stops with a DataError naming it (False).
   skip_bad_images: bool = False
+  # The labelled examples of the same split set aside from this (training)
+  # source for model selection (``make_source(..., held_out_examples=n)``).
+  held_out: 'Source | None' = None
 
   @abc.abstractmethod
   def fetch(self, ids: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -208,6 +215,7 @@ class TfdsSource(Source):
     split_info = _tfds_split_info(builder, split)
     self._image_key, self._label_key = _tfds_keys(builder, image_key,
                                                   label_key)
+    self._all_features = builder.info.features
     self._features = _partial_features(builder.info.features,
                                        [self._image_key, self._label_key])
     self._records = array_record_data_source.ArrayRecordDataSource(
@@ -288,6 +296,26 @@ class TfdsSource(Source):
     if self._labels is not None:
       return self._labels[np.asarray(ids, np.int64)]
     return super().labels_of(ids)
+
+  def strings(self, key: str) -> np.ndarray:
+    """Every example's scalar string feature `key` (e.g. ImageNet's
+    'file_name'), as bytes [num_examples]; only that feature is parsed."""
+    if key not in self._all_features:
+      raise DataError(f'{self.name} has no feature {key!r}; it has: '
+                      + ', '.join(sorted(self._all_features.keys())))
+    spec = {key: tf.io.FixedLenFeature([], tf.string)}
+
+    def batch(ids):
+      records = self._records_op(ids, self._read_range)
+      return tf.io.parse_example(records, spec)[key]
+
+    start = time.perf_counter()
+    ds = tf.data.Dataset.range(self.num_examples).batch(_LABELS_BATCH)
+    ds = ds.map(batch, num_parallel_calls=_LABELS_PARALLEL_READS, deterministic=True)
+    out = np.concatenate([np.zeros([0], object)] + list(ds.prefetch(2).as_numpy_iterator()))
+    logging.info('Read the %d %r values of %s split %r in %.1f s.', len(out), key,
+                 self.name, self.split, time.perf_counter() - start)
+    return out
 
   def _batch_labels(self, ids: tf.Tensor) -> tf.Tensor:
     """int64 [n] example ids -> int32 [n] labels."""
@@ -708,7 +736,7 @@ def _shapes_builder(name: str, data_dir: str | None):
 def make_source(kind_or_name: str, *, data_dir: str | None, split: str,
                 image_key: str | None = None, label_key: str | None = None,
                 label_fraction: float = 1.0, subset_seed: int = 0,
-                skip_bad_images: bool = False) -> Source:
+                held_out_examples: int = 0, skip_bad_images: bool = False) -> Source:
   """Opens a random-access source, or a class-balanced subset of one.
 
   Args:
@@ -727,7 +755,15 @@ def make_source(kind_or_name: str, *, data_dir: str | None, split: str,
       the split, which reads every label of the split once. Exception:
       ImageNet's ``train`` split at 0.01 or 0.1 opens the standard TFDS
       subset (:func:`imagenet_subset_name`; ``subset_seed`` is ignored).
-    subset_seed: a non-negative integer; fixes the subset.
+    subset_seed: a non-negative integer; fixes the subset (and the
+      held-out part).
+    held_out_examples: > 0: that many labelled examples of the split,
+      class-balanced (:func:`ssl_jax.data.splits.held_out_ids`, seeded by
+      ``subset_seed``), are set aside for model selection: the returned
+      source never holds them, its ``held_out`` attribute is a
+      :class:`SubsetSource` of them, and ``label_fraction`` is drawn from
+      the rest. On ImageNet's standard 1% / 10% subsets the part avoids the
+      listed files (matched by file name).
     skip_bad_images: False: a bad image file found when opening a folder
       (:class:`FolderSource`), or an image that fails to decode while
       iterating (:func:`iterate`), is a DataError naming it. True: such
@@ -739,11 +775,12 @@ def make_source(kind_or_name: str, *, data_dir: str | None, split: str,
       ``label_fraction`` or ``subset_seed`` is invalid (checked before
       anything is opened), or the split has no labels.
   """
-  if label_fraction != 1.0:
+  if label_fraction != 1.0 or held_out_examples:
     return _make_subset_source(
         kind_or_name, data_dir=data_dir, split=split, image_key=image_key,
         label_key=label_key, label_fraction=label_fraction,
-        subset_seed=subset_seed, skip_bad_images=skip_bad_images)
+        subset_seed=subset_seed, held_out_examples=held_out_examples,
+        skip_bad_images=skip_bad_images)
   if not isinstance(skip_bad_images, bool):
     raise DataError(f'skip_bad_images must be True or False, got '
                     f'{skip_bad_images!r}.')
@@ -766,33 +803,72 @@ def make_source(kind_or_name: str, *, data_dir: str | None, split: str,
 
 def _make_subset_source(kind_or_name: str, *, data_dir: str | None, split: str,
                         image_key: str | None, label_key: str | None,
-                        label_fraction: float, subset_seed: int,
+                        label_fraction: float, subset_seed: int, held_out_examples: int,
                         skip_bad_images: bool) -> Source:
-  """``make_source`` with ``label_fraction != 1``."""
+  """``make_source`` with ``label_fraction != 1`` or held-out examples."""
   _check_fraction(label_fraction, 'label_fraction')
   _check_subset_seed(subset_seed, 'subset_seed')
+  if not (isinstance(held_out_examples, (int, np.integer)) and held_out_examples >= 0):
+    raise DataError(f'held_out_examples must be an integer >= 0, got {held_out_examples!r}.')
   open_source = functools.partial(make_source, data_dir=data_dir,
                                    image_key=image_key, label_key=label_key,
                                    skip_bad_images=skip_bad_images)
   subset_name = imagenet_subset_name(kind_or_name, split, label_fraction)
-  if subset_name is not None:
-    logging.info('label_fraction=%s of %s %r: opening the standard TFDS '
-                 'subset %s instead (subset_seed is not used).',
-                 label_fraction, kind_or_name, split, subset_name)
-    try:
-      return open_source(subset_name, split='train')
-    except DataError as e:
-      raise DataError(
-          f'label_fraction={label_fraction} of {kind_or_name} {split!r} is '
-          f'read from the standard TFDS subset {subset_name}: {e}') from e
+  nest_in = imagenet_subset_name(kind_or_name, split, 0.1) if label_fraction > 0.1 else None
+  if subset_name is not None or (nest_in is not None and label_fraction < 1):
+    return _imagenet_subset(open_source, kind_or_name, subset_name or nest_in,
+                            label_fraction, subset_seed, held_out_examples)
   source = open_source(kind_or_name, split=split)
-  ids = class_balanced_subset(source.labels(), label_fraction, subset_seed)
-  subset = SubsetSource(source, ids,
-                        description=f'{label_fraction * 100:g}% of labels')
-  logging.info('%s split %r: %d of %d examples (subset_seed=%d).',
+  labels = source.labels()
+  held = (splits.held_out_ids(labels, held_out_examples, subset_seed)
+          if held_out_examples else np.zeros([0], np.int64))
+  rest = splits.remaining_ids(source.num_examples, held)
+  if label_fraction == 1.0:
+    ids, description = rest, f'without {len(held)} held out'
+  else:
+    ids = rest[class_balanced_subset(labels[rest], label_fraction, subset_seed)]
+    description = f'{label_fraction * 100:g}% of labels'
+  subset = SubsetSource(source, ids, description=description)
+  if len(held):
+    subset.held_out = SubsetSource(source, held, description=f'{len(held)} held out')
+  logging.info('%s split %r: %d of %d examples, %d held out (subset_seed=%d).',
                subset.name, subset.split, subset.num_examples,
-               source.num_examples, subset_seed)
+               source.num_examples, len(held), subset_seed)
   return subset
+
+
+def _imagenet_subset(open_source, name: str, subset_name: str, fraction: float,
+                     seed: int, held_out_examples: int) -> Source:
+  """ImageNet's train split at a label fraction, with the standard TFDS
+  lists: 1% and 10% are ``subset_name`` itself; a larger fraction is a
+  class-balanced subset of the full split that contains the 10% list. The
+  held-out part (if any) is drawn from the full split outside the list."""
+  try:
+    listed = open_source(subset_name, split='train')
+  except DataError as e:
+    raise DataError(f'label_fraction={fraction} of {name} \'train\' is read from, or '
+                    f'nested around, the standard TFDS subset {subset_name}: {e}') from e
+  standard = fraction in _IMAGENET_SUBSETS
+  if standard and not held_out_examples:
+    logging.info('label_fraction=%s of %s: opening the standard TFDS subset %s instead '
+                 '(subset_seed is not used).', fraction, name, subset_name)
+    return listed
+  full = open_source(name, split='train')
+  labels = full.labels()
+  in_list = splits.ids_of_names(full.strings('file_name'), listed.strings('file_name'),
+                                f'{subset_name} within {name} train')
+  held = (splits.held_out_ids(labels, held_out_examples, seed, exclude=in_list)
+          if held_out_examples else np.zeros([0], np.int64))
+  if standard:
+    source = SubsetSource(full, in_list, description=f'{subset_name} list')
+  else:
+    source = SubsetSource(full, splits.nested_ids(labels, fraction, seed, in_list, held),
+                          description=f'{fraction * 100:g}% of labels around {subset_name}')
+  if len(held):
+    source.held_out = SubsetSource(full, held, description=f'{len(held)} held out')
+  logging.info('%s: %d examples, %d held out (subset_seed=%d).', source.name,
+               source.num_examples, len(held), seed)
+  return source
 
 
 # ----------------------------------------------------------------------------

@@ -1,8 +1,12 @@
 """The periodic evaluation of a run, from its `config.eval` block.
 
-* Classification runs: top-1, top-5 and the cross-entropy of the classifier on
-  `eval.split`, summed on the device over one padded pass (each example
-  counted once).
+* Classification runs: top-1, top-5 and the cross-entropy of the classifier,
+  summed on the device over one padded pass (each example counted once), on
+  two parts that never mix: `select` scores the examples held out of the
+  training split (`val/...`, data.held_out_examples), which every choice
+  reads (early stopping, a sweep's best point); `report` scores `eval.split`
+  (`eval/...`), the reported number, read once at the end for the chosen
+  parameters.
 * Monitors of frozen features (`eval.monitors`), for any run: few-shot ridge
   regression and kNN, with the representation `eval.representation` of the
   labelled `eval.train_split` and of `eval.split`, gathered to the host.
@@ -44,8 +48,9 @@ class Evaluator:
   before anything compiles); call it with the parameters to evaluate."""
 
   def __init__(self, config: ml_collections.ConfigDict, task: Any, mesh: jax.sharding.Mesh,
-               num_classes: int | None):
+               num_classes: int | None, held_out: pipeline.Source | None = None):
     self.config = config
+    self.val = held_out  # the training split's held-out part (None: none)
     self.task = task
     self.num_classes = num_classes
     self.batch_sharding = sharding_lib.batch_sharding(mesh)
@@ -69,6 +74,16 @@ class Evaluator:
   def enabled(self) -> bool:
     return self.test is not None
 
+  def _keyed(self, source: pipeline.Source):
+    """(batch, its index) of every evaluation batch of `source`: the index
+    keys the batch's random draws (a BERT model's masks), fresh for every
+    batch and the same in every evaluation."""
+    for i, batch in enumerate(self._batches(source)):
+      yield batch, np.int32(i)
+
+  def _key(self, index: jax.Array) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(self.config.seed), index)
+
   def _batches(self, source: pipeline.Source):
     batches = pipeline.iterate(
         source, seed=self.config.seed, global_batch_size=self.config.eval.batch_size,
@@ -79,17 +94,19 @@ class Evaluator:
       yield sharding_lib.to_global(local, self.batch_sharding)
 
   def _jit(self, name: str, fn: Callable, params: Any, state: Any) -> Callable:
-    """fn(params, state, batch) jit-compiled with the parameters' and the
-    state's own shardings (once per name)."""
+    """fn(params, state, batch, batch index) jit-compiled with the
+    parameters' and the state's own shardings (once per name)."""
     if name not in self._compiled:
       shardings = jax.tree.map(lambda a: a.sharding, (params, state))
-      self._compiled[name] = jax.jit(fn, in_shardings=shardings + (self.batch_sharding,),
-                                     out_shardings=self.replicated)
+      self._compiled[name] = jax.jit(
+          fn, in_shardings=shardings + (self.batch_sharding, self.replicated),
+          out_shardings=self.replicated)
     return self._compiled[name]
 
-  def _classification(self, params: Any, state: Any) -> dict[str, float]:
-    def sums(params, state, batch):
-      logits = self.task.predict(params, batch, state)
+  def _classification(self, params: Any, state: Any, source: pipeline.Source,
+                      prefix: str) -> dict[str, float]:
+    def sums(params, state, batch, index):
+      logits = self.task.predict(params, batch, state, rng=self._key(index))
       labels, w = batch['label'], batch['valid'].astype(jnp.float32)
       xent = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
       return {'top1': (topk_correct(logits, labels, 1) * w).sum(),
@@ -98,12 +115,12 @@ class Evaluator:
 
     fn = self._jit('classify', sums, params, state)
     total = None
-    for batch in self._batches(self.test):
-      out = fn(params, state, batch)
+    for batch, index in self._keyed(source):
+      out = fn(params, state, batch, index)
       total = out if total is None else jax.tree.map(jnp.add, total, out)
     host = {k: float(v) for k, v in jax.device_get(total).items()}
     n = host.pop('examples')
-    return dict({f'eval/{k}': v / n for k, v in host.items()}, **{'eval/examples': n})
+    return dict({f'{prefix}/{k}': v / n for k, v in host.items()}, **{f'{prefix}/examples': n})
 
   def features(self, params: Any, source: pipeline.Source,
                representation: str | None = None, *, state: Any = None
@@ -120,14 +137,14 @@ class Evaluator:
     every example of `source`, from one pass."""
     state = {} if state is None else state
 
-    def represent(params, state, batch):
-      feats = self.task.represent(params, batch, state)
+    def represent(params, state, batch, index):
+      feats = self.task.represent(params, batch, state, rng=self._key(index))
       return {k: feats[k] for k in names}, batch['label'], batch['valid']
 
     fn = self._jit('represent/' + ','.join(names), represent, params, state)
     xs, ys = {k: [] for k in names}, []
-    for batch in self._batches(source):
-      x, y, valid = jax.device_get(fn(params, state, batch))
+    for batch, index in self._keyed(source):
+      x, y, valid = jax.device_get(fn(params, state, batch, index))
       for k in names:
         xs[k].append(np.asarray(x[k])[valid])
       ys.append(np.asarray(y)[valid])
@@ -198,20 +215,33 @@ class Evaluator:
     key = jax.random.key(self.config.seed)
     state = {} if state is None else state
 
-    def draw(params, state, batch):
+    def draw(params, state, batch, index):
+      del index  # the pictures use the fixed key above
       return method.pictures(params['model'], batch['image'][:k], key, state=state)
 
     fn = self._jit(f'pictures/{k}', draw, params, state)
     batch = next(iter(self._batches(self._picture_source(k))))
-    return np.asarray(jax.device_get(fn(params, state, batch)))
+    return np.asarray(jax.device_get(fn(params, state, batch, np.int32(0))))
 
-  def __call__(self, params: Any, state: Any = None) -> dict[str, float]:
-    """Every configured evaluation of `params` (and the method's state):
-    {metric name: value}."""
+  def select(self, params: Any, state: Any = None) -> dict[str, float]:
+    """What a run may choose with, {metric name: value}: a classifier's
+    `val/...` on the held-out part (nothing without one), and the monitors
+    of frozen features (pretraining's curves, on eval.split)."""
     state = {} if state is None else state
     out = {}
-    if self.classify:
-      out.update(self._classification(params, state))
+    if self.classify and self.val is not None:
+      out.update(self._classification(params, state, self.val, 'val'))
     if self.monitors:
       out.update(self._monitors(params, state))
     return out
+
+  def report(self, params: Any, state: Any = None) -> dict[str, float]:
+    """The reported numbers of a classifier, `eval/...` on eval.split
+    ({} for pretraining). Read once, for the parameters already chosen."""
+    if not self.classify:
+      return {}
+    return self._classification(params, {} if state is None else state, self.test, 'eval')
+
+  def __call__(self, params: Any, state: Any = None) -> dict[str, float]:
+    """`select` and `report` of the same parameters."""
+    return dict(self.select(params, state), **self.report(params, state))

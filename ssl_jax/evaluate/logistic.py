@@ -68,19 +68,6 @@ def accuracy(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> flo
   return float(np.mean(np.argmax(logits, -1) == y))
 
 
-def select_l2(x: np.ndarray, y: np.ndarray, num_classes: int, grid: tuple[float, ...], *,
-              val_fraction: float, steps: int, seed: int = 0) -> tuple[float, dict[float, float]]:
-  """(best l2, {l2: validation accuracy}) on a random val_fraction of x."""
-  rng = np.random.default_rng(seed)
-  order = rng.permutation(len(x))
-  n_val = max(1, int(round(val_fraction * len(x))))
-  val, train = order[:n_val], order[n_val:]
-  xt, xv = standardise(x[train], x[val])
-  scores = {float(l2): accuracy(fit(xt, y[train], num_classes, l2=l2, steps=steps), xv, y[val])
-            for l2 in grid}
-  return max(scores, key=lambda k: (scores[k], k)), scores
-
-
 def class_balanced(labels: np.ndarray, per_class: int, num_classes: int,
                    seed: int) -> np.ndarray:
   """Sorted indices of `per_class` examples of every class, drawn without

@@ -149,6 +149,15 @@ class Method(abc.ABC):
     mask_ratio=0. Fine-tuning: train=True (dropout, drop path, jitter on),
     and mask_ratio > 0 only with the `finetune_masking` capability."""
 
+  def represent_draws(self, params: Params, batch: Batch, rng: jax.Array, *,
+                      state: State = None) -> list[dict[str, jax.Array]]:
+    """The evaluation features of every random draw an evaluation ensembles
+    (a BERT model's masks), each from its own key folded from `rng`; one
+    draw (`represent`) for methods that evaluate deterministically. A
+    classifier averages its predicted probabilities over the draws; feature
+    probes read `represent`, their average."""
+    return [self.represent(params, batch, state=state, rng=rng)]
+
   # -- capabilities --------------------------------------------------------------
 
   @property

@@ -55,6 +55,7 @@ class Classification:
     self.label_smoothing = c.label_smoothing
     self.mask_ratio = c.mask_ratio
     self.whiten = c.whiten
+    self.whiten_kind = c.get('whiten_kind', 'full')
     self.num_classes = num_classes
     self.mixup, self.cutmix = c.mixup, c.cutmix
     self.layer_decay = c.layer_decay
@@ -87,8 +88,8 @@ class Classification:
 
   def _features(self, params, batch, rng, train: bool, state) -> jax.Array:
     state = state if self.keeps_state else None
-    if self.mode == 'linear':  # frozen backbone, evaluation mode
-      feats = self.backbone.represent(params['backbone'], batch, state=state)
+    if self.mode == 'linear':  # frozen backbone, evaluation mode (fresh draws per step)
+      feats = self.backbone.represent(params['backbone'], batch, state=state, rng=rng)
       return jax.lax.stop_gradient(feats[self.representation])
     feats = self.backbone.represent(params['backbone'], batch, state=state, rng=rng,
                                     train=train, mask_ratio=self.mask_ratio if train else 0.0)
@@ -126,9 +127,20 @@ class Classification:
     the head and what follows the blocks."""
     return self.backbone.layer_of(path[1:]) if path[0] == 'backbone' else self.depth + 1
 
-  def predict(self, params: Any, batch: dict[str, jax.Array], state: Any = None) -> jax.Array:
-    feats = self._features(params, batch, None, train=False, state=state)
-    return self.head.apply({'params': params['head']}, feats, train=False)
+  def predict(self, params: Any, batch: dict[str, jax.Array], state: Any = None,
+              rng: jax.Array | None = None) -> jax.Array:
+    """Logits [b, classes] in evaluation mode. A backbone whose evaluation
+    ensembles random draws (`represent_draws`, e.g. BERT masks) gives the
+    log of the predicted probabilities averaged over its draws."""
+    rng = jax.random.key(0) if rng is None else rng
+    state = state if self.keeps_state else None
+    draws = self.backbone.represent_draws(params['backbone'], batch, rng, state=state)
+    logits = [self.head.apply({'params': params['head']}, d[self.representation], train=False)
+              for d in draws]
+    if len(logits) == 1:
+      return logits[0]
+    probs = jnp.mean(jnp.stack([jax.nn.softmax(l.astype(jnp.float32)) for l in logits]), 0)
+    return jnp.log(probs)
 
   def param_labels(self, params: Any) -> Any:
     head = jax.tree.map(lambda _: 'train', params['head'])
@@ -141,7 +153,7 @@ class Classification:
   def with_whitening(self, params: Any, features: np.ndarray) -> Any:
     """`params` with the head's whitening fitted to `features` [n, D] of the
     frozen backbone (each leaf keeps the sharding of the one it replaces)."""
-    mean, matrix = whitening_lib.whitening(features)
+    mean, matrix = whitening_lib.fit(features, self.whiten_kind)
     head = dict(params['head'])
     for name, value in (('feature_mean', mean), ('whitening', matrix)):
       old = head[name]
@@ -155,6 +167,6 @@ class Classification:
     return self.backbone.representations()
 
   def represent(self, params: Any, batch: dict[str, jax.Array],
-                state: Any = None) -> dict[str, jax.Array]:
+                state: Any = None, rng: jax.Array | None = None) -> dict[str, jax.Array]:
     return self.backbone.represent(params['backbone'], batch,
-                                   state=state if self.keeps_state else None)
+                                   state=state if self.keeps_state else None, rng=rng)

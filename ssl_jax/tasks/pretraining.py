@@ -69,5 +69,5 @@ class Pretraining:
     return self.method.representations()
 
   def represent(self, params: Any, batch: dict[str, jax.Array],
-                state: Any = None) -> dict[str, jax.Array]:
-    return self.method.represent(params['model'], batch, state=state)
+                state: Any = None, rng: jax.Array | None = None) -> dict[str, jax.Array]:
+    return self.method.represent(params['model'], batch, state=state, rng=rng)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 WHITEN_EPS = 1e-3
+BATCHNORM_EPS = 1e-6  # MAE's BatchNorm1d(affine=False, eps=1e-6) before its probe
+KINDS = ('full', 'per_feature')
 
 
 def whitening(features: np.ndarray, eps: float = WHITEN_EPS) -> tuple[np.ndarray, np.ndarray]:
@@ -33,3 +35,25 @@ def whitening(features: np.ndarray, eps: float = WHITEN_EPS) -> tuple[np.ndarray
   eigenvalues, eigenvectors = np.linalg.eigh(z.T @ z / len(z))
   matrix = eigenvectors / np.sqrt(np.maximum(eigenvalues, 0.0) + eps)
   return mean.astype(np.float32), (matrix / std[:, None]).astype(np.float32)
+
+
+def per_feature(features: np.ndarray, eps: float = BATCHNORM_EPS
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """(mean [D], diagonal matrix [D, D]): each feature standardised by its own
+  mean and variance, (x - mean) / sqrt(var + eps). This is the BatchNorm
+  without affine parameters that MAE and RandSAC (Table 19) put before their
+  linear probes, with the statistics of the training features fitted once:
+  the backbone is frozen, so its running statistics converge to them."""
+  x = np.asarray(features, np.float64)
+  if x.ndim != 2 or len(x) < 2:
+    raise ValueError(f'normalisation needs features [n >= 2, D], got shape {x.shape}')
+  scale = 1.0 / np.sqrt(x.var(axis=0) + eps)
+  return x.mean(axis=0).astype(np.float32), np.diag(scale).astype(np.float32)
+
+
+def fit(features: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+  """The head's (mean, matrix) of `kind`: 'full' (`whitening`) or
+  'per_feature' (`per_feature`)."""
+  if kind not in KINDS:
+    raise ValueError(f'whitening kind must be one of {KINDS}, got {kind!r}')
+  return whitening(features) if kind == 'full' else per_feature(features)

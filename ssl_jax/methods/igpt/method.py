@@ -18,8 +18,11 @@ the sampler quantise and de-quantise with exactly those colours.
 Representations: 'layer_0' .. 'layer_L', the normed output of each layer
 averaged over positions (section "Fine-tuning": f^l = <n^l_i>_i); 'layer_L'
 is the final norm's. BERT models are evaluated under igpt.bert_eval_masks
-random masks, their features averaged (Figure 4's ensembling: for a linear
-classifier, averaging features is averaging logits); 0: no mask.
+random masks (Figure 4's ensembling; 0: no mask), drawn afresh for every
+batch from the key the evaluation passes (`represent_draws`): a classifier
+averages its predicted probabilities over the masks, and feature probes
+read the features averaged over them (for a linear classifier, averaging
+its logits).
 """
 
 from __future__ import annotations
@@ -236,22 +239,27 @@ class IGPT(Method):
   def represent(self, params: Any, batch: dict[str, jax.Array], *, state: Any = None,
                 rng: jax.Array | None = None, train: bool = False,
                 mask_ratio: float = 0.0) -> dict[str, jax.Array]:
-    """Every layer's pooled features [b, width]. BERT: averaged over
-    bert_eval_masks masks drawn from a fixed key (or `rng`)."""
+    """Every layer's pooled features [b, width]. BERT: averaged over the
+    bert_eval_masks masks of `represent_draws` (from `rng`; a fixed key when
+    None)."""
     del train
     if mask_ratio:
       raise ValueError('iGPT reads whole images: mask_ratio must be 0')
+    draws = self.represent_draws(params, batch, rng)
+    return {k: sum(d[k] for d in draws) / len(draws) for k in draws[0]}
+
+  def represent_draws(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array | None,
+                      *, state: Any = None) -> list[dict[str, jax.Array]]:
+    """AR, or BERT with bert_eval_masks=0: one draw, nothing masked. BERT:
+    one draw per mask, mask j drawn per example from fold_in(rng, j)."""
     tokens = self.tokens(params, batch['image'])
     if not self.bert or self.eval_masks == 0:
       keep = jnp.ones(tokens.shape, bool) if self.bert else None
-      return pool(self._apply(params, tokens, keep)[1])
+      return [pool(self._apply(params, tokens, keep)[1])]
     key = jax.random.key(0) if rng is None else rng
-    total = None
-    for j in range(self.eval_masks):
-      feats = pool(self._apply(params, tokens, self.bert_keep(jax.random.fold_in(key, j),
-                                                               tokens.shape))[1])
-      total = feats if total is None else {k: total[k] + f for k, f in feats.items()}
-    return {k: t / self.eval_masks for k, t in total.items()}
+    return [pool(self._apply(params, tokens,
+                             self.bert_keep(jax.random.fold_in(key, j), tokens.shape))[1])
+            for j in range(self.eval_masks)]
 
   def finetune_features(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, *,
                         state: Any = None) -> tuple[dict[str, jax.Array], jax.Array]:
