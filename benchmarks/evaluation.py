@@ -1,23 +1,31 @@
 r"""Representation quality on the built-in dataset: pretrained PatchFormer
-`tiny` vs the same network randomly initialised vs raw pixels.
+`tiny` vs the same network randomly initialised vs raw pixels, each number
+over several seeds.
 
 Pretrains configs/patchformer.py:tiny (or reuses a finished pretraining in
-WORKDIR/pretrain), then trains, with the same loop and configs as users do:
+WORKDIR/pretrain), then trains, with the same loop and configs as users do
+(`--seeds` of ssl_jax.core.seeds for each cell):
 
 * a linear probe (configs/linear_probe.py:patchformer_tiny) of the pretrained
   and of the randomly initialised backbone, and one on raw pixels
   (configs/linear_probe.py:pixels_tiny);
-* a fine-tune (configs/finetune.py:patchformer_tiny) of both backbones;
+* a fine-tune (configs/finetune.py:patchformer_tiny) of both backbones; the
+  randomly initialised one is the supervised-from-scratch ceiling the
+  probes are read against;
 
 each on all the training labels and on the class-balanced 10% split, and
-prints one table of top-1 on the test split (also WORKDIR/benchmark.md).
+prints one table of top-1 on the test split, mean ± sample std over the
+seeds with their number (also WORKDIR/benchmark.md). --vary=probe (the
+default) varies the probe's / fine-tune's seed over one pretraining run;
+--vary=both pretrains once per seed and probes seed s from pretraining s.
 Every run resumes from its own workdir, so an interrupted benchmark picks up
 where it stopped.
 
-  python benchmarks/evaluation.py --workdir=/tmp/ssl_jax_eval_bench
+  python benchmarks/evaluation.py --workdir=/tmp/ssl_jax_eval_bench --seeds=3
 
-Under an hour on 2 CPU cores; --quick shortens every run 4x (a smoke run,
-not a measurement). The table measured with it is in the README (Evaluation).
+About an hour per seed on 2 CPU cores; --quick shortens every run 4x (a
+smoke run, not a measurement). The table measured with it is in the README
+(Evaluation).
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ from configs import finetune, linear_probe, patchformer  # noqa: E402
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/ssl_jax_eval_bench', 'Where every run goes.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: tfds default).')
 _QUICK = flags.DEFINE_bool('quick', False, 'Every run 4x shorter (a smoke run).')
+_SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per cell (mean ± std over them).')
+_VARY = flags.DEFINE_enum('vary', 'probe', ['probe', 'both'],
+                          'probe: one pretraining run; both: one pretraining run per seed.')
 _FRACTIONS = (1.0, 0.1)
 
 
@@ -62,50 +73,70 @@ def _run(config, workdir: str) -> dict:
   return result.evaluation
 
 
+def _cell(config, workdir: str) -> dict:
+  """The test top-1's spread over the seeds of one cell."""
+  from ssl_jax.core import seeds
+  return seeds.run_seeds(config, workdir, _SEEDS.value)['summary']['eval/top1']
+
+
 def main(argv):
   del argv
   from ssl_jax.core import provenance  # pylint: disable=g-import-not-at-top
+  from ssl_jax.core import seeds, train
   print('produced by:', provenance.line(), flush=True)
-  from ssl_jax.core import train
   train.quiet_library_logs()
   root, quick = _WORKDIR.value, _QUICK.value
-  pre_dir = os.path.join(root, 'pretrain')
-  pretrain = _run(_shorten(patchformer.get_config('tiny'), quick), pre_dir)
+  pre_root = os.path.join(root, 'pretrain')
+  pretrain_config = _shorten(patchformer.get_config('tiny'), quick)
+  if _VARY.value == 'both':
+    monitors_of = seeds.run_seeds(pretrain_config, pre_root, _SEEDS.value)['runs'][0]
+    pre_dir = os.path.join(pre_root, 'seed{seed}')
+  else:
+    monitors_of = _run(pretrain_config, pre_root)
+    pre_dir = pre_root
 
-  rows = {'pretrained': {}, 'random init': {}, 'raw pixels': {}}
+  rows = {'pretrained': {}, 'random init (fine-tune: supervised from scratch)': {},
+          'raw pixels': {}}
   for fraction in _FRACTIONS:
     pct = f'{round(100 * fraction)}%'
     for name, variant, init in (('pretrained', 'patchformer_tiny', pre_dir),
-                                ('random init', 'patchformer_tiny', None),
+                                ('random init (fine-tune: supervised from scratch)',
+                                 'patchformer_tiny', None),
                                 ('raw pixels', 'pixels_tiny', None)):
       c = _shorten(linear_probe.get_config(variant), quick)
       c.init.workdir, c.data.label_fraction = init, fraction
-      tag = name.replace(' ', '_')
-      rows[name][f'linear probe, {pct} labels'] = _run(
-          c, os.path.join(root, f'probe_{tag}_{pct[:-1]}pct'))['eval/top1']
+      tag = name.split(' (')[0].replace(' ', '_')
+      rows[name][f'linear probe, {pct} labels'] = _cell(
+          c, os.path.join(root, f'probe_{tag}_{pct[:-1]}pct'))
       if variant == 'pixels_tiny':
         continue  # no backbone to fine-tune: the probe is the whole model
       c = _shorten(finetune.get_config(variant), quick)
       c.init.workdir, c.data.label_fraction = init, fraction
-      rows[name][f'fine-tune, {pct} labels'] = _run(
-          c, os.path.join(root, f'finetune_{tag}_{pct[:-1]}pct'))['eval/top1']
+      rows[name][f'fine-tune, {pct} labels'] = _cell(
+          c, os.path.join(root, f'finetune_{tag}_{pct[:-1]}pct'))
 
   columns = [f'{kind}, {round(100 * f)}% labels' for kind in ('linear probe', 'fine-tune')
              for f in _FRACTIONS]
   lines = ['| features | ' + ' | '.join(f'{c} (top-1 %)' for c in columns) + ' |',
            '|---|' + '---|' * len(columns)]
   for name, scores in rows.items():
-    cells = [f'{100 * scores[c]:.1f}' if c in scores else 'n/a (= probe)' for c in columns]
+    cells = [seeds.format_spread(scores[c], True) if c in scores else 'n/a (= probe)'
+             for c in columns]
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
-  table = '\n'.join(lines)
-  monitors = ', '.join(f'{k} {100 * v:.1f}%' for k, v in pretrain.items()
+  varies = ('the probe\'s / fine-tune\'s seed, one pretraining run' if _VARY.value == 'probe'
+            else 'both: one pretraining run per seed, probed with the same seed')
+  table = '\n'.join(lines) + f'\n\nSeeds vary: {varies}.'
+  monitors = ', '.join(f'{k} {100 * v:.1f}%' for k, v in monitors_of.items()
                        if k in ('knn/top1', 'fewshot/10shot', 'fewshot/25shot'))
-  print(f'\nssl_jax_shapes test split (1000 images, 10 classes); pretraining monitors at the '
-        f'end: {monitors}\n')
+  print(f'\nssl_jax_shapes test split (1000 images, 10 classes); mean ± std over '
+        f'{_SEEDS.value} seeds; pretraining monitors at the end: {monitors}\n')
   print(table)
-  won = rows['pretrained']['linear probe, 100% labels'] > rows['random init'][
-      'linear probe, 100% labels']
-  print(f'\npretrained beats random init on the linear probe: {"yes" if won else "NO"}')
+  a = rows['pretrained']['linear probe, 100% labels']
+  b = rows['random init (fine-tune: supervised from scratch)']['linear probe, 100% labels']
+  gap, noise = a['mean'] - b['mean'], a['std'] + b['std']
+  print(f'\npretrained minus random init, linear probe: {100 * gap:.1f} points; the two '
+        f'stds add to {100 * noise:.1f}: {"larger" if gap > noise else "NOT larger"} than '
+        'the spread')
   with open(os.path.join(root, 'benchmark.md'), 'w', encoding='utf-8') as f:
     f.write(table + '\n')
 

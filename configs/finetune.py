@@ -55,7 +55,10 @@ rand-m9-mstd0.5-inc1), random resized crop (area 0.08-1) and flip, batch
       --config.init.workdir=workdirs/randsac_tiny --workdir=workdirs/randsac_tiny_ft
 
 Choices: the head reads the encoder's final-normed tokens averaged (MAE
-averages first and normalises after); RandAugment's geometric ops fill with
+averages first and normalises after); the fine-tune runs at the pretraining
+resolution (192 on ImageNet; the text does not give the fine-tune's), and
+since the encoder's sine-cosine position encodings have no parameters,
+--config.data.image_size=224 fine-tunes the same checkpoint at 224; RandAugment's geometric ops fill with
 grey 128 and interpolate bilinearly (ssl_jax/data/randaugment.py).
 randsac_tiny is a 500-step run (batch 64, lr 1e-3) of the recipe without
 Mixup, CutMix and RandAugment, regularisers meant for 100 epochs: measured

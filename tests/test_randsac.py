@@ -282,3 +282,28 @@ def test_ablation_rows_are_valid_overrides(row):
   if config.data.name == 'folder':
     config.data.data_dir = '/imagenet100'
   validation.validate(config, 8)
+
+
+def test_backbone_fine_tunes_at_another_resolution():
+  """Sine-cosine position encodings have no parameters: the ImageNet
+  backbone pretrained at 192 (12x12 tokens) fine-tunes at 224 (14x14, where
+  16 -> 4 squares do not tile), with the same parameter shapes."""
+  import json
+  from configs import finetune
+  from ssl_jax import tasks
+  from ssl_jax.config.checks import flatten, to_json
+  from ssl_jax.core import assembly
+  from configs import randsac
+  pretrain = randsac.get_config('')
+  c = finetune.get_config('randsac')
+  c.data.image_size = 224
+  validation.validate(c, 8)
+  saved = flatten(json.loads(to_json(pretrain)))
+  assert tasks.architecture_mismatch(saved, flatten(json.loads(to_json(c.backbone)))) == []
+  tiny = finetune.get_config('randsac_tiny')
+  shapes = []
+  for size in (32, 48):
+    tiny.data.image_size = size
+    params = assembly.Trainer(tiny, num_classes=10).abstract_state().params['backbone']
+    shapes.append(jax.tree.map(lambda a: a.shape, params))
+  assert shapes[0] == shapes[1]

@@ -108,7 +108,7 @@ def _base(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """The configured optimizer (optimizer.name), before clipping and scales."""
   o = config.optimizer
   name = o.get('name', 'adamw')
-  if name == 'lars':  # LARS (linear probes of MAE / RandSAC Table 19)
+  if name == 'lars':  # LARS (You et al., 2017), e.g. for linear probes at large batch
     return optax.lars(schedule(config), weight_decay=o.weight_decay,
                       weight_decay_mask=decay_mask, trust_ratio_mask=decay_mask,
                       momentum=o.momentum)

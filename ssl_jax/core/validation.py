@@ -145,7 +145,7 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
         f'config.data.image_size={config.data.image_size} is not allowed: must equal '
         f'config.backbone.data.image_size={config.backbone.data.image_size}, the size '
         'the backbone was pretrained at')
-  backbone.validate(config.backbone)
+  backbone.validate_backbone(config.backbone)
   require(config, 'init.workdir', lambda v: v is None or (isinstance(v, str) and v),
           "the pretraining run's --workdir, or None for a randomly initialised backbone")
   require(config, 'init.step', lambda v: v is None or (is_int(v) and v > 0),

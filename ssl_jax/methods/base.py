@@ -10,7 +10,8 @@ nothing about meshes, optimizers, checkpoints or labels.
 What a method declares (class attributes):
   name                 its registry name and its config block (`config[name]`)
   self_supervised      False for baselines that have no loss (raw pixels)
-  architecture_keys    config keys that fix its parameters: a checkpoint can
+  architecture_keys    config keys that fix its parameters (data.image_size
+                       too when the parameters depend on it): a checkpoint can
                        initialise a probe or fine-tune only if they match
   frozen_params        top-level parameter keys that never train (constants
                        carried by checkpoints, e.g. iGPT's palette)
@@ -88,6 +89,14 @@ class Method(abc.ABC):
     """Raises ssl_jax.config.ConfigError on the first impossible value of
     the method's keys. Default: nothing to check."""
     del config
+
+  @classmethod
+  def validate_backbone(cls, config: ml_collections.ConfigDict) -> None:
+    """The checks of the method's keys when its network is the backbone of
+    a probe or fine-tune (`config`: the `backbone` block): keys only the
+    self-supervised objective reads may be left unchecked. Default:
+    `validate`."""
+    cls.validate(config)
 
   @classmethod
   def validate_probe(cls, config: ml_collections.ConfigDict) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 WHITEN_EPS = 1e-3
-BATCHNORM_EPS = 1e-6  # MAE's BatchNorm1d(affine=False, eps=1e-6) before its probe
+BATCHNORM_EPS = 1e-6  # as BatchNorm1d(affine=False, eps=1e-6) before a linear probe
 KINDS = ('full', 'per_feature')
 
 
@@ -41,9 +41,9 @@ def per_feature(features: np.ndarray, eps: float = BATCHNORM_EPS
                 ) -> tuple[np.ndarray, np.ndarray]:
   """(mean [D], diagonal matrix [D, D]): each feature standardised by its own
   mean and variance, (x - mean) / sqrt(var + eps). This is the BatchNorm
-  without affine parameters that MAE and RandSAC (Table 19) put before their
-  linear probes, with the statistics of the training features fitted once:
-  the backbone is frozen, so its running statistics converge to them."""
+  without affine parameters that some papers put before their linear probes,
+  with the statistics of the training features fitted once: the backbone is
+  frozen, so its running statistics converge to them."""
   x = np.asarray(features, np.float64)
   if x.ndim != 2 or len(x) < 2:
     raise ValueError(f'normalisation needs features [n >= 2, D], got shape {x.shape}')

@@ -59,7 +59,10 @@ class RandSAC(Method):
   self_supervised = True
   # What fixes the encoder's parameters (the decoder is dropped for probes
   # and fine-tunes; two-stream's depth counts the decoder's layers).
-  architecture_keys = ('data.image_size', 'randsac.patch_size', 'randsac.model.architecture',
+  # Not data.image_size: the position encodings are fixed sine-cosine
+  # functions of the grid, so a backbone fine-tunes at another resolution
+  # (ImageNet-1K pretrains at 192).
+  architecture_keys = ('randsac.patch_size', 'randsac.model.architecture',
                        'randsac.model.width', 'randsac.model.num_layers',
                        'randsac.model.heads', 'randsac.model.mlp_ratio',
                        'randsac.model.decoder_layers')
@@ -78,7 +81,6 @@ class RandSAC(Method):
     self.segments = dict(kind=s.kind, counts=tuple(s.counts), order=s.order,
                          coherent=s.coherent, blob_mean=tuple(s.blob_mean),
                          blob_std=tuple(s.blob_std))
-    self.static_size = segments_lib.static_segment_size(s.kind, self.grid, tuple(s.counts))
     self.norm_pix_loss = r.norm_pix_loss
     m = r.model
     self.net = RandSACNet(
@@ -87,15 +89,47 @@ class RandSAC(Method):
         decoder_layers=m.decoder_layers, decoder_heads=m.decoder_heads,
         drop_path=m.drop_path, remat=m.remat, dtype=dtype)
 
+  @property
+  def static_size(self) -> int | None:
+    """Tokens per segment when all segments are squares (segments_lib)."""
+    return segments_lib.static_segment_size(self.segments['kind'], self.grid,
+                                            self.segments['counts'])
+
+  @classmethod
+  def validate_backbone(cls, config: ml_collections.ConfigDict) -> None:
+    """The encoder's keys only: a probe or fine-tune draws no segments, so
+    its image size need not suit them."""
+    cls._validate_patches(config)
+    cls._validate_model(config)
+
+  @classmethod
+  def _validate_patches(cls, config: ml_collections.ConfigDict) -> int:
+    size = config.data.image_size
+    patch = require(config, 'randsac.patch_size',
+                    lambda v: is_int(v) and v > 0 and size % v == 0,
+                    f'a positive integer that divides data.image_size={size}')
+    return size // patch
+
+  @classmethod
+  def _validate_model(cls, config: ml_collections.ConfigDict) -> None:
+    m = 'randsac.model.'
+    one_of(config, m + 'architecture', ARCHITECTURES)
+    width = require(config, m + 'width', lambda v: is_int(v) and v > 0 and v % 4 == 0,
+                    'a positive multiple of 4 (2D sine-cosine position encodings)')
+    for k in ('num_layers', 'mlp_ratio', 'decoder_layers'):
+      positive_int(config, m + k)
+    for k in ('heads', 'decoder_heads'):
+      require(config, m + k, lambda v: is_int(v) and v > 0 and width % v == 0,
+              f'a positive integer that divides model.width={width}')
+    require(config, m + 'drop_path', lambda v: is_number(v) and 0 <= v < 1,
+            'a number in [0, 1)')
+    boolean(config, m + 'remat')
+
   @classmethod
   def validate(cls, config: ml_collections.ConfigDict) -> None:
     """RandSAC's keys: patches, segments and their hierarchy, loss, model."""
     r = 'randsac.'
-    size = config.data.image_size
-    patch = require(config, r + 'patch_size',
-                    lambda v: is_int(v) and v > 0 and size % v == 0,
-                    f'a positive integer that divides data.image_size={size}')
-    grid = size // patch
+    grid = cls._validate_patches(config)
     n = grid * grid
     s = r + 'segments.'
     kind = one_of(config, s + 'kind', segments_lib.SEGMENT_KINDS)
@@ -131,18 +165,7 @@ class RandSAC(Method):
     require(config, s + 'blob_std', lambda v: len(v) == 2 and all(map(is_number, v))
             and 0 < v[0] <= v[1], 'a pair (lo, hi) with 0 < lo <= hi')
     boolean(config, r + 'norm_pix_loss')
-    m = r + 'model.'
-    one_of(config, m + 'architecture', ARCHITECTURES)
-    width = require(config, m + 'width', lambda v: is_int(v) and v > 0 and v % 4 == 0,
-                    'a positive multiple of 4 (2D sine-cosine position encodings)')
-    for k in ('num_layers', 'mlp_ratio', 'decoder_layers'):
-      positive_int(config, m + k)
-    for k in ('heads', 'decoder_heads'):
-      require(config, m + k, lambda v: is_int(v) and v > 0 and width % v == 0,
-              f'a positive integer that divides model.width={width}')
-    require(config, m + 'drop_path', lambda v: is_number(v) and 0 <= v < 1,
-            'a number in [0, 1)')
-    boolean(config, m + 'remat')
+    cls._validate_model(config)
 
   # -- pieces -----------------------------------------------------------------
 
