@@ -121,14 +121,18 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
       epochs=ml_collections.FieldReference(None, field_type=float)))
   # `--layer_sweep` / `--low_data` (ssl_jax.core.feature_probe):
   # logistic regressions (L-BFGS, `steps` iterations) on frozen features of
-  # the first `train_examples` training images (data.split without its
-  # held-out part), tested on eval.split. layers: () = every representation;
-  # each layer's l2 from l2_grid and the best layer are chosen on the
-  # held-out examples. Low-data: `shots` labels per class x `seeds` draws,
-  # l2 = low_data_l2, on classifier.representation.
+  # the training images (data.split without its held-out part; the first
+  # `train_examples` of them, None: all), tested on eval.split. Features go
+  # to float32 memory maps in `features_dir` ('': a temporary directory),
+  # so host memory stays bounded (disk: examples x width x 4 bytes per
+  # layer). layers: () = every representation; each layer's l2 from l2_grid
+  # and the best layer are chosen on the held-out examples. Low-data:
+  # `shots` labels per class x `seeds` draws, l2 = low_data_l2, on
+  # classifier.representation.
   c.feature_probe = ml_collections.ConfigDict(dict(
-      train_examples=50_000, layers=(), l2_grid=(1e-4, 1e-3, 1e-2, 1e-1),
-      steps=100, shots=(4, 25, 400), seeds=5, low_data_l2=1e-2))
+      train_examples=ml_collections.FieldReference(None, field_type=int), layers=(),
+      l2_grid=(1e-4, 1e-3, 1e-2, 1e-1), steps=100, shots=(4, 25, 400), seeds=5,
+      low_data_l2=1e-2, features_dir=''))
   c.log_every = pretrain.log_every
   c.checkpoint = ml_collections.ConfigDict(pretrain.checkpoint.to_dict())
   return c

@@ -5,6 +5,7 @@ samples, the layer sweep, the low-data probe and a fine-tune."""
 
 import json
 import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -196,17 +197,26 @@ def test_parameter_counts_match_the_paper(variant, paper_millions, tmp_path):
 # -- logistic-regression probes ----------------------------------------------------
 
 
-def test_logistic_regression_fits_separable_classes_and_subsets_are_balanced():
+def test_logistic_regression_fits_separable_classes_and_subsets_are_balanced(tmp_path):
   from ssl_jax.evaluate import logistic
   rng = np.random.default_rng(0)
   means = rng.normal(0, 1, (5, 16))
   y = rng.integers(0, 5, 600)
   x = means[y] + rng.normal(0, 0.3, (600, 16))
-  xt, = logistic.standardise(x)
-  assert logistic.accuracy(logistic.fit(xt, y, 5, l2=1e-3, steps=50), xt, y) > 0.98
+  fitted = logistic.fit(x, y, 5, l2=1e-3, steps=50)
+  assert logistic.accuracy(fitted, x, y) > 0.98
+  # Chunks of 64 rows from a memory map on disk give the same classifier.
+  np.save(tmp_path / 'x.npy', x.astype(np.float32))
+  streamed = logistic.fit(np.load(tmp_path / 'x.npy', mmap_mode='r'), y, 5, l2=1e-3,
+                          steps=50, chunk=64)
+  np.testing.assert_allclose(streamed['w'], fitted['w'], rtol=1e-3, atol=1e-4)
+  assert logistic.accuracy(streamed, x, y, chunk=100) == logistic.accuracy(fitted, x, y)
+  mean, std = logistic.moments(x, chunk=64)
+  np.testing.assert_allclose(mean, x.mean(0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(std, x.std(0), rtol=1e-4)
   noise = rng.normal(0, 1, (600, 16))  # no signal: chance on held-out data
-  xa, xb = logistic.standardise(noise[:300], noise[300:])
-  assert logistic.accuracy(logistic.fit(xa, y[:300], 5, l2=1e-3, steps=50), xb, y[300:]) < 0.4
+  fitted = logistic.fit(noise[:300], y[:300], 5, l2=1e-3, steps=50)
+  assert logistic.accuracy(fitted, noise[300:], y[300:]) < 0.4
   idx = logistic.class_balanced(y, 7, 5, seed=3)
   assert np.bincount(y[idx]).tolist() == [7] * 5
   assert not np.array_equal(idx, logistic.class_balanced(y, 7, 5, seed=4))
@@ -293,14 +303,22 @@ def test_tiny_pretraining_fits_the_palette_samples_and_finetunes(data_dir, tmp_p
                                   shots=(2,), seeds=2))
   layers_dir = str(tmp_path / 'layers')
   before = len(split_reads.reads)
+  temporary = lambda: {p for p in os.listdir(tempfile.gettempdir())  # noqa: E731
+                       if p.startswith('ssl_jax_features_')}
+  temporary_before = temporary()
   rows = feature_probe.run(probe, layers_dir, 'layers')
   # l2 and layer chosen on the held-out examples; the test split read once, last.
   assert split_reads.reads[before:] == ['train', 'held_out', 'test[:48]']
+  # Features went to memory maps in a temporary directory, removed after.
+  assert temporary() <= temporary_before
   assert [r['representation'] for r in rows] == ['layer_0', 'layer_1', 'layer_2']
   assert all(0 <= r['top1'] <= 1 and 0 <= r['val_top1'] <= 1 for r in rows)
   assert sum(r['chosen'] == '*' for r in rows) == 1
   assert os.path.getsize(os.path.join(layers_dir, 'layers.png')) > 1000
+  probe.feature_probe.features_dir = str(tmp_path / 'features')
   low = feature_probe.run(probe, layers_dir, 'low_data')
+  kept = np.load(tmp_path / 'features' / '1_layer_2.npy', mmap_mode='r')
+  assert kept.shape == (96, 32)  # the training features, kept where asked
   assert low[0]['labels'] == 2 * 10 and low[0]['seeds'] == 2
 
   ft = common.classification_config(config, mode='finetune')

@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -52,7 +54,11 @@ def _layer_number(name: str) -> int | None:
 
 class Features:
   """The probe config's backbone, assembled once; `of(source)` extracts
-  {name: features}, labels of every example of a source."""
+  {name: features}, labels of every example of a source, each
+  representation written batch by batch to a float32 .npy memory map in a
+  local directory (feature_probe.features_dir, or a temporary one removed
+  by `close`), so that host memory holds one batch whatever the split's
+  size (a disk of n x d x 4 bytes per representation is needed)."""
 
   def __init__(self, config: ml_collections.ConfigDict, names: tuple[str, ...] | None):
     run = assembly.assemble(config)
@@ -66,46 +72,78 @@ class Features:
     self.state = run.new_state(whiten=False)  # the features are the backbone's
     self.evaluator, self.source = run.evaluator, run.source
     self.num_classes = run.source.num_classes
-    n = min(config.feature_probe.train_examples, self.source.num_examples)
-    self.train = pipeline.SubsetSource(self.source, np.arange(n), f':{n}')
+    limit = config.feature_probe.train_examples
+    n = self.source.num_examples if limit is None else min(limit, self.source.num_examples)
+    self.train = (self.source if n == self.source.num_examples else
+                  pipeline.SubsetSource(self.source, np.arange(n), f':{n}'))
+    given = config.feature_probe.get('features_dir', '')
+    self._temporary = not given
+    self.directory = tempfile.mkdtemp(prefix='ssl_jax_features_') if not given else given
+    os.makedirs(self.directory, exist_ok=True)
+    self._files = 0
 
   def of(self, source: pipeline.Source) -> tuple[dict[str, np.ndarray], np.ndarray]:
     start = time.perf_counter()
-    out = self.evaluator.features_by_name(self.state.params, source, self.names,
-                                          state=self.state.method_state)
-    logging.info('features of %d images of %s, %d representations (%.1f s)', len(out[1]),
-                 source.name, len(self.names), time.perf_counter() - start)
-    return out
+    self._files += 1
+    maps, labels, count = {}, np.full(source.num_examples, -1, np.int32), 0
+    for x, y in self.evaluator.iter_features(self.state.params, source, self.names,
+                                             state=self.state.method_state):
+      for k in self.names:
+        if k not in maps:
+          path = os.path.join(self.directory, f'{self._files}_{k}.npy')
+          maps[k] = np.lib.format.open_memmap(path, mode='w+', dtype=np.float32,
+                                              shape=(source.num_examples, x[k].shape[1]))
+        maps[k][count:count + len(y)] = x[k]
+      labels[count:count + len(y)] = y
+      count += len(y)
+    for m in maps.values():
+      m.flush()
+    logging.info('features of %d images of %s, %d representations, in %s (%.1f s)', count,
+                 source.name, len(self.names), self.directory, time.perf_counter() - start)
+    # Skipped (undecodable) images leave rows at the end: views without them.
+    return {k: m[:count] for k, m in maps.items()}, labels[:count]
+
+  def close(self) -> None:
+    if self._temporary:
+      shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def layer_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-  f = config.feature_probe
-  features = Features(config, tuple(f.layers))
-  if features.source.held_out is None:
+  if not config.data.held_out_examples:
     raise ConfigError('--layer_sweep chooses each layer\'s l2, and the best layer, on '
                       'examples held out of the training split: set '
                       'config.data.held_out_examples > 0 (e.g. 1000)')
+  features = Features(config, tuple(config.feature_probe.layers))
+  try:
+    return _layer_sweep(config, workdir, features)
+  finally:
+    features.close()
+
+
+def _layer_sweep(config, workdir: str, features: Features) -> list[dict[str, Any]]:
+  f = config.feature_probe
   train_x, train_y = features.of(features.train)
   val_x, val_y = features.of(features.source.held_out)
   classes, rows, fitted = features.num_classes, [], {}
   for name in features.names:
-    xt, xv = logistic.standardise(train_x[name], val_x[name])
-    scores = {float(l2): logistic.fit(xt, train_y, classes, l2=l2, steps=f.steps)
+    moments = logistic.moments(train_x[name])
+    scores = {float(l2): logistic.fit(train_x[name], train_y, classes, l2=l2, steps=f.steps,
+                                      standardise_with=moments)
               for l2 in f.l2_grid}
-    val = {l2: logistic.accuracy(params, xv, val_y) for l2, params in scores.items()}
+    val = {l2: logistic.accuracy(params, val_x[name], val_y) for l2, params in scores.items()}
     l2 = max(val, key=lambda k: (val[k], k))
     fitted[name] = scores[l2]
     rows.append({'representation': name, 'layer': _layer_number(name), 'l2': l2,
-                 'val_top1': val[l2], 'train_top1': logistic.accuracy(scores[l2], xt, train_y),
-                 'features': int(xt.shape[1])})
+                 'val_top1': val[l2],
+                 'train_top1': logistic.accuracy(scores[l2], train_x[name], train_y),
+                 'features': int(train_x[name].shape[1])})
     logging.info('%s: held-out top-1 %.4f (l2 %g)', name, val[l2], l2)
   chosen = max(range(len(rows)), key=lambda i: rows[i]['val_top1'])
   # Every choice is made: eval.split is read now, once.
   test_x, test_y = features.of(features.evaluator.test)
   for row in rows:
-    name = row['representation']
-    _, xs = logistic.standardise(train_x[name], test_x[name])
-    row['top1'] = logistic.accuracy(fitted[name], xs, test_y)
+    row['top1'] = logistic.accuracy(fitted[row['representation']],
+                                    test_x[row['representation']], test_y)
     row['chosen'] = '*' if row is rows[chosen] else ''
   logging.info('chosen on the held-out examples: %s; its %s top-1 %.4f',
                rows[chosen]['representation'], config.eval.split, rows[chosen]['top1'])
@@ -119,9 +157,16 @@ def layer_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
 
 
 def low_data(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-  f = config.feature_probe
   name = config.classifier.representation
   features = Features(config, (name,))
+  try:
+    return _low_data(config, workdir, features, name)
+  finally:
+    features.close()
+
+
+def _low_data(config, workdir: str, features: Features, name: str) -> list[dict[str, Any]]:
+  f = config.feature_probe
   classes = features.num_classes
   train_x, train_y = features.of(features.train)
   test_x, test_y = features.of(features.evaluator.test)
@@ -130,9 +175,9 @@ def low_data(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, 
     accs = []
     for seed in range(f.seeds):
       idx = logistic.class_balanced(train_y, shots, classes, seed)
-      xt, xs = logistic.standardise(train_x[name][idx], test_x[name])
-      params = logistic.fit(xt, train_y[idx], classes, l2=f.low_data_l2, steps=f.steps)
-      accs.append(logistic.accuracy(params, xs, test_y))
+      params = logistic.fit(train_x[name][idx], train_y[idx], classes, l2=f.low_data_l2,
+                            steps=f.steps)
+      accs.append(logistic.accuracy(params, test_x[name], test_y))
     accs = np.asarray(accs)
     rows.append({'labels': int(shots * classes), 'per_class': int(shots),
                  'top1': float(accs.mean()), 'std_top1': float(accs.std()),

@@ -235,7 +235,11 @@ def validate_selection(config: ml_collections.ConfigDict) -> None:
 def validate_feature_probe(config: ml_collections.ConfigDict) -> None:
   """The logistic-regression probes of --layer_sweep / --low_data."""
   f = 'feature_probe.'
-  require(config, f + 'train_examples', lambda v: is_int(v) and v >= 2, 'an integer >= 2')
+  require(config, f + 'train_examples', lambda v: v is None or (is_int(v) and v >= 2),
+          'None (every training image) or an integer >= 2')
+  if 'features_dir' in config.feature_probe:
+    require(config, f + 'features_dir', lambda v: isinstance(v, str) and '://' not in v,
+            "'' (a temporary directory) or a local directory for the features' memory maps")
   require(config, f + 'layers', lambda v: all(isinstance(x, str) and x for x in v),
            "a tuple of representation names (() for all), e.g. ('layer_4', 'layer_8')")
   require(config, f + 'l2_grid', lambda v: len(v) >= 1 and all(

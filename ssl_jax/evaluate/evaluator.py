@@ -135,6 +135,18 @@ class Evaluator:
                        *, state: Any = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({name: features [n, d]}, labels [n]) of several representations of
     every example of `source`, from one pass."""
+    xs, ys = {k: [] for k in names}, []
+    for x, y in self.iter_features(params, source, names, state=state):
+      for k in names:
+        xs[k].append(x[k])
+      ys.append(y)
+    return {k: np.concatenate(v) for k, v in xs.items()}, np.concatenate(ys)
+
+  def iter_features(self, params: Any, source: pipeline.Source, names: tuple[str, ...],
+                    *, state: Any = None):
+    """({name: features [b, d]}, labels [b]) of each evaluation batch of
+    `source` in order, valid examples only (host numpy): features of a
+    split larger than memory, one batch at a time."""
     state = {} if state is None else state
 
     def represent(params, state, batch, index):
@@ -142,13 +154,10 @@ class Evaluator:
       return {k: feats[k] for k in names}, batch['label'], batch['valid']
 
     fn = self._jit('represent/' + ','.join(names), represent, params, state)
-    xs, ys = {k: [] for k in names}, []
     for batch, index in self._keyed(source):
       x, y, valid = jax.device_get(fn(params, state, batch, index))
-      for k in names:
-        xs[k].append(np.asarray(x[k])[valid])
-      ys.append(np.asarray(y)[valid])
-    return {k: np.concatenate(v) for k, v in xs.items()}, np.concatenate(ys)
+      valid = np.asarray(valid)
+      yield {k: np.asarray(x[k])[valid] for k in names}, np.asarray(y)[valid]
 
   def _shots(self, labels: np.ndarray) -> tuple[int, ...]:
     counts = np.bincount(labels, minlength=self.num_classes)
