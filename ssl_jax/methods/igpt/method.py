@@ -141,7 +141,9 @@ class IGPT(Method):
     if config.init.workdir is None and not config.backbone.igpt.palette.path:
       raise ConfigError('config.backbone.igpt.palette.path=\'\' is not allowed with '
                         'init.workdir=None: a randomly initialised iGPT backbone needs a palette '
-                        'file (a checkpoint carries its own)')
+                        'file (a checkpoint carries its own). Fit one with python -m '
+                        'ssl_jax.palette --config=configs/igpt.py:VARIANT (it prints the '
+                        'path) and pass --config.backbone.igpt.palette.path=PATH')
 
   @classmethod
   def prepare(cls, config: ml_collections.ConfigDict) -> None:
