@@ -97,23 +97,21 @@ def main(argv):
 
   rows = {'pretrained': {}, 'random init (fine-tune: supervised from scratch)': {},
           'raw pixels': {}}
-  for fraction in _FRACTIONS:
-    pct = f'{round(100 * fraction)}%'
-    for name, variant, init in (('pretrained', 'patchformer_tiny', pre_dir),
-                                ('random init (fine-tune: supervised from scratch)',
-                                 'patchformer_tiny', None),
-                                ('raw pixels', 'pixels_tiny', None)):
-      c = _shorten(linear_probe.get_config(variant), quick)
-      c.init.workdir, c.data.label_fraction = init, fraction
-      tag = name.split(' (')[0].replace(' ', '_')
-      rows[name][f'linear probe, {pct} labels'] = _cell(
-          c, os.path.join(root, f'probe_{tag}_{pct[:-1]}pct'))
-      if variant == 'pixels_tiny':
-        continue  # no backbone to fine-tune: the probe is the whole model
-      c = _shorten(finetune.get_config(variant), quick)
-      c.init.workdir, c.data.label_fraction = init, fraction
-      rows[name][f'fine-tune, {pct} labels'] = _cell(
-          c, os.path.join(root, f'finetune_{tag}_{pct[:-1]}pct'))
+  for kind, configs in (('linear probe', linear_probe), ('fine-tune', finetune)):
+    for fraction in _FRACTIONS:  # every probe first: the cheaper cells
+      pct = f'{round(100 * fraction)}%'
+      for name, variant, init in (('pretrained', 'patchformer_tiny', pre_dir),
+                                  ('random init (fine-tune: supervised from scratch)',
+                                   'patchformer_tiny', None),
+                                  ('raw pixels', 'pixels_tiny', None)):
+        if kind == 'fine-tune' and variant == 'pixels_tiny':
+          continue  # no backbone to fine-tune: the probe is the whole model
+        c = _shorten(configs.get_config(variant), quick)
+        c.init.workdir, c.data.label_fraction = init, fraction
+        tag = name.split(' (')[0].replace(' ', '_')
+        prefix = 'probe' if kind == 'linear probe' else 'finetune'
+        rows[name][f'{kind}, {pct} labels'] = _cell(
+            c, os.path.join(root, f'{prefix}_{tag}_{pct[:-1]}pct'))
 
   columns = [f'{kind}, {round(100 * f)}% labels' for kind in ('linear probe', 'fine-tune')
              for f in _FRACTIONS]
