@@ -251,9 +251,9 @@ def linear_probe_config(variant: str) -> ml_collections.ConfigDict:
   epochs, random resized crops (area 0.08-1) and flips, and before the
   linear classifier a BatchNorm without affine parameters, as MAE's probe
   (classifier.whiten_kind='per_feature': the frozen features' per-feature
-  mean and variance on the first whiten_examples training images, fitted
-  once, where MAE's BatchNorm tracks running statistics of augmented
-  batches; the backbone is frozen, so these converge to the same). Epochs
+  mean and variance on the first whiten_examples training images in
+  evaluation-mode views, fitted once: an approximation of MAE's BatchNorm,
+  whose running statistics track the augmented training batches). Epochs
   count the training images left after the held-out ones. tiny keeps the
   shared AdamW probe on whitened features (configs/linear_probe.py): a
   batch of 16384 is not a 2-core budget.

@@ -195,24 +195,33 @@ def test_sweep_chooses_on_held_out_examples_and_reads_the_test_split_once(
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_early_stopping_reports_the_best_held_out_step_and_reads_the_test_split_once(
-    reference, tmp_path, split_reads):
-  config = _probe_config(reference, 'finetune', **{'eval.every': 2, 'eval.select': 'best',
-                                                   'optimizer.lr': 3e-3})
-  result = train.run(config, str(tmp_path))
+    reference, tmp_path, split_reads, monkeypatch):
+  # Held-out top-1 falling at every evaluation: the best is the first (step 2).
+  falling = iter([0.9, 0.8, 0.7, 0.6])
+  select = Evaluator.select
+  monkeypatch.setattr(Evaluator, 'select', lambda *a, **k: dict(
+      select(*a, **k), **{'val/top1': next(falling)}))
+  config = _probe_config(reference, 'finetune', **{'eval.every': 2, 'eval.select': 'best'})
+  first = train.run(config, str(tmp_path), stop_after=5)  # preempted after step 5
+  assert first.last_step == 5 and sorted(os.listdir(tmp_path / 'best')) == ['2']
+  result = train.run(config, str(tmp_path))  # resumes: step 2 stays the best
   records = json.load(open(tmp_path / 'eval.json'))['evaluations']
   assert [r['step'] for r in records] == [2, 4, 6, 8]
   assert split_reads.reads == ['held_out'] * 4 + ['test[:96]']
   assert not any(k.startswith('eval/') for r in records[:-1] for k in r)
-  best = max(records, key=lambda r: (r['val/top1'], -r['step']))
-  assert records[-1]['selected_step'] == best['step'] == result.evaluation['selected_step']
-  # The reported numbers are those of the selected step's parameters.
+  final = records[-1]
+  assert final['selected_step'] == 2 == result.evaluation['selected_step']
+  assert final['selected_val/top1'] == 0.9 and final['val/top1'] == 0.6
+  assert sorted(os.listdir(tmp_path / 'best')) == ['2']  # parameters only, one step
+  # The reported numbers are those of step 2's parameters.
   run_ = assembly.assemble(config, restored=True)
-  kept = 'best' if best['step'] < 8 else 'checkpoints'
+  abstract = run_.trainer.abstract_state()
   with ckpt_lib.Checkpointer(str(tmp_path), keep=None, read_only=True,
-                             subdir=kept) as checkpointer:
-    state = checkpointer.restore_state(best['step'], run_.trainer.abstract_state())
-  assert run_.evaluator.report(state.params, state.method_state)['eval/top1'] == (
-      records[-1]['eval/top1'])
+                             subdir='best') as checkpointer:
+    kept = checkpointer.restore_state(2, {'params': abstract.params,
+                                          'method_state': abstract.method_state})
+  assert run_.evaluator.report(kept['params'], kept['method_state'])['eval/top1'] == (
+      final['eval/top1'])
 
 
 @pytest.mark.parametrize('overrides, message', [

@@ -317,7 +317,7 @@ def test_tiny_pretraining_fits_the_palette_samples_and_finetunes(data_dir, tmp_p
   assert os.path.getsize(os.path.join(layers_dir, 'layers.png')) > 1000
   probe.feature_probe.features_dir = str(tmp_path / 'features')
   low = feature_probe.run(probe, layers_dir, 'low_data')
-  kept = np.load(tmp_path / 'features' / '1_layer_2.npy', mmap_mode='r')
+  kept = np.load(tmp_path / 'features' / 'process0' / '1_layer_2.npy', mmap_mode='r')
   assert kept.shape == (96, 32)  # the training features, kept where asked
   assert low[0]['labels'] == 2 * 10 and low[0]['seeds'] == 2
 

@@ -92,23 +92,24 @@ class _FakeImagenet(pipeline.Source):
 
 def _imagenet_opener():
   names = np.array([f'n{c}_{i}.JPEG'.encode() for i, c in enumerate(LABELS)], object)
-  listed = pipeline.class_balanced_subset(LABELS, 0.1, seed=5)
-  sources = {'imagenet2012': _FakeImagenet(LABELS, names, 'imagenet2012'),
-             'imagenet2012_subset/10pct': _FakeImagenet(LABELS[listed], names[listed],
-                                                        'imagenet2012_subset/10pct')}
-  return (lambda name, split: sources[name]), listed
+  one = pipeline.class_balanced_subset(LABELS, 0.04, seed=9)  # stand-ins for the lists
+  ten = pipeline.class_balanced_subset(LABELS, 0.1, seed=5)
+  sources = {'imagenet2012': _FakeImagenet(LABELS, names, 'imagenet2012')}
+  for fraction, listed in ((0.01, one), (0.1, ten)):
+    subset = pipeline._IMAGENET_SUBSETS[fraction]
+    sources[subset] = _FakeImagenet(LABELS[listed], names[listed], subset)
+  return (lambda name, split: sources[name]), one, ten
 
 
-def test_imagenet_standard_list_is_kept_and_the_held_out_part_avoids_it():
-  opener, listed = _imagenet_opener()
-  ten = pipeline._imagenet_subset(opener, 'imagenet2012', 'imagenet2012_subset/10pct', 0.1,
-                                  0, 8)
-  assert np.array_equal(ten.ids, listed)  # the standard list itself, by file name
-  assert ten.held_out.num_examples == 8 and not set(ten.held_out.ids) & set(listed)
-  twenty = pipeline._imagenet_subset(opener, 'imagenet2012', 'imagenet2012_subset/10pct',
-                                     0.2, 0, 8)
-  assert set(listed) <= set(twenty.ids) and not set(twenty.ids) & set(twenty.held_out.ids)
-  assert np.array_equal(twenty.held_out.ids, ten.held_out.ids)
-  without = pipeline._imagenet_subset(opener, 'imagenet2012', 'imagenet2012_subset/10pct',
-                                      0.1, 0, 0)
-  assert without.name == 'imagenet2012_subset/10pct' and without.held_out is None
+def test_imagenet_lists_are_kept_and_the_held_out_part_is_the_same_for_every_fraction():
+  opener, one, ten = _imagenet_opener()
+  made = {f: pipeline._imagenet_subset(opener, 'imagenet2012', f, 0, 8)
+          for f in (0.01, 0.1, 0.2, 0.05, 1.0)}
+  assert np.array_equal(made[0.01].ids, one) and np.array_equal(made[0.1].ids, ten)
+  held = made[0.01].held_out.ids
+  assert len(held) == 8 and not set(held) & (set(one) | set(ten))
+  for source in made.values():  # one held-out part, outside every training subset
+    assert np.array_equal(source.held_out.ids, held) and not set(source.ids) & set(held)
+  assert set(ten) <= set(made[0.2].ids)  # 20% contains the 10% list
+  assert np.bincount(LABELS[made[0.2].ids]).tolist() == [10] * 4
+  assert made[1.0].num_examples == 200 - 8

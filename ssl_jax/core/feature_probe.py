@@ -32,6 +32,7 @@ import tempfile
 import time
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -78,7 +79,8 @@ class Features:
                   pipeline.SubsetSource(self.source, np.arange(n), f':{n}'))
     given = config.feature_probe.get('features_dir', '')
     self._temporary = not given
-    self.directory = tempfile.mkdtemp(prefix='ssl_jax_features_') if not given else given
+    self.directory = (tempfile.mkdtemp(prefix='ssl_jax_features_') if not given else
+                      os.path.join(given, f'process{jax.process_index()}'))
     os.makedirs(self.directory, exist_ok=True)
     self._files = 0
 
@@ -179,10 +181,11 @@ def _low_data(config, workdir: str, features: Features, name: str) -> list[dict[
                             steps=f.steps)
       accs.append(logistic.accuracy(params, test_x[name], test_y))
     accs = np.asarray(accs)
+    std = float(accs.std(ddof=1)) if len(accs) > 1 else 0.0  # sample std, as --seeds
     rows.append({'labels': int(shots * classes), 'per_class': int(shots),
-                 'top1': float(accs.mean()), 'std_top1': float(accs.std()),
+                 'top1': float(accs.mean()), 'std_top1': std,
                  'error_pct': float(100 * (1 - accs.mean())),
-                 'error_std_pct': float(100 * accs.std()),
+                 'error_std_pct': float(100 * std),
                  'seeds': int(f.seeds)})
     logging.info('%d labels: error %.1f +- %.1f%%', rows[-1]['labels'],
                  rows[-1]['error_pct'], rows[-1]['error_std_pct'])
@@ -192,6 +195,8 @@ def _low_data(config, workdir: str, features: Features, name: str) -> list[dict[
 
 
 def _write(workdir: str, stem: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+  if jax.process_index() > 0:
+    return
   os.makedirs(workdir, exist_ok=True)
   made_by = provenance_lib.record()
   metrics_lib.write_atomic(os.path.join(workdir, f'{stem}.json'),
@@ -231,7 +236,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> list[dict
   if config.objective != validation.CLASSIFICATION or 'feature_probe' not in config:
     raise ConfigError('--layer_sweep / --low_data need a linear-probe config '
                       '(configs/linear_probe.py) with a feature_probe block')
-  import jax
   validation.validate(config, jax.device_count())
   with workdir_lib.hold(workdir):
     return layer_sweep(config, workdir) if mode == 'layers' else low_data(config, workdir)

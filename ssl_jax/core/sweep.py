@@ -90,9 +90,12 @@ def _run_points(config, workdir: str, grid, num_examples: int,
       if result.preempted:
         raise train.Preempted(result.last_step)
       scores = result.evaluation
+    if train.SELECTED not in scores:
+      raise ConfigError(f'{sub} finished without {train.SELECTED!r} in its eval.json (it was '
+                        'trained before selection on held-out examples): move it away so the '
+                        'point is trained again')
     rows.append({'batch_size': b, 'lr': lr, 'steps': c.total_steps,
-                 **{k: v for k, v in scores.items() if k.startswith('val/')
-                    or k == 'selected_step'}})
+                 **{k: v for k, v in scores.items() if k.startswith(('val/', 'selected'))}})
     _write(config, workdir, rows, None)
   best = choose(rows)
   c = point_config(config, best['batch_size'], best['lr'], num_examples)
@@ -102,7 +105,7 @@ def _run_points(config, workdir: str, grid, num_examples: int,
   chosen = best
   _write(config, workdir, rows, chosen)
   logging.info('sweep done: chose batch %d, lr %g on %s (%.4f); %s top-1 %.4f; table: %s',
-               best['batch_size'], best['lr'], train.SELECT, best[train.SELECT],
+               best['batch_size'], best['lr'], train.SELECTED, best[train.SELECTED],
                config.eval.split, chosen.get('eval/top1', float('nan')),
                os.path.join(workdir, 'sweep.md'))
   return rows
@@ -113,8 +116,9 @@ def point_name(batch_size: int, lr: float) -> str:
 
 
 def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
-  """The row with the best held-out top-1 (the first of ties)."""
-  return max(rows, key=lambda r: r.get(train.SELECT, -1))
+  """The row whose selected parameters have the best held-out top-1 (the
+  first of ties)."""
+  return max(rows, key=lambda r: r[train.SELECTED])
 
 
 def _write(config, workdir: str, rows: list[dict[str, Any]],
@@ -132,7 +136,7 @@ def _write(config, workdir: str, rows: list[dict[str, Any]],
        'reported_on': reported_on, 'provenance': made_by}, indent=1) + '\n')
   text = metrics_lib.markdown_table(
       marked, first=('batch_size', 'lr', 'steps', 'val/top1', 'val/top5', 'chosen'))
-  text += f'\nChosen on: {selected_on}, by {train.SELECT}.\n'
+  text += f'\nChosen on: {selected_on}, by {train.SELECTED}.\n'
   if chosen:
     text += (f'Reported on {reported_on}: batch {chosen["batch_size"]}, lr {chosen["lr"]:g}: '
              f'top-1 {100 * chosen["eval/top1"]:.2f}%, top-5 {100 * chosen["eval/top5"]:.2f}%.'

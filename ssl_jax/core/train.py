@@ -216,6 +216,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
 
 
 SELECT = 'val/top1'  # what early stopping and a sweep choose by (held-out part)
+SELECTED = 'selected_val/top1'  # the final record's SELECT of the selected step
+
+
+def _kept(state) -> dict[str, Any]:
+  """What WORKDIR/best/ keeps of a state: the parameters and the method's
+  non-gradient state (no optimizer moments)."""
+  return {'params': state.params, 'method_state': state.method_state}
 
 
 def selects_best(config) -> bool:
@@ -248,11 +255,13 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     try:
       abstract = run_.trainer.abstract_state()
       step = int(final.get('selected_step', config.total_steps))
-      best = selects_best(config) and step != config.total_steps
+      best = step != config.total_steps
       with ckpt_lib.Checkpointer(workdir, keep=None, read_only=True,
                                  subdir='best' if best else 'checkpoints') as checkpointer:
-        state = checkpointer.restore_state(step, abstract)
-      scores = run_.evaluator.report(state.params, state.method_state)
+        kept = checkpointer.restore_state(step, _kept(abstract) if best else abstract)
+      params, method_state = ((kept['params'], kept['method_state']) if best else
+                              (kept.params, kept.method_state))
+      scores = run_.evaluator.report(params, method_state)
     finally:
       run_.close()
     made_by = dict(provenance_lib.record(), start_step=config.total_steps)
@@ -308,7 +317,12 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemptio
     if selects_best(config):
       # Those of an interrupted run's later steps are recomputed identically.
       best_keeper.prune({s for s in best_keeper.all_steps() if s <= start})
-    best = best_record(results.records)
+      # Only evaluations whose state is kept can be chosen (eval.select may
+      # have been switched to 'best' on resume, or a save cut short).
+      saved = set(best_keeper.all_steps())
+      best = best_record([r for r in results.records if r['step'] in saved])
+    else:
+      best = None
 
     result = RunResult(workdir, start, start, preempted=False)
     batches = assembly.global_batches(config, run_.source, trainer.mesh, start)
@@ -344,6 +358,8 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemptio
       if step == total and config.objective == validation.CLASSIFICATION:
         chosen = best['step'] if selects_best(config) and best is not None else step
         scores['selected_step'] = chosen
+        if SELECT in scores:  # what a sweep over such runs chooses by
+          scores[SELECTED] = best[SELECT] if chosen != step else scores[SELECT]
         if report_at_end:
           scores.update(evaluator.report(*chosen_state(chosen)))
       writer.write_scalars(step, scores)
@@ -364,17 +380,18 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemptio
       fallback = best_record([r for r in results.records
                               if r['step'] <= (last_checkpoint or 0)])
       keep = {step} | ({fallback['step']} if fallback else set())
+      checkpointer.wait()  # the fallback's regular checkpoint is on disk first
       best_keeper.prune(keep)
-      best_keeper.save(step, state, {'step': step, SELECT: best[SELECT]})
+      best_keeper.save(step, _kept(state), {'step': step, SELECT: best[SELECT]})
 
     def chosen_state(step: int):
       """(params, method state) of the selected step, for the report."""
       if step == total:
         return state.params, state.method_state
       best_keeper.wait()
-      chosen = best_keeper.restore_state(step, abstract)
+      chosen = best_keeper.restore_state(step, _kept(abstract))
       logging.info('reporting the parameters of step %d (best %s)', step, SELECT)
-      return chosen.params, chosen.method_state
+      return chosen['params'], chosen['method_state']
 
     def log(step: int, host: dict[str, float], flush: bool = True):
       nonlocal last_log_time, last_log_step

@@ -144,7 +144,7 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         f'config.data.image_size={config.data.image_size} is not allowed: must equal '
         f'config.backbone.data.image_size={config.backbone.data.image_size}, the size '
-        'the backbone was pretrained at')
+        'the backbone is built for (set data.image_size alone: the backbone follows it)')
   backbone.validate_backbone(config.backbone)
   require(config, 'init.workdir', lambda v: v is None or (isinstance(v, str) and v),
           "the pretraining run's --workdir, or None for a randomly initialised backbone")

@@ -813,11 +813,15 @@ def _make_subset_source(kind_or_name: str, *, data_dir: str | None, split: str,
   open_source = functools.partial(make_source, data_dir=data_dir,
                                    image_key=image_key, label_key=label_key,
                                    skip_bad_images=skip_bad_images)
-  subset_name = imagenet_subset_name(kind_or_name, split, label_fraction)
-  nest_in = imagenet_subset_name(kind_or_name, split, 0.1) if label_fraction > 0.1 else None
-  if subset_name is not None or (nest_in is not None and label_fraction < 1):
-    return _imagenet_subset(open_source, kind_or_name, subset_name or nest_in,
-                            label_fraction, subset_seed, held_out_examples)
+  standard = imagenet_subset_name(kind_or_name, split, label_fraction)
+  on_imagenet_train = imagenet_subset_name(kind_or_name, split, 0.1) is not None
+  if standard and not held_out_examples:
+    logging.info('label_fraction=%s of %s: opening the standard TFDS subset %s instead '
+                 '(subset_seed is not used).', label_fraction, kind_or_name, standard)
+    return _open_listed(open_source, kind_or_name, standard, label_fraction)
+  if on_imagenet_train and (held_out_examples or label_fraction > 0.1):
+    return _imagenet_subset(open_source, kind_or_name, label_fraction, subset_seed,
+                            held_out_examples)
   source = open_source(kind_or_name, split=split)
   labels = source.labels()
   held = (splits.held_out_ids(labels, held_out_examples, subset_seed)
@@ -837,37 +841,46 @@ def _make_subset_source(kind_or_name: str, *, data_dir: str | None, split: str,
   return subset
 
 
-def _imagenet_subset(open_source, name: str, subset_name: str, fraction: float,
-                     seed: int, held_out_examples: int) -> Source:
-  """ImageNet's train split at a label fraction, with the standard TFDS
-  lists: 1% and 10% are ``subset_name`` itself; a larger fraction is a
-  class-balanced subset of the full split that contains the 10% list. The
-  held-out part (if any) is drawn from the full split outside the list."""
+def _open_listed(open_source, name: str, subset_name: str, fraction: float) -> Source:
   try:
-    listed = open_source(subset_name, split='train')
+    return open_source(subset_name, split='train')
   except DataError as e:
-    raise DataError(f'label_fraction={fraction} of {name} \'train\' is read from, or '
-                    f'nested around, the standard TFDS subset {subset_name}: {e}') from e
-  standard = fraction in _IMAGENET_SUBSETS
-  if standard and not held_out_examples:
-    logging.info('label_fraction=%s of %s: opening the standard TFDS subset %s instead '
-                 '(subset_seed is not used).', fraction, name, subset_name)
-    return listed
+    raise DataError(f'label_fraction={fraction} of {name} \'train\' reads, or avoids, the '
+                    f'standard TFDS subset {subset_name}: {e}') from e
+
+
+def _imagenet_subset(open_source, name: str, fraction: float, seed: int,
+                     held_out_examples: int) -> Source:
+  """ImageNet's train split with the standard TFDS lists (1% and 10%,
+  matched by file name): the held-out part is drawn outside both lists, so
+  it is the same for every fraction; 1% and 10% train on their list, a
+  fraction above 10% on a class-balanced subset that contains the 10% list,
+  any other fraction on a class-balanced subset of the rest."""
   full = open_source(name, split='train')
   labels = full.labels()
-  in_list = splits.ids_of_names(full.strings('file_name'), listed.strings('file_name'),
-                                f'{subset_name} within {name} train')
-  held = (splits.held_out_ids(labels, held_out_examples, seed, exclude=in_list)
+  names = full.strings('file_name')
+  listed = {f: splits.ids_of_names(
+      names, _open_listed(open_source, name, subset, fraction).strings('file_name'),
+      f'{subset} within {name} train') for f, subset in _IMAGENET_SUBSETS.items()}
+  lists = np.union1d(*listed.values())
+  held = (splits.held_out_ids(labels, held_out_examples, seed, exclude=lists)
           if held_out_examples else np.zeros([0], np.int64))
-  if standard:
-    source = SubsetSource(full, in_list, description=f'{subset_name} list')
+  if fraction in listed:
+    ids, description = listed[fraction], f'{_IMAGENET_SUBSETS[fraction]} list'
+  elif fraction > 0.1 and fraction < 1:
+    ids = splits.nested_ids(labels, fraction, seed, listed[0.1], held)
+    description = f'{fraction * 100:g}% of labels around the 10% list'
   else:
-    source = SubsetSource(full, splits.nested_ids(labels, fraction, seed, in_list, held),
-                          description=f'{fraction * 100:g}% of labels around {subset_name}')
+    rest = splits.remaining_ids(full.num_examples, held)
+    ids = rest if fraction == 1.0 else rest[class_balanced_subset(labels[rest], fraction,
+                                                                    seed)]
+    description = (f'without {len(held)} held out' if fraction == 1.0 else
+                   f'{fraction * 100:g}% of labels')
+  source = SubsetSource(full, ids, description=description)
   if len(held):
     source.held_out = SubsetSource(full, held, description=f'{len(held)} held out')
-  logging.info('%s: %d examples, %d held out (subset_seed=%d).', source.name,
-               source.num_examples, len(held), seed)
+  logging.info('%s: %d examples, %d held out outside the 1%% and 10%% lists '
+               '(subset_seed=%d).', source.name, source.num_examples, len(held), seed)
   return source
 
 

@@ -88,8 +88,12 @@ class Classification:
 
   def _features(self, params, batch, rng, train: bool, state) -> jax.Array:
     state = state if self.keeps_state else None
-    if self.mode == 'linear':  # frozen backbone, evaluation mode (fresh draws per step)
-      feats = self.backbone.represent(params['backbone'], batch, state=state, rng=rng)
+    if self.mode == 'linear':  # frozen backbone, evaluation mode
+      # One draw per step from the step's key (a BERT backbone: one fresh
+      # mask), the features `predict` applies the head to, draw by draw.
+      feats = self.backbone.represent_draws(params['backbone'], batch,
+                                            jax.random.key(0) if rng is None else rng,
+                                            state=state)[0]
       return jax.lax.stop_gradient(feats[self.representation])
     feats = self.backbone.represent(params['backbone'], batch, state=state, rng=rng,
                                     train=train, mask_ratio=self.mask_ratio if train else 0.0)
@@ -139,8 +143,9 @@ class Classification:
               for d in draws]
     if len(logits) == 1:
       return logits[0]
-    probs = jnp.mean(jnp.stack([jax.nn.softmax(l.astype(jnp.float32)) for l in logits]), 0)
-    return jnp.log(probs)
+    # log of the mean probability, computed stably (never -inf).
+    logp = jnp.stack([jax.nn.log_softmax(l.astype(jnp.float32)) for l in logits])
+    return jax.nn.logsumexp(logp, axis=0) - jnp.log(len(logits))
 
   def param_labels(self, params: Any) -> Any:
     head = jax.tree.map(lambda _: 'train', params['head'])

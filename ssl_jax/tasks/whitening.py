@@ -42,8 +42,9 @@ def per_feature(features: np.ndarray, eps: float = BATCHNORM_EPS
   """(mean [D], diagonal matrix [D, D]): each feature standardised by its own
   mean and variance, (x - mean) / sqrt(var + eps). This is the BatchNorm
   without affine parameters that some papers put before their linear probes,
-  with the statistics of the training features fitted once: the backbone is
-  frozen, so its running statistics converge to them."""
+  with statistics fitted once to the training features: an approximation of
+  the BatchNorm's running statistics, which track the (augmented) training
+  batches of a frozen backbone, here computed on evaluation-mode views."""
   x = np.asarray(features, np.float64)
   if x.ndim != 2 or len(x) < 2:
     raise ValueError(f'normalisation needs features [n >= 2, D], got shape {x.shape}')

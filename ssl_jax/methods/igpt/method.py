@@ -20,9 +20,9 @@ averaged over positions (section "Fine-tuning": f^l = <n^l_i>_i); 'layer_L'
 is the final norm's. BERT models are evaluated under igpt.bert_eval_masks
 random masks (Figure 4's ensembling; 0: no mask), drawn afresh for every
 batch from the key the evaluation passes (`represent_draws`): a classifier
-averages its predicted probabilities over the masks, and feature probes
-read the features averaged over them (for a linear classifier, averaging
-its logits).
+averages its predicted probabilities over the masks (a linear probe trains
+on one fresh mask per example and step), and feature probes read the
+features averaged over them (for a linear classifier, averaging its logits).
 """
 
 from __future__ import annotations
