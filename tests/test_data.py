@@ -126,6 +126,7 @@ def _ridge_accuracy(x_train, y_train, x_test, y_test, lam):
   return float(np.mean(np.argmax(scores, axis=1) == y_test))
 
 
+@pytest.mark.slow  # over 8 s: the slow tier (the fast one stays under 4 minutes)
 def test_linear_classifier_on_raw_pixels_does_poorly():
   def load(split, n):
     images, labels = zip(*(shapes.render_example(split, i) for i in range(n)))

@@ -150,6 +150,7 @@ def test_bert_masks_have_the_configured_rate_and_only_masked_tokens_count(tmp_pa
   np.testing.assert_allclose(float(loss), np.log(64), rtol=1e-5)
 
 
+@pytest.mark.slow  # over 8 s: the slow tier (the fast one stays under 4 minutes)
 def test_bert_evaluation_draws_fresh_masks_and_ensembles_predictions(tmp_path):
   from configs import common
   from ssl_jax.tasks.classification import Classification

@@ -133,6 +133,7 @@ def test_named_representations(small_objective):
   np.testing.assert_array_equal(masked['tokens'], again['tokens'])
 
 
+@pytest.mark.slow  # over 8 s: the slow tier (the fast one stays under 4 minutes)
 def test_bfloat16_compute_keeps_float32_params():
   config = small_config()
   obj = registry.get(config.objective)(config, jnp.bfloat16)

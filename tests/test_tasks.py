@@ -63,6 +63,7 @@ def test_no_labels_means_no_online_probe():
   assert task.probe is None and set(shapes) == {'model'}
 
 
+@pytest.mark.slow  # over 8 s: the slow tier (the fast one stays under 4 minutes)
 def test_linear_probe_updates_only_the_head_and_keeps_no_backbone_state():
   config = small_classifier_config('linear', **{'optimizer.warmup_steps': 0})
   task = tasks.build(config, 10)
