@@ -63,14 +63,11 @@ def _shorten(config, quick: bool):
 
 
 def _run(config, workdir: str) -> dict:
-  from ssl_jax.core import metrics, train
-  finished = metrics.final_evaluation(workdir, config.total_steps)
-  if finished is not None:
-    return finished
+  from ssl_jax.core import train
   t0 = time.perf_counter()
-  result = train.run(config, workdir)
+  final = train.run_to_end(config, workdir)
   logging.info('%s: %.0f s', workdir, time.perf_counter() - t0)
-  return result.evaluation
+  return final
 
 
 def _cell(config, workdir: str) -> dict:

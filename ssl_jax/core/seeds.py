@@ -88,15 +88,9 @@ def run_seeds(config: ml_collections.ConfigDict, workdir: str, num_seeds: int
     for i, s in enumerate(seeds):
       if preemption.requested:
         raise train.Preempted(None, f'before seed {s} ({i + 1}/{len(seeds)})')
-      c = seed_config(config, s)
       sub = os.path.join(workdir, f'seed{s}')
-      final = metrics_lib.final_evaluation(sub, c.total_steps)
-      if final is None:
-        logging.info('seed %d (%d/%d) -> %s', s, i + 1, len(seeds), sub)
-        result = train.run(c, sub)
-        if result.preempted:
-          raise train.Preempted(result.last_step)
-        final = result.evaluation or {}
+      logging.info('seed %d (%d/%d) -> %s', s, i + 1, len(seeds), sub)
+      final = train.run_to_end(seed_config(config, s), sub)
       runs.append({'seed': s, **{k: v for k, v in final.items() if k != 'step'}})
     summary = _summary(runs)
     saved = {'runs': runs, 'summary': summary, 'varies': what_varies(config),

@@ -82,14 +82,9 @@ def _run_points(config, workdir: str, grid, num_examples: int,
                             f'lr {lr:g})')
     c = point_config(config, b, lr, num_examples)
     sub = os.path.join(workdir, point_name(b, lr))
-    scores = metrics_lib.final_evaluation(sub, c.total_steps)
-    if scores is None:
-      logging.info('sweep point %d/%d: batch %d, lr %g, %d steps -> %s', i + 1, len(grid),
-                   b, lr, c.total_steps, sub)
-      result = train.run(c, sub, report=False)
-      if result.preempted:
-        raise train.Preempted(result.last_step)
-      scores = result.evaluation
+    logging.info('sweep point %d/%d: batch %d, lr %g, %d steps -> %s', i + 1, len(grid),
+                 b, lr, c.total_steps, sub)
+    scores = train.run_to_end(c, sub, report=False)
     if train.SELECTED not in scores:
       raise ConfigError(f'{sub} finished without {train.SELECTED!r} in its eval.json (it was '
                         'trained before selection on held-out examples): move it away so the '
@@ -102,11 +97,10 @@ def _run_points(config, workdir: str, grid, num_examples: int,
   reported = train.report(c, os.path.join(workdir, point_name(best['batch_size'],
                                                                best['lr'])))
   best.update({k: v for k, v in reported.items() if k.startswith('eval/')})
-  chosen = best
-  _write(config, workdir, rows, chosen)
+  _write(config, workdir, rows, best)
   logging.info('sweep done: chose batch %d, lr %g on %s (%.4f); %s top-1 %.4f; table: %s',
                best['batch_size'], best['lr'], train.SELECTED, best[train.SELECTED],
-               config.eval.split, chosen.get('eval/top1', float('nan')),
+               config.eval.split, best.get('eval/top1', float('nan')),
                os.path.join(workdir, 'sweep.md'))
   return rows
 

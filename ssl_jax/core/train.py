@@ -215,6 +215,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
       run_.close()
 
 
+def run_to_end(config: ml_collections.ConfigDict, workdir: str, *,
+               report: bool = True) -> dict[str, Any]:
+  """The final evaluation of the run in `workdir`: read back from its
+  eval.json when it has finished, else trained (or resumed) now. Raises
+  Preempted when the run stops before its end (a sweep's or a seed's run)."""
+  final = metrics_lib.final_evaluation(workdir, config.total_steps)
+  if final is not None:
+    return final
+  result = run(config, workdir, report=report)
+  if result.preempted:
+    raise Preempted(result.last_step)
+  return result.evaluation or {}
+
+
 SELECT = 'val/top1'  # what early stopping and a sweep choose by (held-out part)
 SELECTED = 'selected_val/top1'  # the final record's SELECT of the selected step
 

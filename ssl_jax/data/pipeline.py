@@ -309,13 +309,7 @@ class TfdsSource(Source):
       records = self._records_op(ids, self._read_range)
       return tf.io.parse_example(records, spec)[key]
 
-    start = time.perf_counter()
-    ds = tf.data.Dataset.range(self.num_examples).batch(_LABELS_BATCH)
-    ds = ds.map(batch, num_parallel_calls=_LABELS_PARALLEL_READS, deterministic=True)
-    out = np.concatenate([np.zeros([0], object)] + list(ds.prefetch(2).as_numpy_iterator()))
-    logging.info('Read the %d %r values of %s split %r in %.1f s.', len(out), key,
-                 self.name, self.split, time.perf_counter() - start)
-    return out
+    return _read_all(self, batch, np.zeros([0], object), f'{key!r} values')
 
   def _batch_labels(self, ids: tf.Tensor) -> tf.Tensor:
     """int64 [n] example ids -> int32 [n] labels."""
@@ -546,17 +540,23 @@ def _read_labels(source: Source, batch_labels) -> np.ndarray:
   ``batch_labels`` (TF ops: int64 [n] consecutive ids -> int32 [n] labels) is
   mapped over batches of ids, several batches at a time.
   """
+  return _read_all(source, batch_labels, np.zeros([0], np.int32), 'labels').astype(np.int32)
+
+
+def _read_all(source: Source, read_batch, empty: np.ndarray, what: str) -> np.ndarray:
+  """``read_batch`` (TF ops: int64 [n] consecutive ids -> [n] values)
+  mapped over every example id of ``source``, several batches at a time,
+  concatenated after ``empty``; the read is logged when it is slow."""
   start = time.perf_counter()
   ds = tf.data.Dataset.range(source.num_examples).batch(_LABELS_BATCH)
-  ds = ds.map(batch_labels, num_parallel_calls=_LABELS_PARALLEL_READS,
+  ds = ds.map(read_batch, num_parallel_calls=_LABELS_PARALLEL_READS,
               deterministic=True)
-  batches = list(ds.prefetch(2).as_numpy_iterator())
-  labels = np.concatenate([np.zeros([0], np.int32)] + batches)
+  values = np.concatenate([empty] + list(ds.prefetch(2).as_numpy_iterator()))
   elapsed = time.perf_counter() - start
   if elapsed > _LABELS_LOG_AFTER_S:
-    logging.info('Read the %d labels of %s split %r in %.1f s.', len(labels),
+    logging.info('Read the %d %s of %s split %r in %.1f s.', len(values), what,
                  source.name, source.split, elapsed)
-  return labels.astype(np.int32)
+  return values
 
 
 def _check_fraction(fraction: float, name: str) -> None:
@@ -826,19 +826,33 @@ def _make_subset_source(kind_or_name: str, *, data_dir: str | None, split: str,
   labels = source.labels()
   held = (splits.held_out_ids(labels, held_out_examples, subset_seed)
           if held_out_examples else np.zeros([0], np.int64))
-  rest = splits.remaining_ids(source.num_examples, held)
-  if label_fraction == 1.0:
-    ids, description = rest, f'without {len(held)} held out'
-  else:
-    ids = rest[class_balanced_subset(labels[rest], label_fraction, subset_seed)]
-    description = f'{label_fraction * 100:g}% of labels'
-  subset = SubsetSource(source, ids, description=description)
-  if len(held):
-    subset.held_out = SubsetSource(source, held, description=f'{len(held)} held out')
+  subset = _with_held_out(source, *_fraction_of_rest(labels, held, label_fraction,
+                                                     subset_seed), held)
   logging.info('%s split %r: %d of %d examples, %d held out (subset_seed=%d).',
                subset.name, subset.split, subset.num_examples,
                source.num_examples, len(held), subset_seed)
   return subset
+
+
+def _fraction_of_rest(labels: np.ndarray, held: np.ndarray, fraction: float,
+                      seed: int) -> tuple[np.ndarray, str]:
+  """(ids, description): every example outside `held` (fraction 1), or a
+  class-balanced `fraction` of them (:func:`class_balanced_subset`)."""
+  rest = splits.remaining_ids(len(labels), held)
+  if fraction == 1.0:
+    return rest, f'without {len(held)} held out'
+  return (rest[class_balanced_subset(labels[rest], fraction, seed)],
+          f'{fraction * 100:g}% of labels')
+
+
+def _with_held_out(full: Source, ids: np.ndarray, description: str,
+                   held: np.ndarray) -> SubsetSource:
+  """The training examples `ids` of `full`, with the examples `held` out
+  of them (if any) as its ``held_out``."""
+  source = SubsetSource(full, ids, description=description)
+  if len(held):
+    source.held_out = SubsetSource(full, held, description=f'{len(held)} held out')
+  return source
 
 
 def _open_listed(open_source, name: str, subset_name: str, fraction: float) -> Source:
@@ -871,14 +885,8 @@ def _imagenet_subset(open_source, name: str, fraction: float, seed: int,
     ids = splits.nested_ids(labels, fraction, seed, listed[0.1], held)
     description = f'{fraction * 100:g}% of labels around the 10% list'
   else:
-    rest = splits.remaining_ids(full.num_examples, held)
-    ids = rest if fraction == 1.0 else rest[class_balanced_subset(labels[rest], fraction,
-                                                                    seed)]
-    description = (f'without {len(held)} held out' if fraction == 1.0 else
-                   f'{fraction * 100:g}% of labels')
-  source = SubsetSource(full, ids, description=description)
-  if len(held):
-    source.held_out = SubsetSource(full, held, description=f'{len(held)} held out')
+    ids, description = _fraction_of_rest(labels, held, fraction, seed)
+  source = _with_held_out(full, ids, description, held)
   logging.info('%s: %d examples, %d held out outside the 1%% and 10%% lists '
                '(subset_seed=%d).', source.name, source.num_examples, len(held), seed)
   return source
