@@ -9,9 +9,11 @@ WORKDIR/pretrain), then trains, with the same loop and configs as users do
 * a linear probe (configs/linear_probe.py:patchformer_tiny) of the pretrained
   and of the randomly initialised backbone, and one on raw pixels
   (configs/linear_probe.py:pixels_tiny);
-* a fine-tune (configs/finetune.py:patchformer_tiny) of both backbones; the
-  randomly initialised one is the supervised-from-scratch ceiling the
-  probes are read against;
+* a fine-tune of the pretrained backbone (configs/finetune.py:
+  patchformer_tiny, section 2.2's recipe) and one of the randomly
+  initialised backbone (configs/finetune.py:patchformer_tiny_scratch, a
+  recipe for training from scratch): the supervised-from-scratch ceiling
+  the probes are read against;
 
 each on all the training labels and on the class-balanced 10% split, and
 prints one table of top-1 on the test split, mean ± sample std over the
@@ -103,6 +105,8 @@ def main(argv):
                                   ('raw pixels', 'pixels_tiny', None)):
         if kind == 'fine-tune' and variant == 'pixels_tiny':
           continue  # no backbone to fine-tune: the probe is the whole model
+        if kind == 'fine-tune' and init is None:
+          variant = 'patchformer_tiny_scratch'  # a recipe for training from scratch
         c = _shorten(configs.get_config(variant), quick)
         c.init.workdir, c.data.label_fraction = init, fraction
         tag = name.split(' (')[0].replace(' ', '_')

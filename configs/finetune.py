@@ -67,6 +67,17 @@ whole recipe reaches 15.2% in 500 steps, without those three 26.4% (the
 linear probe: 26.2%). Add them back with --config.classifier.mixup=0.8
 --config.classifier.cutmix=1.0 --config.data.randaugment='(2, 9, 0.5)'.
 
+Supervised from scratch (variants patchformer_tiny_scratch,
+randsac_tiny_scratch): the tiny backbone, randomly initialised (no
+init.workdir), trained on all the labels through this same fine-tune path,
+with a recipe for a short run from scratch: 1000 steps on whole images with
+flips, no masking, dropout, label smoothing, drop path, layer-wise decay,
+Mixup, CutMix or RandAugment (each method's config says its lr and batch).
+It is the ceiling the tiny probes are read against (README, Evaluation):
+
+  python main.py --config=configs/finetune.py:randsac_tiny_scratch \
+      --workdir=workdirs/randsac_tiny_scratch
+
 iGPT (variants igpt_tiny, igpt_l_cifar10, igpt_l_cifar100; Step 3): the
 final norm's output averaged over positions, a linear classifier, and the
 classification and generative losses optimised together

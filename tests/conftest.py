@@ -152,6 +152,16 @@ def data_dir(tmp_path_factory):
   return path
 
 
+@pytest.fixture(scope='session')
+def shapes_data_dir(tmp_path_factory):
+  """The whole built-in dataset (the tiny runs' data: 20000 training
+  images), built once per test session (per worker)."""
+  from ssl_jax.data import shapes
+  path = str(tmp_path_factory.mktemp('tfds_full'))
+  shapes.prepare(path)
+  return path
+
+
 STEPS, EVERY = 30, 5
 
 

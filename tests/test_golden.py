@@ -6,8 +6,13 @@ re-records them (python tests/golden/record.py) and says why in its commit.
 The tolerance was measured on this machine type: the same runs on 1 device
 instead of 8 (reductions split and reordered) differ from the 8-device
 losses by at most the relative amount in losses.json's `measured_spread`;
-the test allows RTOL, several times that and far below what any change to
-a model, a loss or the data stream moves (1e-3 and up).
+the test allows RTOL, or SPREADS x a method's own spread where that is
+larger. For most methods that is 1e-5, far below what any change to a
+model, a loss or the data stream moves (1e-3 and up). PatchFormer `tiny`'s
+patch encoder normalises nothing (resnet_norm='none'), so reordered sums
+grow over the 20 steps to a spread of 1.5e-4, and its tolerance is 7.7e-4;
+step 1's loss (a forward pass only, before any update) is held to RTOL for
+every method, so a change to the model, the loss or the data still shows.
 """
 
 import importlib
@@ -20,7 +25,8 @@ from conftest import ROOT
 
 GOLDEN = os.path.join(ROOT, 'tests', 'golden', 'losses.json')
 STEPS = 20
-RTOL = 1e-5  # 20x the largest 1-vs-8-device spread measured (4.9e-7, randsac)
+RTOL = 1e-5  # 20x the 1-vs-8-device spreads of igpt and randsac (2.3e-7, 4.9e-7)
+SPREADS = 5   # a method's tolerance: max(RTOL, SPREADS x its measured spread)
 
 
 def tiny_methods() -> list[str]:
@@ -48,15 +54,6 @@ def tiny_losses(method: str, data_dir: str, workdir: str, devices=None) -> list[
   return [records[s] for s in range(1, STEPS + 1)]
 
 
-@pytest.fixture(scope='session')
-def shapes_data_dir(tmp_path_factory):
-  """The whole built-in dataset (the tiny runs' data), built once."""
-  from ssl_jax.data import shapes
-  path = str(tmp_path_factory.mktemp('tfds_full'))
-  shapes.prepare(path)
-  return path
-
-
 @pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.parametrize('method', tiny_methods())
@@ -66,5 +63,9 @@ def test_tiny_losses_match_the_golden_ones(method, shapes_data_dir, tmp_path):
   assert method in golden['losses'], (
       f'no golden losses for {method!r}: record them with python tests/golden/record.py')
   got = tiny_losses(method, shapes_data_dir, str(tmp_path))
-  np.testing.assert_allclose(got, golden['losses'][method], rtol=RTOL,
+  want = golden['losses'][method]
+  np.testing.assert_allclose(got[0], want[0], rtol=RTOL,
+                             err_msg=f'{method}: the loss of step 1 moved')
+  rtol = max(RTOL, SPREADS * golden['measured_spread'][method])
+  np.testing.assert_allclose(got, want, rtol=rtol,
                              err_msg=f'{method}: steps 1-{STEPS} moved')

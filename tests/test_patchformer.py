@@ -92,6 +92,22 @@ def test_module_shapes():
   chex.assert_shape(logits, (2, 7, 8, 8, 4))
 
 
+def test_resnet_norm_none_keeps_a_patch_s_contrast():
+  # LayerNorm makes a patch's features invariant to its contrast (around
+  # zero, with no biases before the norms); 'none' (an affine map per norm)
+  # does not.
+  key = jax.random.key(0)
+  x = jax.random.uniform(key, (2, 4, 4, 3), minval=-0.1, maxval=0.1)
+  for norm, invariant in (('layer', True), ('none', False)):
+    net = resnet.ResNetStacks(stage_sizes=(1, 1), width=4, stem_width=8, norm=norm)
+    params = net.init(key, x)
+    # Nonzero residual branches (their last scales start at zero).
+    params = jax.tree_util.tree_map(lambda v: v + 0.5 * (v == 0), params)
+    out, out4 = net.apply(params, x)[0], net.apply(params, 4 * x)[0]
+    moved = np.abs(out4 - out).max() / np.abs(out).max()
+    assert (moved < 1e-3) if invariant else (moved > 0.02), (norm, moved)
+
+
 @pytest.fixture(scope='module')
 def small_objective():
   config = small_config()
@@ -168,3 +184,25 @@ def test_paper_setting_builds_at_full_size():
   assert metrics['loss'].shape == () and new_state.step.shape == ()
   obj = trainer.task.method
   assert (obj.grid, obj.n_masked, obj.n_patches) == ((14, 14), 116, 196)
+
+
+def test_checkpoints_from_before_resnet_norm_read_as_layer_norm():
+  # A config saved before patchformer.model.resnet_norm existed: it used
+  # LayerNorm, so it matches 'layer' and not 'none', both for a probe's
+  # architecture check and for a resume.
+  import json
+  from configs import finetune, patchformer
+  from ssl_jax import tasks
+  from ssl_jax.config.checks import flatten, incompatible_keys, to_json
+  from ssl_jax.core import train
+  old = json.loads(to_json(patchformer.get_config('tiny')))
+  del old['patchformer']['model']['resnet_norm']
+  probe = finetune.get_config('patchformer_tiny')
+  for norm, mismatch in (('layer', []), ('none', ['patchformer.model.resnet_norm'])):
+    probe.backbone.patchformer.model.resnet_norm = norm
+    backbone = flatten(json.loads(to_json(probe.backbone)))
+    assert tasks.architecture_mismatch(flatten(old), backbone) == mismatch
+    current = patchformer.get_config('tiny')
+    current.patchformer.model.resnet_norm = norm
+    added = train._added_keys(current)
+    assert incompatible_keys(old, json.loads(to_json(current)), added) == mismatch

@@ -107,11 +107,13 @@ ADDED_KEYS = {'optimizer.name': 'adamw', 'data.held_out_examples': 0,
               'classifier.whiten_kind': 'full'}
 
 
-def incompatible_keys(saved: dict, current: dict) -> list[str]:
+def incompatible_keys(saved: dict, current: dict, added: dict | None = None) -> list[str]:
   """Keys whose values differ between a checkpoint's config and this run's,
-  other than RESUMABLE_KEYS and RESUMABLE_PREFIXES."""
+  other than RESUMABLE_KEYS and RESUMABLE_PREFIXES; a key missing from one
+  side reads as its ADDED_KEYS (or `added`: a method's) value."""
   a, b = flatten(saved), flatten(current)
   keys = sorted(set(a) | set(b))
-  old = lambda d, k: d.get(k, ADDED_KEYS.get(k, '<missing>'))
+  defaults = {**ADDED_KEYS, **(added or {})}
+  old = lambda d, k: d.get(k, defaults.get(k, '<missing>'))
   return [k for k in keys if old(a, k) != old(b, k)
           and k not in RESUMABLE_KEYS and not k.startswith(RESUMABLE_PREFIXES)]

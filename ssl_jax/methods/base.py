@@ -13,6 +13,10 @@ What a method declares (class attributes):
   architecture_keys    config keys that fix its parameters (data.image_size
                        too when the parameters depend on it): a checkpoint can
                        initialise a probe or fine-tune only if they match
+  added_keys           {config key: value}: keys added to the method's config
+                       after checkpoints were written, with the value those
+                       checkpoints had (they resume and initialise probes as
+                       if the key had been there)
   frozen_params        top-level parameter keys that never train (constants
                        carried by checkpoints, e.g. iGPT's palette)
   state_in_evaluation  'ignore' or 'frozen': what probes and fine-tunes do
@@ -67,6 +71,7 @@ class Method(abc.ABC):
   name: ClassVar[str]
   self_supervised: ClassVar[bool] = True
   architecture_keys: ClassVar[tuple[str, ...]] = ()
+  added_keys: ClassVar[dict[str, Any]] = {}
   frozen_params: ClassVar[tuple[str, ...]] = ()
   state_in_evaluation: ClassVar[str] = 'ignore'
   finetune_masking: ClassVar[bool] = False

@@ -9,10 +9,16 @@ stacks of ResNet-50". Our reading (Figure 2 is lost in the text we have):
   256 (x4 expansion: 256, 512, 1024 output channels), strides 1, 2, 2;
 * global average pooling, then a linear projection to the transformer width.
 
-That is 1 + 3 * 13 + 1 = 41 weight layers. Normalisation is LayerNorm over
-channels instead of BatchNorm, as CPC v2 (Henaff et al., 2019) does for its
-patch encoder: batch statistics across patches of one image let a model
-cheat on a patch-prediction task.
+That is 1 + 3 * 13 + 1 = 41 weight layers. Normalisation (`norm`):
+'layer' is LayerNorm over channels instead of BatchNorm, as CPC v2 (Henaff
+et al., 2019) does for its patch encoder: batch statistics across patches of
+one image let a model cheat on a patch-prediction task. 'none' keeps each
+norm's learned scale and bias but normalises nothing, so a patch keeps its
+contrast: LayerNorm divides every position's features by their spread, and
+in a flat region of a small patch (most of a background) that spread is
+small, so it is amplified to the size of an edge's. The last scale of each
+residual branch is zero-initialised either way (each block starts as the
+identity).
 """
 
 from __future__ import annotations
@@ -26,11 +32,37 @@ import jax.numpy as jnp
 Dtype = Any
 
 
+NORMS = ('layer', 'none')
+
+
+class Affine(nn.Module):
+  """A per-channel scale and bias without normalisation (norm='none'),
+  with LayerNorm's parameter names and initialisers."""
+  scale_init: Any = nn.initializers.ones
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param('scale', self.scale_init, (x.shape[-1],))
+    bias = self.param('bias', nn.initializers.zeros, (x.shape[-1],))
+    return x * scale.astype(self.dtype) + bias.astype(self.dtype)
+
+
+def make_norm(kind: str, dtype: Dtype, name: str | None = None, **kw) -> nn.Module:
+  """The normalisation `kind` ('layer' or 'none', see the module docstring)."""
+  if kind == 'layer':
+    return nn.LayerNorm(dtype=dtype, name=name, **kw)
+  if kind == 'none':
+    return Affine(dtype=dtype, name=name, **kw)
+  raise ValueError(f'norm={kind!r}: allowed {NORMS}')
+
+
 class Bottleneck(nn.Module):
   """ResNet v1 bottleneck: 1x1 -> 3x3 (strided) -> 1x1 (x4), residual."""
   width: int
   strides: int = 1
   dtype: Dtype = jnp.float32
+  norm_kind: str = 'layer'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -38,7 +70,7 @@ class Bottleneck(nn.Module):
     # XLA:CPU runs 1.4-2x faster than its convolution kernels (same FLOPs;
     # on TPU both lower to the same MXU matmul).
     dense = lambda f, name=None: nn.Dense(f, use_bias=False, dtype=self.dtype, name=name)
-    norm = lambda name=None, **kw: nn.LayerNorm(dtype=self.dtype, name=name, **kw)
+    norm = lambda name=None, **kw: make_norm(self.norm_kind, self.dtype, name, **kw)
     y = nn.relu(norm()(dense(self.width)(x)))
     y = nn.Conv(self.width, (3, 3), (self.strides, self.strides), use_bias=False,
                 dtype=self.dtype)(y)
@@ -64,6 +96,7 @@ class ResNetStacks(nn.Module):
   stem_width: int = 64
   strides: Sequence[int] = (1, 2, 2)
   dtype: Dtype = jnp.float32
+  norm: str = 'layer'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -71,12 +104,12 @@ class ResNetStacks(nn.Module):
     x = x.reshape((-1,) + x.shape[-3:]).astype(self.dtype)
     x = nn.Conv(self.stem_width, (3, 3), use_bias=False, dtype=self.dtype,
                 name='stem')(x)
-    x = nn.relu(nn.LayerNorm(dtype=self.dtype, name='stem_norm')(x))
+    x = nn.relu(make_norm(self.norm, self.dtype, 'stem_norm')(x))
     stages = {}
     for i, (blocks, stride) in enumerate(zip(self.stage_sizes, self.strides)):
       for j in range(blocks):
-        x = Bottleneck(self.width * 2**i, stride if j == 0 else 1,
-                       dtype=self.dtype, name=f'stack{i + 1}_block{j + 1}')(x)
+        x = Bottleneck(self.width * 2**i, stride if j == 0 else 1, dtype=self.dtype,
+                       norm_kind=self.norm, name=f'stack{i + 1}_block{j + 1}')(x)
       stages[f'stage_{i + 1}'] = x.reshape(lead + x.shape[1:])
     x = jnp.mean(x, axis=(1, 2))
     return x.reshape(lead + x.shape[-1:]), stages

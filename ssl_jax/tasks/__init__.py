@@ -51,7 +51,9 @@ def architecture_mismatch(saved: dict[str, Any], backbone: dict[str, Any]) -> li
   """Flattened keys that fix the backbone's parameters and differ between a
   checkpoint's config (`saved`) and `backbone`, both as flattened dicts."""
   from ssl_jax.methods import registry
-  keys = registry.get(backbone['objective']).architecture_keys
+  method = registry.get(backbone['objective'])
+  keys, added = method.architecture_keys, method.added_keys
   relevant = [k for k in sorted(set(saved) | set(backbone))
               if any(k == p or k.startswith(p + '.') for p in keys)]
-  return [k for k in relevant if saved.get(k, '<missing>') != backbone.get(k, '<missing>')]
+  value = lambda d, k: d.get(k, added.get(k, '<missing>'))
+  return [k for k in relevant if value(saved, k) != value(backbone, k)]

@@ -25,6 +25,7 @@ from ssl_jax.nn import masks as masking
 from ssl_jax.nn.losses import example_weights, soft_cross_entropy, weighted_mean
 from ssl_jax.nn.patches import gather, patchify, to_signed
 from ssl_jax.nn.pooling import pool
+from ssl_jax.nn.resnet import NORMS
 
 
 def patch_targets(patches: jax.Array, crop: int, size: int, bits: int) -> jax.Array:
@@ -52,6 +53,8 @@ class PatchFormer(Method):
   # initialise a probe or fine-tune only if these match (see ssl_jax.tasks).
   architecture_keys = ('patchformer.model', 'patchformer.patch_size',
                        'patchformer.jitter_crop', 'data.image_size')
+  # Checkpoints written before resnet_norm existed used LayerNorm.
+  added_keys = {'patchformer.model.resnet_norm': 'layer'}
   # Section 2.2: 10% of the patches masked while fine-tuning.
   finetune_masking = True
 
@@ -73,7 +76,8 @@ class PatchFormer(Method):
     m = pf.model
     self.net = PatchFormerNet(
         grid=self.grid, stage_sizes=tuple(m.stage_sizes),
-        resnet_width=m.resnet_width, stem_width=m.stem_width, width=m.width,
+        resnet_width=m.resnet_width, stem_width=m.stem_width,
+        resnet_norm=m.get('resnet_norm', 'layer'), width=m.width,
         num_layers=m.num_layers, heads=m.heads, mlp_ratio=m.mlp_ratio,
         pool_heads=m.pool_heads, decoder_width=m.decoder_width,
         decoder_blocks=m.decoder_blocks, target_size=self.target.size,
@@ -132,6 +136,7 @@ class PatchFormer(Method):
       require(config, m + k, lambda v: is_int(v) and v > 0 and width % v == 0,
               f'a positive integer that divides model.width={width}')
     boolean(config, m + 'remat')
+    require(config, m + 'resnet_norm', lambda v: v in NORMS, f'one of {NORMS}')
 
   # -- pieces -----------------------------------------------------------------
 

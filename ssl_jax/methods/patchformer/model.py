@@ -36,6 +36,7 @@ class PatchFormerNet(nn.Module):
   stage_sizes: Sequence[int] = (3, 4, 6)
   resnet_width: int = 64
   stem_width: int = 64
+  resnet_norm: str = 'layer'
   width: int = 1024
   num_layers: int = 10
   heads: int = 16
@@ -53,7 +54,8 @@ class PatchFormerNet(nn.Module):
                query_idx: jax.Array, *, train: bool,
                decode: bool = True) -> tuple[jax.Array | None, dict[str, jax.Array]]:
     feats, _ = ResNetStacks(self.stage_sizes, self.resnet_width, self.stem_width,
-                            dtype=self.dtype, name='patch_encoder')(patches)
+                            dtype=self.dtype, norm=self.resnet_norm,
+                            name='patch_encoder')(patches)
     x = nn.Dense(self.width, dtype=self.dtype, name='patch_proj')(feats)
     out = {'patch_embed': x}
     x = x + FactorizedPosEmbed(self.grid, self.width, name='pos_embed')(visible_idx)
