@@ -77,7 +77,8 @@ class PatchFormer(Method):
     self.net = PatchFormerNet(
         grid=self.grid, stage_sizes=tuple(m.stage_sizes),
         resnet_width=m.resnet_width, stem_width=m.stem_width,
-        resnet_norm=m.get('resnet_norm', 'layer'), width=m.width,
+        resnet_norm=m.get('resnet_norm', self.added_keys['patchformer.model.resnet_norm']),
+        width=m.width,
         num_layers=m.num_layers, heads=m.heads, mlp_ratio=m.mlp_ratio,
         pool_heads=m.pool_heads, decoder_width=m.decoder_width,
         decoder_blocks=m.decoder_blocks, target_size=self.target.size,
