@@ -80,9 +80,13 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
   # on: one or the other per batch, evenly). layer_decay < 1: layer-wise
   # learning-rate decay over the backbone's blocks (BEiT, MAE).
   # generative_weight > 0 (fine-tunes of generative backbones, e.g. iGPT):
-  # the backbone's own loss is optimised too, times this weight.
+  # the backbone's own loss is optimised too, times this weight. head_init:
+  # the classifier's kernel starts at 'zeros' (probes and fine-tunes of
+  # pretrained networks) or 'normal' (LeCun normal: a gradient reaches a
+  # randomly initialised backbone from the first step).
   c.classifier = ml_collections.ConfigDict(dict(
-      mode=mode, representation=pretrain.eval.representation, head='linear', dropout=0.0,
+      mode=mode, representation=pretrain.eval.representation, head='linear', head_init='zeros',
+      dropout=0.0,
       label_smoothing=0.0, mask_ratio=0.0, whiten=mode == 'linear',
       whiten_examples=10_000, mixup=0.0, cutmix=0.0, layer_decay=1.0,
       generative_weight=0.0))

@@ -68,11 +68,12 @@ linear probe: 26.2%). Add them back with --config.classifier.mixup=0.8
 --config.classifier.cutmix=1.0 --config.data.randaugment='(2, 9, 0.5)'.
 
 Supervised from scratch (variants patchformer_tiny_scratch,
-randsac_tiny_scratch): the tiny backbone, randomly initialised (no
-init.workdir), trained on all the labels through this same fine-tune path,
-with a recipe for a short run from scratch: 1000 steps on whole images with
+randsac_tiny_scratch, igpt_tiny_scratch): the tiny backbone, randomly
+initialised (no init.workdir), trained on all the labels through this same
+fine-tune path, with a recipe for a short run from scratch: 1000 steps with
 flips, no masking, dropout, label smoothing, drop path, layer-wise decay,
-Mixup, CutMix or RandAugment (each method's config says its lr and batch).
+Mixup, CutMix, RandAugment or generative loss (each method's config says
+its lr, batch and crops).
 It is the ceiling the tiny probes are read against (README, Evaluation):
 
   python main.py --config=configs/finetune.py:randsac_tiny_scratch \

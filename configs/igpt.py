@@ -51,6 +51,20 @@ paper where they say; otherwise ours):
 * The network follows the released model (ssl_jax/methods/igpt/model.py): RMS-style
   norms with a gain, no biases, sigmoid GELU, untied zero-initialised output
   embedding, a start-of-sequence vector, learned position embeddings.
+* Token embeddings (igpt.model.token_init): 'normal' is the released
+  model's N(0, 0.02) table, where every colour starts unrelated to every
+  other; 'palette' (ours) starts each colour's embedding at its RGB through
+  one random linear map, rescaled to std 0.02, so that close colours start
+  close. Pretraining keeps 'normal'. The from-scratch fine-tune
+  (configs/finetune.py:igpt_tiny_scratch) uses 'palette': at 16x16 a
+  bidirectional tiny network trained on the labels alone (batch 32, 400
+  steps, a LeCun-normal classifier, one run each, 1000 test images) reached
+  28.5% with 'palette' and 13.7% with 'normal' (the latter with its
+  position embeddings started at a 2-D sine-cosine grid, which added
+  nothing on top of 'palette': 28.6%; so that is not an option). It does
+  not lift tiny's pretrained features off chance: with 'palette' the layer
+  sweep of 500 AR steps reads 10.1-11.5% on test (11.5% chosen), and of
+  500 BERT steps 10.1-12.8% (12.8% chosen, 10.7% held out).
 * Optimiser: Adam, betas (0.9, 0.95), no weight decay, no dropout, no
   gradient clipping; warmup one epoch, then cosine decay to 0; batch 128 for
   1M steps. The paper picks each model's learning rate from a grid (0.01,
@@ -67,7 +81,9 @@ paper where they say; otherwise ours):
   masks (the count is not in the text implemented here), each drawn afresh
   for every evaluation batch; classifiers average their predicted
   probabilities over the masks, feature probes read the features averaged
-  over them. 0 evaluates unmasked inputs.
+  over them. 0 evaluates unmasked inputs. Fine-tunes train under one fresh
+  mask per step (the one the generative loss draws), with or without that
+  loss.
 * Reading order: raster by default; igpt.order='random' reads the positions
   in one fixed random permutation (seeded by igpt.order_seed), the same for
   every image: the density of the paper's formula under another pi.
@@ -140,6 +156,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       path='', fit_if_missing=False, fit_images=10_000, fit_pixels=1_000_000,
       fit_iterations=30, fit_seed=0))
   g.model = ml_collections.ConfigDict(dict(context=1024, mlp_ratio=4, remat=False,
+                                           token_init='normal',
                                            **SIZES['l']))
 
   c.optimizer = ml_collections.ConfigDict(dict(
@@ -184,7 +201,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 LINEAR_PROBE_VARIANTS = ('tiny', 'l', 'l_cifar10', 'l_cifar100')
-FINETUNE_VARIANTS = ('tiny', 'l_cifar10', 'l_cifar100')
+FINETUNE_VARIANTS = ('tiny', 'tiny_scratch', 'l_cifar10', 'l_cifar100')
 
 
 def linear_probe_config(variant: str) -> ml_collections.ConfigDict:
@@ -210,8 +227,22 @@ def finetune_config(variant: str) -> ml_collections.ConfigDict:
   """configs/finetune.py:igpt_{tiny,l_cifar10,l_cifar100}: iGPT fine-tuning
   (Step 3): the final norm's output averaged over positions, a linear
   classifier, and the generative loss kept: L = L_CLF + L_GEN, every
-  parameter trained."""
-  tiny = variant == 'tiny'
+  parameter trained.
+
+  igpt_tiny_scratch: the tiny backbone from random initialisation (the
+  supervised-from-scratch row), on the labels alone (generative_weight 0),
+  with colour-aware token embeddings (igpt.model.token_init='palette', see
+  the module docstring), the dataset's default palette (fitted first if
+  missing), 1000 steps of batch 32, lr 1e-3 with 50 warmup steps and cosine
+  decay, the tiny fine-tune's crops and flips, and a LeCun-normal classifier
+  (classifier.head_init='normal': the zero-initialised head sends the
+  backbone no gradient until it has learned from random features that
+  barely differ between images). Measured (one run, 1000 test images):
+  30.4% test top-1 (30.1% held out), 18 min on one CPU core; with the zero
+  head 19.5%; with the generative loss kept (weight 1) classification was
+  still at chance after 300 steps."""
+  scratch = variant == 'tiny_scratch'
+  tiny = variant in ('tiny', 'tiny_scratch')
   p = get_config('tiny' if tiny else 'l')
   c = common.classification_config(p, mode='finetune')
   c.classifier.update(dict(representation=f'layer_{p.igpt.model.num_layers}', head='linear',
@@ -227,6 +258,16 @@ def finetune_config(variant: str) -> ml_collections.ConfigDict:
     c.log_every = 20
     c.checkpoint.every = 150
     c.sweep.batch_size = (32,)
+    if scratch:  # supervised from scratch: the tiny probes' ceiling
+      # The dataset's default palette (the one configs/igpt.py:tiny fits).
+      c.backbone.data.update(dict(name=p.data.name, data_dir=p.data.get_ref('data_dir'),
+                                  split=p.data.split))
+      c.backbone.igpt.model.token_init = 'palette'
+      c.classifier.update(dict(generative_weight=0.0, head_init='normal'))  # labels only
+      c.total_steps = 1000
+      c.optimizer.update(dict(lr=1e-3, schedule='cosine', warmup_steps=50))
+      c.log_every = 50
+      c.checkpoint.every = 500
     return c
   name = variant.split('_')[-1]
   c.data.update(dict(name=name, split='train', pad=4,

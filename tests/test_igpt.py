@@ -150,6 +150,45 @@ def test_bert_masks_have_the_configured_rate_and_only_masked_tokens_count(tmp_pa
   np.testing.assert_allclose(float(loss), np.log(64), rtol=1e-5)
 
 
+def test_palette_initialisation_starts_close_colours_close(tmp_path):
+  # token_init='palette': close colours start with close embeddings, at the
+  # normal initialisation's scale; every other parameter is initialised as
+  # with the default ('normal', the released model's).
+  path = str(tmp_path / 'p.npy')
+  colours = _random_palette()
+  colours[1] = colours[0] + 0.01  # a near twin of colour 0
+  palette_lib.save(path, colours, {})
+  images = {'image': jnp.zeros((2, 8, 8, 3))}
+  base = IGPT(small_igpt_config(**{'igpt.palette.path': path})).init(
+      jax.random.key(0), images)['net']
+  net = IGPT(small_igpt_config(**{'igpt.palette.path': path, 'igpt.model.token_init': 'palette'})
+             ).init(jax.random.key(0), images)['net']
+  wte = np.asarray(net['wte'])
+  dist = np.linalg.norm(wte - wte[0], axis=1)
+  assert dist[1] < 0.05 * np.median(dist[2:])
+  assert abs(wte.std() - 0.02) < 1e-4
+  base_dist = np.linalg.norm(np.asarray(base['wte']) - np.asarray(base['wte'][0]), axis=1)
+  assert base_dist[1] > 0.5 * np.median(base_dist[2:])  # the normal init: unrelated
+  for k in base:
+    if k != 'wte':
+      jax.tree.map(np.testing.assert_array_equal, base[k], net[k])
+
+
+def test_checkpoints_from_before_the_init_keys_read_as_normal():
+  # A config saved before igpt.model.token_init existed resumes under
+  # 'normal' (what it used), not under another init.
+  from configs import igpt
+  from ssl_jax.config.checks import incompatible_keys, to_json
+  from ssl_jax.core import train
+  old = json.loads(to_json(igpt.get_config('tiny')))
+  del old['igpt']['model']['token_init']
+  current = igpt.get_config('tiny')
+  assert incompatible_keys(old, json.loads(to_json(current)), train._added_keys(current)) == []
+  current.igpt.model.token_init = 'palette'
+  assert incompatible_keys(old, json.loads(to_json(current)), train._added_keys(current)) == [
+      'igpt.model.token_init']
+
+
 @pytest.mark.slow  # over 8 s: the slow tier (the fast one stays under 4 minutes)
 def test_bert_evaluation_draws_fresh_masks_and_ensembles_predictions(tmp_path):
   from configs import common
@@ -178,6 +217,17 @@ def test_bert_evaluation_draws_fresh_masks_and_ensembles_predictions(tmp_path):
   # Feature probes read the features averaged over the same masks.
   np.testing.assert_allclose(task.represent(params, batch, rng=jax.random.key(7))['layer_2'],
                              np.mean([d['layer_2'] for d in draws], 0), rtol=1e-5, atol=1e-6)
+  # A fine-tune's training step reads one forward pass under one fresh mask
+  # (the generative loss's), not the evaluation's ensemble.
+  obj = task.backbone
+  trained = obj.represent(params['backbone'], batch, rng=jax.random.key(7), train=True)
+  tokens = obj.tokens(params['backbone'], images)
+  keep = obj.bert_keep(jax.random.key(7), tokens.shape)
+  assert (~keep).any()
+  one = obj._apply(params['backbone'], tokens, keep)[1]['layer_2'].mean(1)
+  np.testing.assert_allclose(trained['layer_2'], one, rtol=1e-5, atol=1e-6)
+  _, _, generative = obj.generative_loss(params['backbone'], batch, jax.random.key(7))
+  np.testing.assert_allclose(generative['layer_2'], one, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -234,6 +284,7 @@ def test_logistic_regression_fits_separable_classes_and_subsets_are_balanced(tmp
     ({'igpt.objective': 'mlm'}, "one of 'ar', 'bert'"),
     ({'igpt.palette.fit_pixels': 10}, 'igpt.vocab_size=512'),
     ({'igpt.bert_mask_rate': 0.0}, r'a number in \(0, 1\)'),
+    ({'igpt.model.token_init': 'rgb'}, "token_init='rgb' is not allowed.*'normal', 'palette'"),
 ])
 def test_bad_igpt_configs_fail_before_anything_runs(overrides, message):
   from configs import igpt

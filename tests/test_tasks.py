@@ -130,6 +130,26 @@ def test_finetune_trains_everything_with_masking_dropout_and_residual_head():
                                 task.predict(state.params, BATCH))
 
 
+def test_head_init_normal_sends_a_gradient_to_the_backbone_at_once():
+  # classifier.head_init: 'zeros' (the default) gives a zero first gradient
+  # with respect to the features, so to every backbone parameter; 'normal'
+  # does not.
+  from ssl_jax.nn.heads import ClassifierHead
+  feats = jax.random.normal(jax.random.key(0), (4, 16))
+  for head_init in ('zeros', 'normal'):
+    config = small_classifier_config('finetune', **{'classifier.head_init': head_init})
+    validation.validate(config, 8)
+    head = tasks.build(config, 10).head
+    assert isinstance(head, ClassifierHead) and head.zero_init == (head_init == 'zeros')
+    params = head.init(jax.random.key(1), feats, train=False)
+    grad = jax.grad(lambda f: optax.softmax_cross_entropy_with_integer_labels(
+        head.apply(params, f, train=False), BATCH['label']).mean())(feats)
+    assert (float(jnp.abs(grad).max()) == 0.0) == (head_init == 'zeros')
+  with pytest.raises(validation.ConfigError, match="head_init='ones' is not allowed"):
+    validation.validate(small_classifier_config('finetune', **{'classifier.head_init': 'ones'}),
+                        8)
+
+
 def test_classification_loss_smoothing_padding_and_topk():
   logits = jnp.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0], [5.0, 0.0, 0.0]])
   batch = {'label': jnp.array([0, 1, 2]), 'valid': jnp.array([True, True, False])}

@@ -104,7 +104,7 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 # reproduces what a config without them did: a checkpoint whose config
 # lacks one resumes when the current value is that one.
 ADDED_KEYS = {'optimizer.name': 'adamw', 'data.held_out_examples': 0,
-              'classifier.whiten_kind': 'full'}
+              'classifier.whiten_kind': 'full', 'classifier.head_init': 'zeros'}
 
 
 def incompatible_keys(saved: dict, current: dict, added: dict | None = None) -> list[str]:

@@ -72,11 +72,16 @@ used raises DataError.
 
 
 def prepare_method(config: ml_collections.ConfigDict) -> None:
-  """The pretraining method's `prepare` (e.g. fitting a palette) on process
-  0; the other processes wait for it."""
+  """The method's `prepare` (e.g. fitting a palette) on process 0, for a
+  pretraining or for the backbone of a probe or fine-tune from random
+  initialisation (a checkpoint carries what `prepare` makes); the other
+  processes wait for it."""
   if tasks.is_classification(config):
-    return
-  method = registry.get(config.objective)
+    if config.init.workdir is not None:
+      return
+    method, config = registry.get(config.backbone.objective), config.backbone
+  else:
+    method = registry.get(config.objective)
   if jax.process_index() == 0:
     method.prepare(config)
   if jax.process_count() > 1:

@@ -16,7 +16,7 @@ from ssl_jax.config.checks import (ConfigError, boolean, get, is_int, is_number,
 from ssl_jax.core import optim
 from ssl_jax.data import pipeline
 from ssl_jax.methods import registry
-from ssl_jax.tasks import CLASSIFICATION, HEADS, MODES
+from ssl_jax.tasks import CLASSIFICATION, HEAD_INITS, HEADS, MODES
 from ssl_jax.tasks.whitening import KINDS as WHITEN_KINDS
 
 MONITORS = ('fewshot', 'knn')
@@ -153,6 +153,8 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
   c = 'classifier.'
   one_of(config, c + 'mode', MODES)
   one_of(config, c + 'head', HEADS)
+  if 'head_init' in config.classifier:
+    one_of(config, c + 'head_init', HEAD_INITS)
   require(config, c + 'representation', lambda v: isinstance(v, str) and v,
           'a representation name')
   require(config, c + 'dropout', lambda v: is_number(v) and 0 <= v < 1, 'a number in [0, 1)')

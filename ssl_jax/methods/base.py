@@ -113,7 +113,8 @@ class Method(abc.ABC):
   @classmethod
   def prepare(cls, config: ml_collections.ConfigDict) -> None:
     """Work that must happen once before the run builds (process 0 only).
-    Default: none."""
+    `config`: a pretraining config, or the `backbone` block of a probe or
+    fine-tune from random initialisation (no init.workdir). Default: none."""
     del config
 
   @classmethod

@@ -61,7 +61,7 @@ class ResidualMlpBlock(nn.Module):
 class ClassifierHead(nn.Module):
   """Features [B, D] -> logits [B, classes]: optional whitening, optional
   residual block, dropout ("dropout noise at the end", PatchFormer 2.2), then
-  a zero-initialised linear classifier.
+  a linear classifier, zero-initialised (zero_init) or LeCun normal.
 
   whiten=True: the features are first mapped to (x - feature_mean) @
   whitening, two parameters that start as the identity map and are meant to
@@ -74,6 +74,7 @@ class ClassifierHead(nn.Module):
   residual: bool = False
   dropout: float = 0.0
   whiten: bool = False
+  zero_init: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -86,6 +87,7 @@ class ClassifierHead(nn.Module):
     if self.residual:
       x = ResidualMlpBlock(self.dtype, name='residual')(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    logits = nn.Dense(self.classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+    kernel_init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal()
+    logits = nn.Dense(self.classes, dtype=self.dtype, kernel_init=kernel_init,
                       name='classifier')(x)
     return logits.astype(jnp.float32)

@@ -30,6 +30,7 @@ import ml_collections
 
 MODES = ('linear', 'finetune')
 HEADS = ('linear', 'residual')
+HEAD_INITS = ('zeros', 'normal')
 CLASSIFICATION = 'classification'
 
 

@@ -61,7 +61,8 @@ class Classification:
     self.layer_decay = c.layer_decay
     self.generative_weight = c.generative_weight if self.mode == 'finetune' else 0.0
     self.head = ClassifierHead(num_classes, residual=c.head == 'residual',
-                               dropout=c.dropout, whiten=c.whiten, dtype=dtype)
+                               dropout=c.dropout, whiten=c.whiten,
+                               zero_init=c.get('head_init', 'zeros') == 'zeros', dtype=dtype)
 
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> Any:
     k_backbone, k_head = jax.random.split(rng)

@@ -20,9 +20,10 @@ averaged over positions (section "Fine-tuning": f^l = <n^l_i>_i); 'layer_L'
 is the final norm's. BERT models are evaluated under igpt.bert_eval_masks
 random masks (Figure 4's ensembling; 0: no mask), drawn afresh for every
 batch from the key the evaluation passes (`represent_draws`): a classifier
-averages its predicted probabilities over the masks (a linear probe trains
-on one fresh mask per example and step), and feature probes read the
-features averaged over them (for a linear classifier, averaging its logits).
+averages its predicted probabilities over the masks (a linear probe or a
+fine-tune trains on one fresh mask per example and step), and feature
+probes read the features averaged over them (for a linear classifier,
+averaging its logits).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ from ssl_jax.nn.pooling import pool
 
 OBJECTIVES = ('ar', 'bert')
 ORDERS = ('raster', 'random')
+TOKEN_INITS = ('normal', 'palette')
+EMBED_STD = 0.02  # the released model's token embedding initialisation
 
 
 def permutation(order: str, n: int, seed: int) -> np.ndarray | None:
@@ -67,6 +70,9 @@ class IGPT(Method):
   architecture_keys = ('data.image_size', 'igpt.objective', 'igpt.order', 'igpt.order_seed',
                        'igpt.vocab_size', 'igpt.model.width', 'igpt.model.num_layers',
                        'igpt.model.heads', 'igpt.model.mlp_ratio', 'igpt.model.context')
+  # Checkpoints written before igpt.model.token_init existed used the
+  # released model's normal initialisation.
+  added_keys = {'igpt.model.token_init': 'normal'}
   frozen_params = ('palette',)
   generative_finetune = True   # Step 3: L_CLF + L_GEN
   draws_pictures = True
@@ -85,12 +91,15 @@ class IGPT(Method):
     self.order = None if perm is None else jnp.asarray(perm)
     self.inverse = None if perm is None else jnp.asarray(np.argsort(perm).astype(np.int32))
     m = g.model
+    self.token_init = m.get('token_init', self.added_keys['igpt.model.token_init'])
     self.net = GPT(vocab=self.vocab, context=m.context, width=m.width,
                    num_layers=m.num_layers, heads=m.heads, causal=not self.bert,
                    mlp_ratio=m.mlp_ratio, remat=m.remat, dtype=dtype)
     # A pretraining config names its data: the palette is read (and must
-    # exist) now. A probe's backbone block has no data: its palette comes
-    # from the checkpoint, or from igpt.palette.path when one is named.
+    # exist) now; so does the backbone block of a from-scratch variant
+    # (configs/igpt.py, finetune_config), for its dataset's default palette.
+    # Other probes' backbone blocks have no data: their palette comes from
+    # the checkpoint, or from igpt.palette.path when one is named.
     self.palette = None
     path = (palette_lib.resolve_path(config) if 'name' in config.data
             else g.palette.path or None)
@@ -123,6 +132,7 @@ class IGPT(Method):
     width = positive_int(config, m + 'width')
     for k in ('num_layers', 'mlp_ratio'):
       positive_int(config, m + k)
+    one_of(config, m + 'token_init', TOKEN_INITS)
     require(config, m + 'heads', lambda v: is_int(v) and v > 0 and width % v == 0,
             f'a positive integer that divides model.width={width}')
     size = config.data.image_size
@@ -138,18 +148,23 @@ class IGPT(Method):
 
   @classmethod
   def validate_probe(cls, config: ml_collections.ConfigDict) -> None:
-    if config.init.workdir is None and not config.backbone.igpt.palette.path:
+    if (config.init.workdir is None and not config.backbone.igpt.palette.path
+        and 'name' not in config.backbone.data):
       raise ConfigError('config.backbone.igpt.palette.path=\'\' is not allowed with '
                         'init.workdir=None: a randomly initialised iGPT backbone needs a palette '
                         'file (a checkpoint carries its own). Fit one with python -m '
                         'ssl_jax.palette --config=configs/igpt.py:VARIANT (it prints the '
-                        'path) and pass --config.backbone.igpt.palette.path=PATH')
+                        'path) and pass --config.backbone.igpt.palette.path=PATH (the '
+                        'from-scratch variants name their dataset\'s default palette)')
 
   @classmethod
   def prepare(cls, config: ml_collections.ConfigDict) -> None:
-    """Pretraining: fits the palette when its file is missing and
+    """Pretraining, or a from-scratch variant's backbone block (which names
+    its data): fits the palette when its file is missing and
     igpt.palette.fit_if_missing is set. Loading it, and every error about
     it, happens when the method is built."""
+    if 'name' not in config.data:  # a probe's backbone without data: a palette is named
+      return
     path = palette_lib.resolve_path(config)
     if not config.igpt.palette.fit_if_missing or _exists(path):
       return
@@ -223,6 +238,8 @@ class IGPT(Method):
     net = self.net.init(rng, inputs, keep)['params']
     colours = (jnp.asarray(self.palette) if self.palette is not None
                else jnp.zeros((self.vocab, 3), jnp.float32))
+    if self.token_init == 'palette':
+      net['wte'] = colour_embeddings(jax.random.fold_in(rng, 1), colours, net['wte'].shape[1])
     return {'net': net, 'palette': colours}
 
   def loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, *,
@@ -243,10 +260,13 @@ class IGPT(Method):
                 mask_ratio: float = 0.0) -> dict[str, jax.Array]:
     """Every layer's pooled features [b, width]. BERT: averaged over the
     bert_eval_masks masks of `represent_draws` (from `rng`; a fixed key when
-    None)."""
-    del train
+    None); while training (a fine-tune), under one fresh mask from `rng`, as
+    the generative loss draws it (one forward pass per step)."""
     if mask_ratio:
       raise ValueError('iGPT reads whole images: mask_ratio must be 0')
+    if train and self.bert:
+      tokens = self.tokens(params, batch['image'])
+      return pool(self._apply(params, tokens, self.bert_keep(rng, tokens.shape))[1])
     draws = self.represent_draws(params, batch, rng)
     return {k: sum(d[k] for d in draws) / len(draws) for k in draws[0]}
 
@@ -354,6 +374,15 @@ class IGPT(Method):
       rows += [self.to_images(params, self.generate(params, rng, prompt)),
                self.to_images(params, self.generate(params, rng, prompt, temperature=0.0))]
     return drawing.panels(rows)
+
+
+def colour_embeddings(rng: jax.Array, colours: jax.Array, width: int) -> jax.Array:
+  """[vocab, width]: each palette colour (RGB in [-1, 1]) through one random
+  linear map, rescaled to the normal initialisation's std (0.02): colours
+  that are close start with close embeddings (igpt.model.token_init=
+  'palette')."""
+  e = colours.astype(jnp.float32) @ jax.random.normal(rng, (colours.shape[1], width))
+  return e * (EMBED_STD / jnp.maximum(e.std(), 1e-12))
 
 
 def _exists(path: str) -> bool:
