@@ -57,8 +57,9 @@ paper where they say; otherwise ours):
   one random linear map, rescaled to std 0.02, so that close colours start
   close. Pretraining keeps 'normal'. The from-scratch fine-tune
   (configs/finetune.py:igpt_tiny_scratch) uses 'palette': at 16x16 a
-  bidirectional tiny network trained on the labels alone (batch 32, 400
-  steps, a LeCun-normal classifier, one run each, 1000 test images) reached
+  bidirectional tiny network without masks trained on the labels alone
+  (a standalone script: batch 32, 400 steps, Adam, a LeCun-normal
+  classifier, flips only; one run each, 1000 test images) reached
   28.5% with 'palette' and 13.7% with 'normal' (the latter with its
   position embeddings started at a 2-D sine-cosine grid, which added
   nothing on top of 'palette': 28.6%; so that is not an option). It does
@@ -260,8 +261,9 @@ def finetune_config(variant: str) -> ml_collections.ConfigDict:
     c.sweep.batch_size = (32,)
     if scratch:  # supervised from scratch: the tiny probes' ceiling
       # The dataset's default palette (the one configs/igpt.py:tiny fits).
-      c.backbone.data.update(dict(name=p.data.name, data_dir=p.data.get_ref('data_dir'),
-                                  split=p.data.split))
+      # (name and data_dir follow --config.data.*; the palette of split 'train').
+      c.backbone.data.update(dict(name=c.data.get_ref('name'),
+                                  data_dir=p.data.get_ref('data_dir'), split=p.data.split))
       c.backbone.igpt.model.token_init = 'palette'
       c.classifier.update(dict(generative_weight=0.0, head_init='normal'))  # labels only
       c.total_steps = 1000

@@ -55,7 +55,11 @@ def _network_block(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, .
   """(the block that defines the network, where its parameters are in the
   train state) of a run's config."""
   if config['objective'] == CLASSIFICATION:
-    return config['backbone'], ('params', 'backbone')
+    # The checkpoint carries everything the network needs: a from-scratch
+    # variant's data names (for its default palette) are not read again.
+    backbone = config['backbone']
+    block = dict(backbone, data={'image_size': backbone['data']['image_size']})
+    return block, ('params', 'backbone')
   name = config['objective']
   block = {'objective': name, 'data': {'image_size': config['data']['image_size']}}
   if name in config:

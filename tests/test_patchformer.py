@@ -197,6 +197,10 @@ def test_checkpoints_from_before_resnet_norm_read_as_layer_norm():
   from ssl_jax.core import train
   old = json.loads(to_json(patchformer.get_config('tiny')))
   del old['patchformer']['model']['resnet_norm']
+  # It still validates (sampling and pictures rebuild a run from its saved config).
+  import ml_collections
+  from ssl_jax.core import validation
+  validation.validate(ml_collections.ConfigDict(old), 8)
   probe = finetune.get_config('patchformer_tiny')
   for norm, mismatch in (('layer', []), ('none', ['patchformer.model.resnet_norm'])):
     probe.backbone.patchformer.model.resnet_norm = norm

@@ -83,7 +83,8 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 # Keys that may change when a run resumes: they change neither the state's
 # structure nor the values a step computes.
 RESUMABLE_KEYS = ('total_steps', 'log_every', 'checkpoint.every', 'checkpoint.keep',
-                  'data.data_dir', 'data.skip_bad_images', 'sharding.rule',
+                  'data.data_dir', 'backbone.data.data_dir', 'data.skip_bad_images',
+                  'sharding.rule',
                   'sharding.fsdp_axis_size', 'sharding.fsdp_min_size', 'init.workdir',
                   'init.step')
 # Evaluation reads the state and never changes it.

@@ -132,7 +132,8 @@ class IGPT(Method):
     width = positive_int(config, m + 'width')
     for k in ('num_layers', 'mlp_ratio'):
       positive_int(config, m + k)
-    one_of(config, m + 'token_init', TOKEN_INITS)
+    if 'token_init' in config.igpt.model:  # configs saved before it read as 'normal'
+      one_of(config, m + 'token_init', TOKEN_INITS)
     require(config, m + 'heads', lambda v: is_int(v) and v > 0 and width % v == 0,
             f'a positive integer that divides model.width={width}')
     size = config.data.image_size

@@ -137,7 +137,8 @@ class PatchFormer(Method):
       require(config, m + k, lambda v: is_int(v) and v > 0 and width % v == 0,
               f'a positive integer that divides model.width={width}')
     boolean(config, m + 'remat')
-    require(config, m + 'resnet_norm', lambda v: v in NORMS, f'one of {NORMS}')
+    if 'resnet_norm' in config.patchformer.model:  # configs saved before it read as 'layer'
+      require(config, m + 'resnet_norm', lambda v: v in NORMS, f'one of {NORMS}')
 
   # -- pieces -----------------------------------------------------------------
 
