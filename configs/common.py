@@ -75,7 +75,10 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
       step=ml_collections.FieldReference(None, field_type=int)))
   # whiten (linear probes only): the classifier reads the frozen features
   # whitened with their mean and covariance on the first `whiten_examples`
-  # training images (labels unused), computed once when the probe starts.
+  # training images (labels unused), computed once when the probe starts;
+  # whiten_kind 'full' (the covariance's inverse square root) or
+  # 'per_feature' (each feature's mean and variance: MAE's BatchNorm without
+  # affine).
   # mixup / cutmix: Beta alphas of Mixup / CutMix on the device (0: off; both
   # on: one or the other per batch, evenly). layer_decay < 1: layer-wise
   # learning-rate decay over the backbone's blocks (BEiT, MAE).
@@ -87,7 +90,7 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
   c.classifier = ml_collections.ConfigDict(dict(
       mode=mode, representation=pretrain.eval.representation, head='linear', head_init='zeros',
       dropout=0.0,
-      label_smoothing=0.0, mask_ratio=0.0, whiten=mode == 'linear',
+      label_smoothing=0.0, mask_ratio=0.0, whiten=mode == 'linear', whiten_kind='full',
       whiten_examples=10_000, mixup=0.0, cutmix=0.0, layer_decay=1.0,
       generative_weight=0.0))
   image_size = ml_collections.FieldReference(pretrain.data.image_size)

@@ -29,12 +29,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssl_jax.config.checks import ConfigError
+from ssl_jax import tasks
+from ssl_jax.config.checks import ConfigError, with_added_keys
 from ssl_jax.core import assembly
 from ssl_jax.core import checkpoint as ckpt_lib
 from ssl_jax.methods import registry
 from ssl_jax.methods.base import Method
-from ssl_jax.tasks import CLASSIFICATION
 
 
 def _checkpoint(workdir: str, step: int | None) -> tuple[ckpt_lib.Checkpointer, int]:
@@ -51,10 +51,19 @@ def _checkpoint(workdir: str, step: int | None) -> tuple[ckpt_lib.Checkpointer, 
   return checkpointer, step
 
 
+def _saved_config(checkpointer: ckpt_lib.Checkpointer, step: int) -> ml_collections.ConfigDict:
+  """Checkpoint `step`'s config, with the keys added since it was written
+  holding the values that reproduce it (so a run saved by older code builds
+  the network it trained)."""
+  saved = checkpointer.restore_meta(step)['config']
+  return ml_collections.ConfigDict(
+      with_added_keys(saved, tasks.added_keys(ml_collections.ConfigDict(saved))))
+
+
 def _network_block(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
   """(the block that defines the network, where its parameters are in the
   train state) of a run's config."""
-  if config['objective'] == CLASSIFICATION:
+  if config['objective'] == tasks.CLASSIFICATION:
     # The checkpoint carries everything the network needs: a from-scratch
     # variant's data names (for its default palette) are not read again.
     backbone = config['backbone']
@@ -124,7 +133,7 @@ def load(workdir: str, step: int | None = None) -> Model:
   latest), on this process's first device. ConfigError: no such checkpoint."""
   checkpointer, step = _checkpoint(workdir, step)
   try:
-    config = ml_collections.ConfigDict(checkpointer.restore_meta(step)['config'])
+    config = _saved_config(checkpointer, step)
     block, where = _network_block(config.to_dict())
     block = ml_collections.ConfigDict(block)
     method = registry.get(block.objective)(block, assembly.dtype_of(config))
@@ -156,7 +165,7 @@ def restore_run(workdir: str, step: int | None = None):
   parameters and state of checkpoint `step` (None: the latest)."""
   checkpointer, step = _checkpoint(workdir, step)
   try:
-    config = ml_collections.ConfigDict(checkpointer.restore_meta(step)['config'])
+    config = _saved_config(checkpointer, step)
     run = assembly.assemble(config, restored=True)
     abstract = run.trainer.abstract_state()
     params = checkpointer.restore_subtree(step, ('params',), abstract.params)

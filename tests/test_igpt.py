@@ -177,18 +177,21 @@ def test_palette_initialisation_starts_close_colours_close(tmp_path):
 def test_checkpoints_from_before_the_init_keys_read_as_normal():
   # A config saved before igpt.model.token_init existed resumes under
   # 'normal' (what it used), not under another init.
+  import ml_collections
   from configs import igpt
-  from ssl_jax.config.checks import incompatible_keys, to_json
-  from ssl_jax.core import train
+  from ssl_jax import tasks
+  from ssl_jax.config.checks import incompatible_keys, to_json, with_added_keys
   old = json.loads(to_json(igpt.get_config('tiny')))
   del old['igpt']['model']['token_init']
-  # It still validates (sampling and pictures rebuild a run from its saved config).
-  import ml_collections
-  validation.validate(ml_collections.ConfigDict(old), 8)
+  # Rebuilt from its checkpoint (ssl_jax.api: sampling, pictures, load), it
+  # reads as 'normal' and validates.
+  filled = with_added_keys(old, tasks.added_keys(ml_collections.ConfigDict(old)))
+  assert filled['igpt']['model']['token_init'] == 'normal'
+  validation.validate(ml_collections.ConfigDict(filled), 8)
   current = igpt.get_config('tiny')
-  assert incompatible_keys(old, json.loads(to_json(current)), train._added_keys(current)) == []
+  assert incompatible_keys(old, json.loads(to_json(current)), tasks.added_keys(current)) == []
   current.igpt.model.token_init = 'palette'
-  assert incompatible_keys(old, json.loads(to_json(current)), train._added_keys(current)) == [
+  assert incompatible_keys(old, json.loads(to_json(current)), tasks.added_keys(current)) == [
       'igpt.model.token_init']
 
 

@@ -193,14 +193,16 @@ def test_checkpoints_from_before_resnet_norm_read_as_layer_norm():
   import json
   from configs import finetune, patchformer
   from ssl_jax import tasks
-  from ssl_jax.config.checks import flatten, incompatible_keys, to_json
-  from ssl_jax.core import train
+  from ssl_jax.config.checks import flatten, incompatible_keys, to_json, with_added_keys
   old = json.loads(to_json(patchformer.get_config('tiny')))
   del old['patchformer']['model']['resnet_norm']
-  # It still validates (sampling and pictures rebuild a run from its saved config).
+  # Rebuilt from its checkpoint (ssl_jax.api: sampling, pictures, load), it
+  # reads as 'layer' and validates.
   import ml_collections
   from ssl_jax.core import validation
-  validation.validate(ml_collections.ConfigDict(old), 8)
+  filled = with_added_keys(old, tasks.added_keys(ml_collections.ConfigDict(old)))
+  assert filled['patchformer']['model']['resnet_norm'] == 'layer'
+  validation.validate(ml_collections.ConfigDict(filled), 8)
   probe = finetune.get_config('patchformer_tiny')
   for norm, mismatch in (('layer', []), ('none', ['patchformer.model.resnet_norm'])):
     probe.backbone.patchformer.model.resnet_norm = norm
@@ -208,5 +210,5 @@ def test_checkpoints_from_before_resnet_norm_read_as_layer_norm():
     assert tasks.architecture_mismatch(flatten(old), backbone) == mismatch
     current = patchformer.get_config('tiny')
     current.patchformer.model.resnet_norm = norm
-    added = train._added_keys(current)
+    added = tasks.added_keys(current)
     assert incompatible_keys(old, json.loads(to_json(current)), added) == mismatch

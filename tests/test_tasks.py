@@ -150,6 +150,30 @@ def test_head_init_normal_sends_a_gradient_to_the_backbone_at_once():
                         8)
 
 
+def test_a_saved_config_reads_keys_added_since_as_the_values_it_ran_with():
+  # ssl_jax.api rebuilds runs from their checkpoints' configs: a key added
+  # after a checkpoint was written reads as the value that reproduces it
+  # (checks.ADDED_KEYS and the method's added_keys, under backbone. for a
+  # probe), and only where its section exists.
+  import json
+  import ml_collections
+  from ssl_jax.config.checks import flatten, to_json, with_added_keys
+  probe = json.loads(to_json(small_classifier_config('finetune', **{
+      'classifier.head_init': 'normal', 'classifier.whiten_kind': 'per_feature'})))
+  del probe['classifier']['head_init'], probe['classifier']['whiten_kind']
+  del probe['backbone']['patchformer']['model']['resnet_norm']
+  filled = with_added_keys(probe, tasks.added_keys(ml_collections.ConfigDict(probe)))
+  assert (filled['classifier']['head_init'], filled['classifier']['whiten_kind']) == (
+      'zeros', 'full')
+  assert filled['backbone']['patchformer']['model']['resnet_norm'] == 'layer'
+  assert 'resnet_norm' not in probe['backbone']['patchformer']['model']  # a copy
+  validation.validate(ml_collections.ConfigDict(filled), 8)
+  pretraining = json.loads(to_json(small_config()))
+  filled = with_added_keys(pretraining, tasks.added_keys(ml_collections.ConfigDict(pretraining)))
+  assert 'classifier' not in filled  # no section made up
+  assert flatten(filled).items() >= flatten(pretraining).items()  # nothing present changed
+
+
 def test_classification_loss_smoothing_padding_and_topk():
   logits = jnp.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0], [5.0, 0.0, 0.0]])
   batch = {'label': jnp.array([0, 1, 2]), 'valid': jnp.array([True, True, False])}

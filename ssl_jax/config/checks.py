@@ -8,6 +8,7 @@ one line that names the key and what is allowed; the core's validation
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any, Callable
 
@@ -106,6 +107,22 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 # lacks one resumes when the current value is that one.
 ADDED_KEYS = {'optimizer.name': 'adamw', 'data.held_out_examples': 0,
               'classifier.whiten_kind': 'full', 'classifier.head_init': 'zeros'}
+
+
+def with_added_keys(saved: dict, added: dict | None = None) -> dict:
+  """A copy of a saved config (a dict) in which every key of ADDED_KEYS and
+  `added` (a method's) that it lacks holds its value there: the behaviour of
+  the code that wrote it. A key is added only where its section exists (a
+  pretraining config gets no `classifier.*`)."""
+  out = copy.deepcopy(saved)
+  for key, value in {**ADDED_KEYS, **(added or {})}.items():
+    *sections, leaf = key.split('.')
+    node = out
+    for section in sections:
+      node = node.get(section) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf not in node:
+      node[leaf] = value
+  return out
 
 
 def incompatible_keys(saved: dict, current: dict, added: dict | None = None) -> list[str]:

@@ -32,7 +32,6 @@ from ssl_jax.core import checkpoint as ckpt_lib
 from ssl_jax.core import metrics as metrics_lib
 from ssl_jax.core import provenance as provenance_lib
 from ssl_jax.core import workdir as workdir_lib
-from ssl_jax.methods import registry
 
 DataError = assembly.DataError  # the dataset cannot be opened
 
@@ -176,18 +175,10 @@ def _write_config(workdir: str, config, made_by: dict[str, Any]) -> None:
   metrics_lib.write_atomic(os.fspath(path), json.dumps(saved, indent=2))
 
 
-def _added_keys(config) -> dict[str, Any]:
-  """The method's `added_keys`, under `backbone.` for a probe or fine-tune."""
-  classify = tasks.is_classification(config)
-  method = registry.get(config.backbone.objective if classify else config.objective)
-  prefix = 'backbone.' if classify else ''
-  return {prefix + k: v for k, v in method.added_keys.items()}
-
-
 def _check_compatible(config, meta: dict[str, Any], directory: str, step: int) -> None:
   saved = meta.get('config', {})
   current = json.loads(to_json(config))
-  bad = incompatible_keys(saved, current, _added_keys(config))
+  bad = incompatible_keys(saved, current, tasks.added_keys(config))
   if bad:
     shown = ', '.join(f'{k} (checkpoint: {flatten(saved).get(k, "<missing>")!r}, '
                       f'now: {flatten(current).get(k, "<missing>")!r})'

@@ -153,8 +153,7 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
   c = 'classifier.'
   one_of(config, c + 'mode', MODES)
   one_of(config, c + 'head', HEADS)
-  if 'head_init' in config.classifier:
-    one_of(config, c + 'head_init', HEAD_INITS)
+  one_of(config, c + 'head_init', HEAD_INITS)
   require(config, c + 'representation', lambda v: isinstance(v, str) and v,
           'a representation name')
   require(config, c + 'dropout', lambda v: is_number(v) and 0 <= v < 1, 'a number in [0, 1)')
@@ -175,8 +174,7 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.classifier.whiten=True is not allowed with classifier.mode='
                       f"{config.classifier.mode!r}: the whitening is fitted once to frozen "
                       'features, so it needs mode=\'linear\' (or set whiten=False)')
-  if 'whiten_kind' in config.classifier:  # absent: 'full'
-    one_of(config, c + 'whiten_kind', WHITEN_KINDS)
+  one_of(config, c + 'whiten_kind', WHITEN_KINDS)
   require(config, c + 'whiten_examples', lambda v: is_int(v) and v >= 2,
           'an integer >= 2 (training images whose features fit the whitening)')
   for key in ('mixup', 'cutmix'):

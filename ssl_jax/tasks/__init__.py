@@ -48,6 +48,15 @@ def build(config: ml_collections.ConfigDict, num_classes: int | None,
   return Pretraining(config, num_classes, dtype)
 
 
+def added_keys(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The method's `added_keys`, under `backbone.` for a probe or fine-tune."""
+  from ssl_jax.methods import registry
+  classify = is_classification(config)
+  method = registry.get(config.backbone.objective if classify else config.objective)
+  prefix = 'backbone.' if classify else ''
+  return {prefix + k: v for k, v in method.added_keys.items()}
+
+
 def architecture_mismatch(saved: dict[str, Any], backbone: dict[str, Any]) -> list[str]:
   """Flattened keys that fix the backbone's parameters and differ between a
   checkpoint's config (`saved`) and `backbone`, both as flattened dicts."""

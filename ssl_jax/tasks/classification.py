@@ -55,14 +55,14 @@ class Classification:
     self.label_smoothing = c.label_smoothing
     self.mask_ratio = c.mask_ratio
     self.whiten = c.whiten
-    self.whiten_kind = c.get('whiten_kind', 'full')
+    self.whiten_kind = c.whiten_kind
     self.num_classes = num_classes
     self.mixup, self.cutmix = c.mixup, c.cutmix
     self.layer_decay = c.layer_decay
     self.generative_weight = c.generative_weight if self.mode == 'finetune' else 0.0
     self.head = ClassifierHead(num_classes, residual=c.head == 'residual',
                                dropout=c.dropout, whiten=c.whiten,
-                               zero_init=c.get('head_init', 'zeros') == 'zeros', dtype=dtype)
+                               zero_init=c.head_init == 'zeros', dtype=dtype)
 
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> Any:
     k_backbone, k_head = jax.random.split(rng)

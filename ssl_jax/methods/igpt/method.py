@@ -91,7 +91,7 @@ class IGPT(Method):
     self.order = None if perm is None else jnp.asarray(perm)
     self.inverse = None if perm is None else jnp.asarray(np.argsort(perm).astype(np.int32))
     m = g.model
-    self.token_init = m.get('token_init', self.added_keys['igpt.model.token_init'])
+    self.token_init = m.token_init
     self.net = GPT(vocab=self.vocab, context=m.context, width=m.width,
                    num_layers=m.num_layers, heads=m.heads, causal=not self.bert,
                    mlp_ratio=m.mlp_ratio, remat=m.remat, dtype=dtype)
@@ -132,8 +132,7 @@ class IGPT(Method):
     width = positive_int(config, m + 'width')
     for k in ('num_layers', 'mlp_ratio'):
       positive_int(config, m + k)
-    if 'token_init' in config.igpt.model:  # configs saved before it read as 'normal'
-      one_of(config, m + 'token_init', TOKEN_INITS)
+    one_of(config, m + 'token_init', TOKEN_INITS)
     require(config, m + 'heads', lambda v: is_int(v) and v > 0 and width % v == 0,
             f'a positive integer that divides model.width={width}')
     size = config.data.image_size

@@ -77,7 +77,7 @@ class PatchFormer(Method):
     self.net = PatchFormerNet(
         grid=self.grid, stage_sizes=tuple(m.stage_sizes),
         resnet_width=m.resnet_width, stem_width=m.stem_width,
-        resnet_norm=m.get('resnet_norm', self.added_keys['patchformer.model.resnet_norm']),
+        resnet_norm=m.resnet_norm,
         width=m.width,
         num_layers=m.num_layers, heads=m.heads, mlp_ratio=m.mlp_ratio,
         pool_heads=m.pool_heads, decoder_width=m.decoder_width,
@@ -137,8 +137,7 @@ class PatchFormer(Method):
       require(config, m + k, lambda v: is_int(v) and v > 0 and width % v == 0,
               f'a positive integer that divides model.width={width}')
     boolean(config, m + 'remat')
-    if 'resnet_norm' in config.patchformer.model:  # configs saved before it read as 'layer'
-      require(config, m + 'resnet_norm', lambda v: v in NORMS, f'one of {NORMS}')
+    require(config, m + 'resnet_norm', lambda v: v in NORMS, f'one of {NORMS}')
 
   # -- pieces -----------------------------------------------------------------
 
