@@ -89,8 +89,7 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
   # randomly initialised backbone from the first step).
   c.classifier = ml_collections.ConfigDict(dict(
       mode=mode, representation=pretrain.eval.representation, head='linear', head_init='zeros',
-      dropout=0.0,
-      label_smoothing=0.0, mask_ratio=0.0, whiten=mode == 'linear', whiten_kind='full',
+      dropout=0.0, label_smoothing=0.0, mask_ratio=0.0, whiten=mode == 'linear', whiten_kind='full',
       whiten_examples=10_000, mixup=0.0, cutmix=0.0, layer_decay=1.0,
       generative_weight=0.0))
   image_size = ml_collections.FieldReference(pretrain.data.image_size)

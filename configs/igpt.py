@@ -53,10 +53,10 @@ linear map of the image's mean colour; its middle layers read 11.7-14.0%.
 So pretraining puts class information into the middle layers (at step
 2000, 5-6 points over the same layers at random init), and its best layer
 then leads the random network's best by 1.7 points: within the standard
-error of two 1000-image test sets (1.2 points each), not a measured win. One pretraining run costs
-about 37 minutes on a CPU core per 2000 steps. The iGPT paper finds good
-features only at scale (its Figure 3); use tiny to check the pipeline, not
-the method.
+error of two 1000-image test sets (1.2 points each), not a measured win.
+One pretraining run costs about 37 minutes on a CPU core per 2000 steps.
+The iGPT paper finds good features only at scale (its Figure 3); use tiny
+to check the pipeline, not the method.
 
 Parameters (the paper: S 76M, M 455M, L 1362M): 76.6M, 455.2M and 1362.3M
 at context 1024, counting the palette (1536 frozen numbers).

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from ssl_jax import tasks
-from ssl_jax.config.checks import ConfigError, with_added_keys
+from ssl_jax.config.checks import ConfigError
 from ssl_jax.core import assembly
 from ssl_jax.core import checkpoint as ckpt_lib
 from ssl_jax.methods import registry
@@ -55,9 +55,8 @@ def _saved_config(checkpointer: ckpt_lib.Checkpointer, step: int) -> ml_collecti
   """Checkpoint `step`'s config, with the keys added since it was written
   holding the values that reproduce it (so a run saved by older code builds
   the network it trained)."""
-  saved = checkpointer.restore_meta(step)['config']
   return ml_collections.ConfigDict(
-      with_added_keys(saved, tasks.added_keys(ml_collections.ConfigDict(saved))))
+      tasks.fill_added_keys(checkpointer.restore_meta(step)['config']))
 
 
 def _network_block(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:

@@ -174,27 +174,6 @@ def test_palette_initialisation_starts_close_colours_close(tmp_path):
       jax.tree.map(np.testing.assert_array_equal, base[k], net[k])
 
 
-def test_checkpoints_from_before_the_init_keys_read_as_normal():
-  # A config saved before igpt.model.token_init existed resumes under
-  # 'normal' (what it used), not under another init.
-  import ml_collections
-  from configs import igpt
-  from ssl_jax import tasks
-  from ssl_jax.config.checks import incompatible_keys, to_json, with_added_keys
-  old = json.loads(to_json(igpt.get_config('tiny')))
-  del old['igpt']['model']['token_init']
-  # Rebuilt from its checkpoint (ssl_jax.api: sampling, pictures, load), it
-  # reads as 'normal' and validates.
-  filled = with_added_keys(old, tasks.added_keys(ml_collections.ConfigDict(old)))
-  assert filled['igpt']['model']['token_init'] == 'normal'
-  validation.validate(ml_collections.ConfigDict(filled), 8)
-  current = igpt.get_config('tiny')
-  assert incompatible_keys(old, json.loads(to_json(current)), tasks.added_keys(current)) == []
-  current.igpt.model.token_init = 'palette'
-  assert incompatible_keys(old, json.loads(to_json(current)), tasks.added_keys(current)) == [
-      'igpt.model.token_init']
-
-
 @pytest.mark.slow  # over 8 s: the slow tier (the fast one stays under 4 minutes)
 def test_bert_evaluation_draws_fresh_masks_and_ensembles_predictions(tmp_path):
   from configs import common

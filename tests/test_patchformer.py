@@ -184,31 +184,3 @@ def test_paper_setting_builds_at_full_size():
   assert metrics['loss'].shape == () and new_state.step.shape == ()
   obj = trainer.task.method
   assert (obj.grid, obj.n_masked, obj.n_patches) == ((14, 14), 116, 196)
-
-
-def test_checkpoints_from_before_resnet_norm_read_as_layer_norm():
-  # A config saved before patchformer.model.resnet_norm existed: it used
-  # LayerNorm, so it matches 'layer' and not 'none', both for a probe's
-  # architecture check and for a resume.
-  import json
-  from configs import finetune, patchformer
-  from ssl_jax import tasks
-  from ssl_jax.config.checks import flatten, incompatible_keys, to_json, with_added_keys
-  old = json.loads(to_json(patchformer.get_config('tiny')))
-  del old['patchformer']['model']['resnet_norm']
-  # Rebuilt from its checkpoint (ssl_jax.api: sampling, pictures, load), it
-  # reads as 'layer' and validates.
-  import ml_collections
-  from ssl_jax.core import validation
-  filled = with_added_keys(old, tasks.added_keys(ml_collections.ConfigDict(old)))
-  assert filled['patchformer']['model']['resnet_norm'] == 'layer'
-  validation.validate(ml_collections.ConfigDict(filled), 8)
-  probe = finetune.get_config('patchformer_tiny')
-  for norm, mismatch in (('layer', []), ('none', ['patchformer.model.resnet_norm'])):
-    probe.backbone.patchformer.model.resnet_norm = norm
-    backbone = flatten(json.loads(to_json(probe.backbone)))
-    assert tasks.architecture_mismatch(flatten(old), backbone) == mismatch
-    current = patchformer.get_config('tiny')
-    current.patchformer.model.resnet_norm = norm
-    added = tasks.added_keys(current)
-    assert incompatible_keys(old, json.loads(to_json(current)), added) == mismatch

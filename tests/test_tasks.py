@@ -157,21 +157,55 @@ def test_a_saved_config_reads_keys_added_since_as_the_values_it_ran_with():
   # probe), and only where its section exists.
   import json
   import ml_collections
-  from ssl_jax.config.checks import flatten, to_json, with_added_keys
+  from ssl_jax.config.checks import flatten, to_json
   probe = json.loads(to_json(small_classifier_config('finetune', **{
       'classifier.head_init': 'normal', 'classifier.whiten_kind': 'per_feature'})))
   del probe['classifier']['head_init'], probe['classifier']['whiten_kind']
   del probe['backbone']['patchformer']['model']['resnet_norm']
-  filled = with_added_keys(probe, tasks.added_keys(ml_collections.ConfigDict(probe)))
+  filled = tasks.fill_added_keys(probe)
   assert (filled['classifier']['head_init'], filled['classifier']['whiten_kind']) == (
       'zeros', 'full')
   assert filled['backbone']['patchformer']['model']['resnet_norm'] == 'layer'
   assert 'resnet_norm' not in probe['backbone']['patchformer']['model']  # a copy
   validation.validate(ml_collections.ConfigDict(filled), 8)
   pretraining = json.loads(to_json(small_config()))
-  filled = with_added_keys(pretraining, tasks.added_keys(ml_collections.ConfigDict(pretraining)))
+  filled = tasks.fill_added_keys(pretraining)
   assert 'classifier' not in filled  # no section made up
   assert flatten(filled).items() >= flatten(pretraining).items()  # nothing present changed
+
+
+@pytest.mark.parametrize('method, key, old, other', [
+    ('patchformer', 'patchformer.model.resnet_norm', 'layer', 'none'),
+    ('igpt', 'igpt.model.token_init', 'normal', 'palette')])
+def test_a_config_from_before_a_method_key_reads_as_what_it_ran_with(method, key, old, other):
+  # A config saved before `key` existed ran with `old`: rebuilt from its
+  # checkpoint (ssl_jax.api: load, sampling, pictures) it reads as `old` and
+  # validates; it resumes under `old`, not `other`; and a probe's
+  # architecture check tells `other` apart when the key fixes parameters
+  # (resnet_norm does, token_init only starts them).
+  import importlib
+  import json
+  import ml_collections
+  from configs import finetune
+  from ssl_jax.config.checks import flatten, get, incompatible_keys, to_json
+  module = importlib.import_module(f'configs.{method}')
+  saved = json.loads(to_json(module.get_config('tiny')))
+  *sections, leaf = key.split('.')
+  del get(saved, '.'.join(sections))[leaf]
+  filled = tasks.fill_added_keys(saved)
+  assert get(filled, key) == old
+  validation.validate(ml_collections.ConfigDict(filled), 8)
+  fixes_parameters = key == 'patchformer.model.resnet_norm'
+  for value, mismatch in ((old, []), (other, [key])):
+    current = module.get_config('tiny')
+    current.update_from_flattened_dict({key: value})
+    assert incompatible_keys(saved, json.loads(to_json(current)),
+                             tasks.added_keys(current)) == mismatch
+    probe = finetune.get_config(f'{method}_tiny')
+    probe.backbone.update_from_flattened_dict({key: value})
+    backbone = flatten(json.loads(to_json(probe.backbone)))
+    assert tasks.architecture_mismatch(flatten(saved), backbone) == (
+        mismatch if fixes_parameters else [])
 
 
 def test_classification_loss_smoothing_padding_and_topk():

@@ -57,6 +57,14 @@ def added_keys(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {prefix + k: v for k, v in method.added_keys.items()}
 
 
+def fill_added_keys(saved: dict[str, Any]) -> dict[str, Any]:
+  """A checkpoint's saved config (a dict) with every key added since it was
+  written (checks.ADDED_KEYS and its method's `added_keys`) holding the
+  value that reproduces what it ran with."""
+  from ssl_jax.config.checks import with_added_keys
+  return with_added_keys(saved, added_keys(ml_collections.ConfigDict(saved)))
+
+
 def architecture_mismatch(saved: dict[str, Any], backbone: dict[str, Any]) -> list[str]:
   """Flattened keys that fix the backbone's parameters and differ between a
   checkpoint's config (`saved`) and `backbone`, both as flattened dicts."""
