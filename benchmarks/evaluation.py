@@ -1,19 +1,20 @@
-r"""Representation quality on the built-in dataset: pretrained PatchFormer
-`tiny` vs the same network randomly initialised vs raw pixels, each number
-over several seeds.
+r"""Representation quality on the built-in dataset: a method's pretrained
+`tiny` network vs the same network randomly initialised vs raw pixels, each
+number over several seeds.
 
-Pretrains configs/patchformer.py:tiny (or reuses a finished pretraining in
-WORKDIR/pretrain), then trains, with the same loop and configs as users do
-(`--seeds` of ssl_jax.core.seeds for each cell):
+Pretrains configs/METHOD.py:tiny (--method, PatchFormer by default; or
+reuses a finished pretraining in WORKDIR/pretrain), then trains, with the
+same loop and configs as users do (`--seeds` of ssl_jax.core.seeds for each
+cell):
 
-* a linear probe (configs/linear_probe.py:patchformer_tiny) of the pretrained
+* a linear probe (configs/linear_probe.py:METHOD_tiny) of the pretrained
   and of the randomly initialised backbone, and one on raw pixels
-  (configs/linear_probe.py:pixels_tiny);
-* a fine-tune of the pretrained backbone (configs/finetune.py:
-  patchformer_tiny, section 2.2's recipe) and one of the randomly
-  initialised backbone (configs/finetune.py:patchformer_tiny_scratch, a
-  recipe for training from scratch): the supervised-from-scratch ceiling
-  the probes are read against;
+  (configs/linear_probe.py:pixels_tiny, at the method's image size);
+* a fine-tune of the pretrained backbone (configs/finetune.py:METHOD_tiny,
+  the method's fine-tune recipe cut to a short run) and one of the randomly
+  initialised backbone (configs/finetune.py:METHOD_tiny_scratch, a recipe
+  for training from scratch): the supervised-from-scratch ceiling the
+  probes are read against;
 
 each on all the training labels and on the class-balanced 10% split, and
 prints one table of top-1 on the test split, mean ± sample std over the
@@ -24,14 +25,16 @@ Every run resumes from its own workdir, so an interrupted benchmark picks up
 where it stopped.
 
   python benchmarks/evaluation.py --workdir=/tmp/ssl_jax_eval_bench --seeds=3
+  python benchmarks/evaluation.py --method=randsac --workdir=/tmp/ssl_jax_eval_randsac
 
-About an hour per seed on 2 CPU cores; --quick shortens every run 4x (a
+PatchFormer: about an hour per seed on 2 CPU cores; --quick shortens every run 4x (a
 smoke run, not a measurement). The table measured with it is in the README
 (Evaluation).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -41,8 +44,11 @@ from absl import app, flags, logging
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from configs import finetune, linear_probe, patchformer  # noqa: E402
+from configs import finetune, linear_probe  # noqa: E402
 
+_METHODS = ('patchformer', 'randsac', 'igpt')
+_METHOD = flags.DEFINE_enum('method', 'patchformer', list(_METHODS),
+                            'Whose tiny pretraining, probes and fine-tunes.')
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/ssl_jax_eval_bench', 'Where every run goes.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: tfds default).')
 _QUICK = flags.DEFINE_bool('quick', False, 'Every run 4x shorter (a smoke run).')
@@ -84,9 +90,10 @@ def main(argv):
   from ssl_jax.core import seeds, train
   print('produced by:', provenance.line(), flush=True)
   train.quiet_library_logs()
-  root, quick = _WORKDIR.value, _QUICK.value
+  root, quick, method = _WORKDIR.value, _QUICK.value, _METHOD.value
   pre_root = os.path.join(root, 'pretrain')
-  pretrain_config = _shorten(patchformer.get_config('tiny'), quick)
+  pretrain_config = _shorten(importlib.import_module(f'configs.{method}').get_config('tiny'),
+                             quick)
   if _VARY.value == 'both':
     monitors_of = seeds.run_seeds(pretrain_config, pre_root, _SEEDS.value)['runs'][0]
     pre_dir = os.path.join(pre_root, 'seed{seed}')
@@ -99,16 +106,19 @@ def main(argv):
   for kind, configs in (('linear probe', linear_probe), ('fine-tune', finetune)):
     for fraction in _FRACTIONS:  # every probe first: the cheaper cells
       pct = f'{round(100 * fraction)}%'
-      for name, variant, init in (('pretrained', 'patchformer_tiny', pre_dir),
+      for name, variant, init in (('pretrained', f'{method}_tiny', pre_dir),
                                   ('random init (fine-tune: supervised from scratch)',
-                                   'patchformer_tiny', None),
+                                   f'{method}_tiny', None),
                                   ('raw pixels', 'pixels_tiny', None)):
         if kind == 'fine-tune' and variant == 'pixels_tiny':
           continue  # no backbone to fine-tune: the probe is the whole model
         if kind == 'fine-tune' and init is None:
-          variant = 'patchformer_tiny_scratch'  # a recipe for training from scratch
+          variant = f'{method}_tiny_scratch'  # a recipe for training from scratch
         c = _shorten(configs.get_config(variant), quick)
         c.init.workdir, c.data.label_fraction = init, fraction
+        if variant == 'pixels_tiny':  # the method's data, at its size
+          c.data.name = pretrain_config.data.name
+          c.data.image_size = pretrain_config.data.image_size
         tag = name.split(' (')[0].replace(' ', '_')
         prefix = 'probe' if kind == 'linear probe' else 'finetune'
         rows[name][f'{kind}, {pct} labels'] = _cell(
@@ -127,8 +137,8 @@ def main(argv):
   table = '\n'.join(lines) + f'\n\nSeeds vary: {varies}.'
   monitors = ', '.join(f'{k} {100 * v:.1f}%' for k, v in monitors_of.items()
                        if k in ('knn/top1', 'fewshot/10shot', 'fewshot/25shot'))
-  print(f'\nssl_jax_shapes test split (1000 images, 10 classes); mean ± std over '
-        f'{_SEEDS.value} seeds; pretraining monitors at the end: {monitors}\n')
+  print(f'\n{method} tiny, ssl_jax_shapes test split (1000 images, 10 classes); mean ± std '
+        f'over {_SEEDS.value} seeds; pretraining monitors at the end: {monitors}\n')
   print(table)
   a = rows['pretrained']['linear probe, 100% labels']
   b = rows['random init (fine-tune: supervised from scratch)']['linear probe, 100% labels']

@@ -200,7 +200,8 @@ def finetune_config(variant: str) -> ml_collections.ConfigDict:
   c.data.label_fraction = 0.1
   c.sweep.epochs = 30.0
   if variant == 'tiny_scratch':  # supervised from scratch: the tiny probes' ceiling
-    c.classifier.update(dict(dropout=0.0, label_smoothing=0.0, mask_ratio=0.0))
+    c.classifier.update(dict(dropout=0.0, label_smoothing=0.0, mask_ratio=0.0,
+                             head_init='normal'))
     c.data.update(dict(label_fraction=1.0, min_area=1.0))
     c.total_steps = 1000
     c.batch_size = 32

@@ -307,7 +307,7 @@ def finetune_config(variant: str) -> ml_collections.ConfigDict:
     c.checkpoint.every = 250
     if scratch:  # supervised from scratch: the ceiling the tiny probes are read against
       c.backbone.randsac.model.drop_path = 0.0
-      c.classifier.update(dict(label_smoothing=0.0, layer_decay=1.0))
+      c.classifier.update(dict(label_smoothing=0.0, layer_decay=1.0, head_init='normal'))
       c.data.min_area = 1.0
       c.total_steps = 1000
       c.log_every = 50

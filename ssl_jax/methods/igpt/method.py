@@ -265,8 +265,7 @@ class IGPT(Method):
     if mask_ratio:
       raise ValueError('iGPT reads whole images: mask_ratio must be 0')
     if train and self.bert:
-      tokens = self.tokens(params, batch['image'])
-      return pool(self._apply(params, tokens, self.bert_keep(rng, tokens.shape))[1])
+      return self._pool_under_mask(params, self.tokens(params, batch['image']), rng)
     draws = self.represent_draws(params, batch, rng)
     return {k: sum(d[k] for d in draws) / len(draws) for k in draws[0]}
 
@@ -279,9 +278,13 @@ class IGPT(Method):
       keep = jnp.ones(tokens.shape, bool) if self.bert else None
       return [pool(self._apply(params, tokens, keep)[1])]
     key = jax.random.key(0) if rng is None else rng
-    return [pool(self._apply(params, tokens,
-                             self.bert_keep(jax.random.fold_in(key, j), tokens.shape))[1])
+    return [self._pool_under_mask(params, tokens, jax.random.fold_in(key, j))
             for j in range(self.eval_masks)]
+
+  def _pool_under_mask(self, params: Any, tokens: jax.Array, key: jax.Array
+                       ) -> dict[str, jax.Array]:
+    """Every layer's pooled features under one BERT mask drawn from `key`."""
+    return pool(self._apply(params, tokens, self.bert_keep(key, tokens.shape))[1])
 
   def finetune_features(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, *,
                         state: Any = None) -> tuple[dict[str, jax.Array], jax.Array]:
