@@ -76,12 +76,16 @@ def small_config(**overrides):
 
 def small_classifier_config(mode='linear', **overrides):
   """A linear probe ('linear') or fine-tune ('finetune') of small_config's
-  network, with the settings of configs/linear_probe.py / finetune.py."""
+  network, with the settings of configs/linear_probe.py / finetune.py: the
+  tiny probe's, or section 2.2's fine-tune classifier (masking, dropout,
+  label smoothing, the residual head started at zero) with the tiny
+  fine-tune's optimizer."""
   from configs import common, finetune, linear_probe
   c = common.classification_config(small_config(), mode=mode)
-  paper = (linear_probe if mode == 'linear' else finetune).get_config('patchformer_tiny')
+  tiny = (linear_probe if mode == 'linear' else finetune).get_config('patchformer_tiny')
+  paper = tiny if mode == 'linear' else finetune.get_config('patchformer')
   c.classifier.update(paper.classifier.to_dict())
-  c.optimizer.update(paper.optimizer.to_dict())
+  c.optimizer.update(tiny.optimizer.to_dict())
   c.optimizer.warmup_steps = 2
   c.total_steps = 8
   c.batch_size = 16
