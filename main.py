@@ -26,6 +26,14 @@ import os
 import re
 import sys
 
+# TensorFlow (the input pipeline) writes C++ notices to stderr when it is
+# imported; on CPUs where it turns oneDNN on, one says so at every start,
+# which breaks the one-line errors of exit status 2. oneDNN's fused ops also
+# make the pipeline's float results depend on the CPU. Both are off unless
+# the environment sets them.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
