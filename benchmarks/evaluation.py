@@ -10,11 +10,10 @@ cell):
 * a linear probe (configs/linear_probe.py:METHOD_tiny) of the pretrained
   and of the randomly initialised backbone, and one on raw pixels
   (configs/linear_probe.py:pixels_tiny, at the method's image size);
-* a fine-tune of the pretrained backbone (configs/finetune.py:METHOD_tiny,
-  the method's fine-tune recipe cut to a short run) and one of the randomly
-  initialised backbone (configs/finetune.py:METHOD_tiny_scratch, a recipe
-  for training from scratch): the supervised-from-scratch ceiling the
-  probes are read against;
+* a fine-tune of the pretrained backbone (configs/finetune.py:METHOD_tiny)
+  and one of the randomly initialised backbone (configs/finetune.py:
+  METHOD_tiny_scratch: the supervised-from-scratch ceiling the probes are
+  read against); PatchFormer's and RandSAC's two share one short recipe;
 
 each on all the training labels and on the class-balanced 10% split, and
 prints one table of top-1 on the test split, mean ± sample std over the
