@@ -27,12 +27,10 @@ import re
 import sys
 
 # TensorFlow (the input pipeline) writes C++ notices to stderr when it is
-# imported; on CPUs where it turns oneDNN on, one says so at every start,
-# which breaks the one-line errors of exit status 2. oneDNN's fused ops also
-# make the pipeline's float results depend on the CPU. Both are off unless
-# the environment sets them.
+# imported, which would break the one-line errors of exit statuses 2 and 75;
+# off unless the environment sets them (ssl_jax turns oneDNN off, whose
+# notice is printed whatever this level is).
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 from absl import app, flags, logging
 from ml_collections import config_flags

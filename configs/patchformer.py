@@ -59,8 +59,8 @@ Choices where the paper is silent or inconsistent (each is a key below):
   size of an edge, and at tiny scale it cost every number we measured
   (one run each, 1000 test images): supervised from scratch
   (configs/finetune.py:patchformer_tiny_scratch, then with a
-  zero-initialised classifier) 23.3% with LayerNorm, 34.4% without; the linear probe of 1000 pretraining steps 30.7% vs
-  33.7%; at 32x32 from scratch (600 steps) GroupNorm over the patch did
+  zero-initialised classifier) 23.3% with LayerNorm, 34.4% without; the
+  linear probe of 1000 pretraining steps 30.7% vs 33.7%; at 32x32 from scratch (600 steps) GroupNorm over the patch did
   no better than LayerNorm (17.8% vs 17.6%), while replacing the ResNet by
   a linear patch embedding reached 36.7% in 400 steps. The paper setting
   keeps LayerNorm: a 41-layer encoder without normalisation is unmeasured
@@ -201,8 +201,8 @@ def finetune_config(variant: str) -> ml_collections.ConfigDict:
   seeds 0, 1, 2 (benchmarks/evaluation.py's cells, 1000 test images):
   37.6 +- 0.9% test top-1 (38.4, 36.7, 37.7; held out 35.2 +- 3.6),
   35.5 +- 0.8% with 10% of the labels; 8 min per run on one CPU core with
-  another run on the other. With the zero-initialised
-  classifier of the probes the from-scratch recipe was seed-fragile:
+  another run on the other. With the zero-initialised classifier of the
+  probes the from-scratch recipe was seed-fragile:
   34.4, 25.4 and 10.0%, the last never leaving ln 10, the zero
   classifier's saddle (no gradient reaches a random backbone until the
   head has learned from features that barely differ between images). With
