@@ -208,3 +208,29 @@ def method_config(kind: str, arg: str | None, default: str, file: str
   name = variant(arg or default, tuple(sorted(variants)), file)
   method, v = variants[name]
   return getattr(importlib.import_module(f'configs.{method}'), f'{kind}_config')(v)
+
+
+def patch_network_finetune_config(pretrain: ml_collections.ConfigDict, tiny: bool,
+                                  representation: str) -> ml_collections.ConfigDict:
+  """The fine-tune of Selfie's and DV2's networks (DV2 4.1's supervised
+  stage): AdamW (weight decay 1e-4), lr 1e-4, batch 32, 5k steps, 250
+  warmup steps then cosine, a linear classifier on `representation`,
+  dropout as pretrained (the backbone's 0.1), evaluated on held-out images
+  every 1000 steps. tiny: 1000 steps of batch 32 at lr 3e-4 on whole images
+  (flipped), 10% of the labels, a LeCun-normal classifier."""
+  c = classification_config(pretrain, mode='finetune')
+  c.classifier.update(dict(representation=representation, head='linear'))
+  c.optimizer.update(dict(name='adamw', lr=1e-4, weight_decay=1e-4, warmup_steps=250,
+                          schedule='cosine', grad_clip_norm=None))
+  c.batch_size = 32
+  c.total_steps = 5000
+  c.eval.every = 1000
+  if tiny:
+    c.classifier.head_init = 'normal'
+    c.data.update(dict(min_area=1.0, label_fraction=0.1))
+    c.optimizer.update(dict(lr=3e-4, warmup_steps=25))
+    c.total_steps = 1000
+    c.eval.every = 0
+    c.log_every = 50
+    c.checkpoint.every = 500
+  return c

@@ -99,6 +99,19 @@ checkpoint's own, whatever the fine-tuning data:
 
   python main.py --config=configs/finetune.py:igpt_tiny \
       --config.init.workdir=workdirs/igpt_tiny --workdir=workdirs/igpt_tiny_ft
+
+Selfie and DV2 (variants selfie, selfie_allp, selfie_tiny, selfie_allp_tiny,
+selfie_tiny_scratch; dv2, dv2_cifar10, dv2_tiny, dv2_tiny_scratch): DV2 4.1's
+supervised stage: every parameter trains with AdamW (weight decay 1e-4),
+lr 1e-4, batch 32, 5k steps (250 warmup, cosine), a linear classifier on
+'image_res4' (Selfie: the whole image through the pretrained stacks) or
+'double_view' (DV2: the image view and the patch view concatenated; 4.4
+compares 'image_view' and 'patch_view' too). STL-10 reads the 5k labelled
+images, 10% of them held out (4.1). The tiny variants share one short
+recipe (1000 steps at lr 3e-4, 10% of the labels, a LeCun-normal head):
+
+  python main.py --config=configs/finetune.py:dv2_tiny \
+      --config.init.workdir=workdirs/dv2_tiny --workdir=workdirs/dv2_tiny_ft10
 """
 
 from __future__ import annotations

@@ -46,6 +46,17 @@ LINEAR_PROBE_VARIANTS and linear_probe_config):
                       python main.py --config=configs/linear_probe.py:igpt_tiny \
                           --layer_sweep --config.init.workdir=workdirs/igpt_tiny \
                           --workdir=workdirs/igpt_tiny_layers
+  selfie_tiny, selfie_allp_tiny, selfie, selfie_allp; dv2_tiny, dv2, dv2_cifar10
+                    the networks of configs/selfie.py and configs/dv2.py:
+                    representation 'patch_view' (Selfie, Allp: u from every
+                    patch) or 'double_view' (DV2: the image view I and the
+                    patch view I^ concatenated; 'image_view', 'patch_view'
+                    and every stack, patch_res2..4 and image_res2..5, by
+                    name). DV2 4.4 probes each stack: --layer_sweep chooses
+                    the representation on the held-out images. The paper-size
+                    variants use 4.1's supervised stage (AdamW, lr 1e-4,
+                    batch 32, 5k steps); STL-10 reads its 5k labelled
+                    images, 10% held out.
 Without --config.init.workdir the backbone is randomly initialised (the
 random-features baseline). Pick the layer with --config.classifier.representation
 (PatchFormer: attention_pool, tokens, patch_embed, layer_1..layer_L). If the

@@ -40,6 +40,18 @@ def panels(rows: list[jax.Array]) -> jax.Array:
   return (jnp.concatenate(out, axis=2) * 255.0 + 0.5).astype(jnp.uint8)
 
 
+def mosaic(tiles: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """tiles [b, 4, p, p, 3] -> [b, H, W, 3] (size): a 2 x 2 mosaic, each tile
+  resized (nearest) to H/2 x W/2."""
+  b = tiles.shape[0]
+  h, w = size[0] // 2, size[1] // 2
+  x = jax.image.resize(tiles, (b, 4, h, w, tiles.shape[-1]), 'nearest')
+  x = x.reshape(b, 2, 2, h, w, -1).transpose(0, 1, 3, 2, 4, 5)
+  out = x.reshape(b, 2 * h, 2 * w, -1)
+  return jnp.pad(out, ((0, 0), (0, size[0] - 2 * h), (0, size[1] - 2 * w), (0, 0)),
+                 constant_values=1.0)
+
+
 def grid_image(pictures: np.ndarray) -> np.ndarray:
   """[k, H, W, 3] rows -> one [k * (H + sep) - sep, W, 3] image."""
   k, h, w, _ = pictures.shape

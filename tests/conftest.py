@@ -112,6 +112,27 @@ class SplitReads:
     monkeypatch.setattr(evaluator.Evaluator, '_batches', recorded)
 
 
+def small_method_config(module, variant, data_dir, **overrides):
+  """configs/MODULE.py:VARIANT on the small built-in dataset, 4 steps with a
+  checkpoint every 2, and evaluation monitors on a few images; `overrides`:
+  dotted keys."""
+  import importlib
+  c = importlib.import_module(f'configs.{module}').get_config(variant)
+  c.data.update(dict(name='ssl_jax_shapes/small', data_dir=data_dir))
+  c.update(dict(total_steps=4, log_every=1))
+  c.checkpoint.every = 2
+  c.optimizer.warmup_steps = 1
+  c.eval.update(dict(split='test[:96]', train_split='train[:160]', batch_size=48, every=4,
+                     fewshot_shots=(1, 5), fewshot_seeds=2, knn_k=5))
+  for key, value in overrides.items():
+    block = c
+    *head, last = key.split('.')
+    for part in head:
+      block = block[part]
+    block[last] = value
+  return c
+
+
 @pytest.fixture
 def split_reads(monkeypatch):
   return SplitReads(monkeypatch)

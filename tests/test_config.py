@@ -91,7 +91,7 @@ def test_cli_rejects_unknown_key_wrong_type_and_bad_value(tmp_path):
      "configs/patchformer.py; allowed: '', 'tiny'"),
     (['--config=configs/patchformr.py'],
      "error: --config=configs/patchformr.py: no config file 'configs/patchformr.py'; "
-     'files there: common.py, finetune.py, igpt.py'),
+     'files there: common.py, dv2.py, finetune.py, igpt.py'),
     (['--workdir=MISSING'], 'error: --workdir is required (where checkpoints and metrics go)'),
     (['--workdir='], 'error: --workdir is empty: give the folder where checkpoints'),
     (['--config={tmp}/broken.py'], 'error: --config={tmp}/broken.py: the config file does not '

@@ -40,6 +40,20 @@ def require(config, key: str, ok: Callable[[Any], bool], allowed: str) -> Any:
   return value
 
 
+def construct(config, key: str, factory: Callable[..., Any], allowed: str) -> Any:
+  """factory(**config.KEY): a block of keyword arguments turned into an
+  object (e.g. ssl_jax.data.ViewSpec); its ValueError or TypeError (a bad
+  value, an unknown key) becomes a ConfigError that names the key."""
+  try:
+    block = get(config, key)
+  except (KeyError, AttributeError):
+    raise ConfigError(f'config.{key} is missing; it must be {allowed}') from None
+  try:
+    return factory(**block.to_dict())
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f'config.{key} is not allowed: {e} (it must be {allowed})') from None
+
+
 def is_int(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
 

@@ -102,7 +102,7 @@ def global_batches(config, source, mesh, start_step: int) -> Iterator[dict[str, 
   views, share = train_views(config)
   extra = {} if views is None else {'views': views, 'share_geometry': share}
   batches = pipeline.iterate(
-      source, seed=config.seed, global_batch_size=config.batch_size,
+      source, seed=config.seed, global_batch_size=validation.images_per_step(config),
       start_step=start_step, image_size=config.data.image_size, train=True,
       process_index=jax.process_index(), process_count=jax.process_count(),
       min_area=config.data.min_area, flip=config.data.flip,
@@ -114,8 +114,9 @@ def global_batches(config, source, mesh, start_step: int) -> Iterator[dict[str, 
 
 
 def abstract_batch(config) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes and dtypes of one global training batch (V views: [b, V, S, S, 3])."""
-  b, s = config.batch_size, config.data.image_size
+  """Shapes and dtypes of one global training batch (V views: [b, V, S, S, 3];
+  b counts images)."""
+  b, s = validation.images_per_step(config), config.data.image_size
   views, _ = train_views(config)
   image = (b, s, s, 3) if views is None else (b, len(views), s, s, 3)
   return {'image': jax.ShapeDtypeStruct(image, jnp.float32),

@@ -131,7 +131,7 @@ def nonfinite_message(config, step: int, host: dict[str, float], last_checkpoint
 def _meta(config, step: int) -> dict[str, Any]:
   return {'step': step,
           'config': json.loads(to_json(config)),
-          'data': {'next_index': step * config.batch_size, 'seed': config.seed,
+          'data': {'next_index': step * validation.images_per_step(config), 'seed': config.seed,
                    'batch_size': config.batch_size}}
 
 
@@ -187,10 +187,11 @@ def _check_compatible(config, meta: dict[str, Any], directory: str, step: int) -
     raise ckpt_lib.CheckpointError(
         f'checkpoint {step} in {directory} was written by an incompatible config: '
         f'{shown}{more}. Resume with the same values, or use a new --workdir.')
-  if meta['data']['next_index'] != step * config.batch_size:
+  images = validation.images_per_step(config)
+  if meta['data']['next_index'] != step * images:
     raise ckpt_lib.CheckpointError(
         f'checkpoint {step} in {directory}: data position {meta["data"]["next_index"]} '
-        f'does not match step {step} x batch {config.batch_size}')
+        f'does not match step {step} x {images} images per step')
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, devices=None,

@@ -260,6 +260,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   else:
     method = registry.get(config.objective)
     method.validate(config)
+    images = method.images_per_step(config)
+    if images != config.batch_size:  # batch_size counts views: the images are what is sharded
+      for count, what in ((num_devices, 'devices'), (num_processes, 'processes')):
+        if images % count:
+          raise ConfigError(f'config.batch_size={config.batch_size} is not allowed: it counts '
+                            f'views, and its {images} images per step must be divisible by '
+                            f'the number of {what} ({count})')
     validate_online_probe(config)
     # The method's views against the data options, with the pipeline's check.
     try:
@@ -269,6 +276,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
     except pipeline.DataError as e:
       raise ConfigError(f'config.objective={config.objective!r} declares views that this '
                         f'config\'s data options cannot give: {e}') from None
+
+
+def images_per_step(config: ml_collections.ConfigDict) -> int:
+  """Images the input pipeline reads per training step: batch_size, or what
+  the method makes of it (ssl_jax.methods.base.Method.images_per_step)."""
+  if config.objective == CLASSIFICATION:
+    return config.batch_size
+  return registry.get(config.objective).images_per_step(config)
 
 
 def validate_representations(config: ml_collections.ConfigDict, available) -> None:

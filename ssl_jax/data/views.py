@@ -187,6 +187,19 @@ class ViewSpec:
     fields.update(overrides)
     return cls(**fields)
 
+  @classmethod
+  def amdim(cls, **overrides) -> ViewSpec:
+    """AMDIM's training augmentation (Bachman et al. 2019, its public code
+    for STL-10 and ImageNet as we read it), which DV2 4.1 uses: a random
+    resized crop of area 0.3-1 and aspect ratio 0.7-1.4, a flip, colour
+    jitter (p=0.8) with brightness, contrast, saturation 0.4 and hue 0.125,
+    grayscale (p=0.25), no blur; ``overrides`` replace any field."""
+    fields = dict(min_area=0.3, aspect=(0.7, 1.4), flip=True, jitter_prob=0.8,
+                  brightness=0.4, contrast=0.4, saturation=0.4, hue=0.125,
+                  grayscale_prob=0.25)
+    fields.update(overrides)
+    return cls(**fields)
+
   @property
   def has_photometric(self) -> bool:
     """Whether any photometric op can change the view."""

@@ -41,6 +41,8 @@ What it does (methods):
                        palette); the core calls it on process 0 only, the
                        other processes wait for it
   views(config)        classmethod: the views its batch needs (None: one)
+  images_per_step(config)  classmethod: images read per step (default
+                       batch_size; batch_size / views where it counts views)
   init, init_state, loss, representations, represent: see below.
 """
 
@@ -130,6 +132,14 @@ class Method(abc.ABC):
   def share_geometry(cls, config: ml_collections.ConfigDict) -> bool:
     del config
     return False
+
+  @classmethod
+  def images_per_step(cls, config: ml_collections.ConfigDict) -> int:
+    """Images the input pipeline reads per step (each with its views):
+    `batch_size`, unless the method's `batch_size` counts views, as DV2's
+    does ("N/D images of D transformed versions", 3.6): then batch_size /
+    views. `validate` checks that it divides."""
+    return config.batch_size
 
   # -- parameters and state ------------------------------------------------------
 

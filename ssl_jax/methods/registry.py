@@ -13,10 +13,12 @@ import importlib
 from ssl_jax.methods.base import Method
 
 METHODS = {
+    'dv2': 'ssl_jax.methods.dv2',
     'igpt': 'ssl_jax.methods.igpt',
     'patchformer': 'ssl_jax.methods.patchformer',
     'pixels': 'ssl_jax.methods.pixels',
     'randsac': 'ssl_jax.methods.randsac',
+    'selfie': 'ssl_jax.methods.selfie',
 }
 
 

@@ -21,6 +21,21 @@ def unpatchify(patches: jax.Array, grid: tuple[int, int], patch: int) -> jax.Arr
   return x.reshape(b, grid[0] * patch, grid[1] * patch, 3)
 
 
+def filled_image(patches: jax.Array, cells: jax.Array, fill: jax.Array,
+                 grid: tuple[int, int]) -> jax.Array:
+  """The image [b, gh * p, gw * p, 3] of patches [b, n, p, p, 3] with the
+  patches at cells [b, k] replaced by fill [b, k, p, p, 3]."""
+  b, n, p = patches.shape[:3]
+  x = patches.at[jnp.arange(b)[:, None], cells].set(fill)
+  return unpatchify(x.reshape(b, n, -1), grid, p)
+
+
+def masked_image(patches: jax.Array, cells: jax.Array, grid: tuple[int, int]) -> jax.Array:
+  """The image of patches [b, n, p, p, 3] with the patches at cells [b, k] grey."""
+  grey = jnp.full(cells.shape + patches.shape[2:], 0.5, patches.dtype)
+  return filled_image(patches, cells, grey, grid)
+
+
 def token_image(values: jax.Array, grid: tuple[int, int], patch: int) -> jax.Array:
   """Per-token values [b, n, c] -> [b, gh * patch, gw * patch, c]."""
   b, _, c = values.shape

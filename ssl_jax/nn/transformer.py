@@ -11,18 +11,25 @@ import jax.numpy as jnp
 Dtype = Any
 
 
+def _init(kernel_init) -> dict:
+  """Dense / attention keyword arguments: flax's default initialiser unless
+  one is given (DV2's small-normal linear weights)."""
+  return {} if kernel_init is None else {'kernel_init': kernel_init}
+
+
 class MlpBlock(nn.Module):
   """Dense -> GELU -> Dense, with a `ratio` x widening layer (BERT)."""
   ratio: int = 4
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  kernel_init: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     d = x.shape[-1]
-    x = nn.gelu(nn.Dense(d * self.ratio, dtype=self.dtype)(x))
+    x = nn.gelu(nn.Dense(d * self.ratio, dtype=self.dtype, **_init(self.kernel_init))(x))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(d, dtype=self.dtype)(x)
+    return nn.Dense(d, dtype=self.dtype, **_init(self.kernel_init))(x)
 
 
 class EncoderBlock(nn.Module):
@@ -31,6 +38,7 @@ class EncoderBlock(nn.Module):
   mlp_ratio: int = 4
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  kernel_init: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None,
@@ -38,9 +46,9 @@ class EncoderBlock(nn.Module):
     y = nn.LayerNorm(dtype=self.dtype)(x)
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.heads, dtype=self.dtype, dropout_rate=self.dropout,
-        deterministic=not train)(y, y, mask=mask)
+        deterministic=not train, **_init(self.kernel_init))(y, y, mask=mask)
     x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
-    y = MlpBlock(self.mlp_ratio, self.dropout, self.dtype)(
+    y = MlpBlock(self.mlp_ratio, self.dropout, self.dtype, self.kernel_init)(
         nn.LayerNorm(dtype=self.dtype)(x), train=train)
     return x + nn.Dropout(self.dropout, deterministic=not train)(y)
 
@@ -57,6 +65,7 @@ class Encoder(nn.Module):
   dropout: float = 0.0
   remat: bool = False
   dtype: Dtype = jnp.float32
+  kernel_init: Any = None  # None: flax's default (lecun normal)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
@@ -64,7 +73,7 @@ class Encoder(nn.Module):
     block_cls = nn.remat(EncoderBlock, static_argnums=(3,)) if self.remat else EncoderBlock
     layers = {}
     for i in range(self.num_layers):
-      x = block_cls(self.heads, self.mlp_ratio, self.dropout, self.dtype,
+      x = block_cls(self.heads, self.mlp_ratio, self.dropout, self.dtype, self.kernel_init,
                     name=f'block{i + 1}')(x, mask, train)
       layers[f'layer_{i + 1}'] = x
     return nn.LayerNorm(dtype=self.dtype, name='final_norm')(x), layers

@@ -1,0 +1,115 @@
+"""Selfie and Allp: the loss against a numpy reference (one softmax), the
+masked patches' invisibility, the configs' validation, end-to-end runs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import small_method_config
+
+from ssl_jax.config.checks import ConfigError
+from ssl_jax.methods.selfie.method import selfie_loss
+
+
+def test_selfie_loss_is_one_softmax_cross_entropy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(scale=3.0, size=(3, 4, 4)).astype(np.float32)
+  expected = np.zeros(3)
+  for b in range(3):
+    for k in range(4):
+      z = logits[b, k] - logits[b, k].max()
+      expected[b] += -(z[k] - np.log(np.exp(z).sum())) / 4
+  np.testing.assert_allclose(selfie_loss(jnp.asarray(logits)), expected, rtol=1e-5)
+  # Confident, correct logits: one softmax gives ~0; a softmax applied twice
+  # (probabilities fed to a cross-entropy as logits) could not go below
+  # -log(e / (e + Q - 1)) = 0.74 for Q = 4.
+  sure = jnp.asarray(np.broadcast_to(20.0 * np.eye(4), (2, 4, 4)), jnp.float32)
+  assert float(selfie_loss(sure).max()) < 1e-6
+
+
+
+def test_masked_patches_are_candidates_only():
+  """With exchange layers, changing the pixels of the masked patches changes
+  the candidates' logits column, never u (the context)."""
+  from configs import selfie
+  from ssl_jax.methods.selfie.model import SelfieNet
+  c = selfie.get_config('tiny')
+  c.selfie.model.exchange_layers = 1
+  net = SelfieNet(c.selfie.model, (4, 4))
+  rng = np.random.default_rng(8)
+  patches = jnp.asarray(rng.uniform(-1, 1, size=(2, 16, 8, 8, 3)), jnp.float32)
+  masked = jnp.array([[2, 4, 9, 11], [0, 1, 14, 15]])
+  visible = jnp.array([sorted(set(range(16)) - set(map(int, r))) for r in masked])
+  params = net.init(jax.random.key(0), patches, jnp.zeros((2, 32, 32, 3)))
+  apply = jax.jit(lambda p: net.apply(params, p, visible, masked, train=False,
+                                      method=SelfieNet.selfie_logits))
+  logits, u = apply(patches)
+  noise = jnp.asarray(rng.uniform(-1, 1, size=(2, 4, 8, 8, 3)), jnp.float32)
+  moved_logits, moved_u = apply(patches.at[jnp.arange(2)[:, None], masked].set(noise))
+  np.testing.assert_array_equal(moved_u, u)
+  assert not np.allclose(moved_logits, logits)
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('selfie.num_masked', 1, 'distractor'),
+    ('selfie.grid', 5, 'selfie.grid'),
+    ('selfie.objective', 'jigsaw', 'selfie.objective'),
+    ('selfie.augment.min_area', 0.0, 'selfie.augment'),
+    ('online_probe.representation', 'image_res2', 'online_probe'),
+])
+def test_bad_selfie_keys_are_refused_by_name(key, value, message):
+  from configs import selfie
+  from ssl_jax.core import validation
+  c = selfie.get_config('tiny')
+  block = c
+  *head, last = key.split('.')
+  for part in head:
+    block = block[part]
+  block[last] = value
+  with pytest.raises(ConfigError, match=message):
+    validation.validate(c, 1)
+
+
+def test_allp_needs_two_copies_and_a_batch_of_whole_images():
+  from configs import selfie
+  from ssl_jax.core import validation
+  c = selfie.get_config('allp_tiny')
+  validation.validate(c, 8)
+  c.selfie.views = 1
+  with pytest.raises(ConfigError, match='selfie.views=1'):
+    validation.validate(c, 8)
+  c.selfie.views, c.batch_size = 2, 24  # 12 images: not divisible by 8 devices
+  with pytest.raises(ConfigError, match='its 12 images per step must be divisible'):
+    validation.validate(c, 8)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.parametrize('variant', ['tiny', 'allp_tiny'])
+def test_selfie_and_allp_train_end_to_end(variant, data_dir, tmp_path):
+  from ssl_jax.core import train
+  config = small_method_config('selfie', variant, data_dir, batch_size=16)
+  result = train.run(config, str(tmp_path))
+  assert result.last_step == 4
+  assert 0 <= result.evaluation['knn/top1'] <= 1
+
+
+@pytest.mark.parametrize('module', ['dv2', 'selfie'])
+def test_pictures_show_the_masked_patches_and_the_retrievals(module):
+  """Panels image | masked (grey cells) | filled | (DV2) vocabulary mosaic,
+  uint8, the masked cells grey in the second panel."""
+  import importlib
+
+  from ssl_jax.methods import registry
+  c = importlib.import_module(f'configs.{module}').get_config('tiny')
+  method = registry.get(module)(c)
+  images = jnp.asarray(np.random.default_rng(7).uniform(size=(3, 32, 32, 3)), jnp.float32)
+  params = method.init(jax.random.key(0), {'image': images[:, None]})
+  state = method.init_state(jax.random.key(0), {'image': images[:, None]}, params)
+  panels = np.asarray(method.pictures(params, images, jax.random.key(1), state=state))
+  n = 4 if module == 'dv2' else 3
+  assert panels.dtype == np.uint8 and panels.shape == (3, 128, n * 128 + (n - 1) * 2, 3)
+  masked = panels[:, :, 130:258]
+  grey = (np.abs(masked.astype(int) - 128) <= 1).all(-1)
+  # 4 of 16 cells (32x32 each at this scale) are grey: a quarter of the panel.
+  np.testing.assert_allclose(grey.mean(axis=(1, 2)), 0.25, atol=0.02)
