@@ -83,10 +83,17 @@ Choices where the paper is silent or garbled:
   each version draws its own mask. Positives of a prediction: the same cell
   of every version of its image (masked or not there); of I^: every
   version's I.
-* Dynamic vocabulary: ssl_jax/methods/dv2/vocabulary.py (which vectors feed
-  it: the masked patches' targets and the image view's I, projected and
-  normalised; the loss reads the entries before the step's update; the
-  normalisation of equation 20 is vocabulary.normalise).
+* Dynamic vocabulary: ssl_jax/methods/dv2/vocabulary.py. It is fed the
+  targets of the predictions (the masked patches' P, Q per version, and the
+  image view's I), projected and normalised: the entries then stand for
+  what is predicted, and an entry that matches a prediction's own target
+  weighs nothing in its loss. The loss reads the entries before the step's
+  update. Equation 20's normalisation (vocabulary.normalise): the text
+  divides the sum over entries and predictions by the number of
+  predictions ('predictions'); the default 'pairs' also divides by S, so
+  that alpha_vp = alpha_vi = 0.5 weigh the vocabulary terms like the
+  pair losses (averages of per-pair terms) next to alpha_mp = 8, rather
+  than S = 16384 times more; the choice is not yet measured.
 * Augmentation: AMDIM's (ssl_jax.data.ViewSpec.amdim), 64-pixel crops of
   STL-10 as AMDIM does; evaluation resizes to 70 and centre-crops 64
   (crop_fraction 64/70). AMDIM's CIFAR-10 translations (reflection padding)

@@ -79,13 +79,13 @@ def test_patch_loss_matches_a_loop_over_pairs(normalise, negatives):
 @pytest.mark.parametrize('normalise', ['printed', 'balanced'])
 def test_image_loss_matches_a_loop_over_pairs(normalise):
   rng = np.random.default_rng(2)
-  pred = rng.normal(size=(6, 3)).astype(np.float32)
-  target = rng.normal(size=(6, 3)).astype(np.float32)
-  weights = np.array([1, 1, 1, 1, 1, 1], np.float32)
+  pred = rng.normal(size=(9, 3)).astype(np.float32)
+  target = rng.normal(size=(9, 3)).astype(np.float32)
+  weights = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0], np.float32)  # the third image is padding
   loss, _ = image_loss(jnp.asarray(pred), jnp.asarray(target), 3, jnp.asarray(weights),
                        normalise)
-  want = _pair_loss_loop(pred, target, lambda i, j: i // 3 == j // 3, np.ones((6, 6)),
-                         normalise)
+  want = _pair_loss_loop(pred, target, lambda i, j: i // 3 == j // 3,
+                         np.outer(weights, weights), normalise)
   np.testing.assert_allclose(float(loss), want, rtol=1e-5)
 
 
@@ -167,6 +167,35 @@ def test_vocabulary_update_matches_the_equations():
   assert float(stats['entries_used']) == 3
 
 
+def test_vocabulary_assignment_tells_light_entries_apart_by_direction():
+  """Entries whose masses decayed to 2e-4 .. 3e-4 (unchosen for ~850
+  steps): their cosines with any target round to 1.0 in float32, yet the
+  assignment picks the entry equation 17 picks when evaluated literally at
+  40 significant digits (here: the one pointing at the target), not the
+  lowest index; heavy entries and opposite targets are in the mix."""
+  import decimal
+  rng = np.random.default_rng(9)
+  vectors = _unit(rng.normal(size=(12, 6)))
+  mass = np.concatenate([rng.uniform(2e-4, 3e-4, size=7), [5.0, 30.0, 0.5, 2.0, 1e-3]])
+  targets = _unit(np.concatenate([vectors[:7] + 0.05 * rng.normal(size=(7, 6)),
+                                  -vectors[7:9], rng.normal(size=(5, 6))]))
+  vectors32, mass32, targets32 = (np.asarray(a, np.float32) for a in (vectors, mass, targets))
+  decimal.getcontext().prec = 40
+  want = []
+  for u in targets32:
+    scores = []
+    for v, m in zip(vectors32, mass32):
+      x = [decimal.Decimal(float(m)) * decimal.Decimal(float(a)) + decimal.Decimal(float(b))
+           for a, b in zip(v, u)]
+      dot = sum(xi * decimal.Decimal(float(b)) for xi, b in zip(x, u))
+      scores.append(dot / (sum(xi * xi for xi in x).sqrt()
+                           * sum(decimal.Decimal(float(b)) ** 2 for b in u).sqrt()))
+    want.append(max(range(len(scores)), key=lambda i: (scores[i], -i)))
+  got = vocab_lib.assign(jnp.asarray(vectors32), jnp.asarray(mass32), jnp.asarray(targets32))
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(want[:7], np.arange(7))  # each light entry takes its target
+
+
 def test_vocabulary_loss_matches_equation_20_and_passes_no_gradient_to_its_entries():
   rng = np.random.default_rng(4)
   vectors = _unit(rng.normal(size=(6, 3))).astype(np.float32)
@@ -204,6 +233,8 @@ def test_vocabulary_assignment_is_the_same_sharded_over_8_devices():
   targets = _unit(centres[np.arange(64) % 16] + 0.01 * rng.normal(size=(64, 8))).astype(
       np.float32)
   state = vocab_lib.init(jax.random.key(1), 32, 8)
+  # Masses from fresh to long unchosen, so light entries compete too.
+  state['mass'] = jnp.asarray(np.geomspace(1e-4, 20.0, 32), jnp.float32)
   update = jax.jit(lambda s, t, w: vocab_lib.update(s, t, w, 0.99, 10))
   one = update(state, jnp.asarray(targets), jnp.ones(64))
   mesh = Mesh(np.array(jax.devices()[:8]), ('data',))

@@ -28,6 +28,34 @@ def test_selfie_loss_is_one_softmax_cross_entropy():
 
 
 
+@pytest.mark.parametrize('normalise', ['printed', 'balanced'])
+def test_allp_loss_matches_a_loop_over_pairs(normalise):
+  """Equations 12-13 with S the rescaled cosine: 3 images x 2 copies, the
+  last image padding; positives: the other copy of the same image; a copy
+  is never paired with itself."""
+  from ssl_jax.nn import contrastive
+  rng = np.random.default_rng(10)
+  z = rng.normal(size=(6, 4)).astype(np.float32)
+  weights = np.array([1, 1, 1, 1, 0, 0], np.float32)
+  unit = z / np.linalg.norm(z, axis=1, keepdims=True)
+  sim = (unit @ unit.T + 1) / 2
+  pos = neg = n_pos = n_neg = 0.0
+  for i in range(6):
+    for j in range(6):
+      if i == j or not (weights[i] and weights[j]):
+        continue
+      if i // 2 == j // 2:
+        pos, n_pos = pos - np.log(sim[i, j]), n_pos + 1
+      else:
+        neg, n_neg = neg - np.log(1 - sim[i, j]), n_neg + 1
+  want = (pos + neg) / (n_pos + n_neg) if normalise == 'printed' else pos / n_pos + neg / n_neg
+  source = jnp.arange(6) // 2
+  w = jnp.asarray(weights)[:, None] * jnp.asarray(weights)[None, :] * ~jnp.eye(6, dtype=bool)
+  got, _ = contrastive.pair_loss(contrastive.rescaled_cosine(jnp.asarray(z), jnp.asarray(z)),
+                                 contrastive.same_source(source, source), w, normalise)
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
 def test_masked_patches_are_candidates_only():
   """With exchange layers, changing the pixels of the masked patches changes
   the candidates' logits column, never u (the context)."""
@@ -48,6 +76,9 @@ def test_masked_patches_are_candidates_only():
   moved_logits, moved_u = apply(patches.at[jnp.arange(2)[:, None], masked].set(noise))
   np.testing.assert_array_equal(moved_u, u)
   assert not np.allclose(moved_logits, logits)
+  # A visible patch does reach u (through the exchange layers and h).
+  _, touched_u = apply(patches.at[jnp.arange(2)[:, None], visible[:, :1]].set(noise[:, :1]))
+  assert not np.allclose(touched_u, u)
 
 
 @pytest.mark.parametrize('key, value, message', [
