@@ -76,8 +76,8 @@ Choices where the paper is silent or garbled:
   every pair's term by the number of pairs (N^2 M Q, N^2), which gives the
   positives a weight of about 1/(N M) next to the negatives; 'balanced'
   averages the positive terms and the negative terms apart and adds them.
-  The default is the one the tiny ablation measured better (the README's
-  DV2 section).
+  'balanced' is the default: on tiny (one run each, layer-sweep test
+  top-1) it read 41.1% against 28.7% for 'printed' (random init 26.7%).
 * Transformed views: the D versions share their crop and flip (so the same
   grid cell is the same content) and differ in AMDIM's photometric ops;
   each version draws its own mask. Positives of a prediction: the same cell
@@ -93,7 +93,8 @@ Choices where the paper is silent or garbled:
   predictions ('predictions'); the default 'pairs' also divides by S, so
   that alpha_vp = alpha_vi = 0.5 weigh the vocabulary terms like the
   pair losses (averages of per-pair terms) next to alpha_mp = 8, rather
-  than S = 16384 times more; the choice is not yet measured.
+  than S times more; on tiny (one run each) 'pairs' read 41.1% and
+  'predictions' 29.5%.
 * Augmentation: AMDIM's (ssl_jax.data.ViewSpec.amdim), 64-pixel crops of
   STL-10 as AMDIM does; evaluation resizes to 70 and centre-crops 64
   (crop_fraction 64/70). AMDIM's CIFAR-10 translations (reflection padding)
