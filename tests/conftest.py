@@ -124,13 +124,7 @@ def small_method_config(module, variant, data_dir, **overrides):
   c.optimizer.warmup_steps = 1
   c.eval.update(dict(split='test[:96]', train_split='train[:160]', batch_size=48, every=4,
                      fewshot_shots=(1, 5), fewshot_seeds=2, knn_k=5))
-  for key, value in overrides.items():
-    block = c
-    *head, last = key.split('.')
-    for part in head:
-      block = block[part]
-    block[last] = value
-  return c
+  return _override(c, overrides)
 
 
 @pytest.fixture

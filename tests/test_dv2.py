@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import small_method_config
+from conftest import _override, small_method_config
 
 from ssl_jax.config.checks import ConfigError
 from ssl_jax.methods.dv2 import vocabulary as vocab_lib
@@ -307,12 +307,7 @@ def test_masked_patches_are_invisible_to_the_exchange_layers_and_the_transformer
 ])
 def test_bad_dv2_keys_are_refused_by_name(key, value, message):
   from ssl_jax.core import validation
-  c = _tiny_dv2()
-  parts = key.split('.')
-  block = c
-  for part in parts[:-1]:
-    block = block[part]
-  block[parts[-1]] = value
+  c = _override(_tiny_dv2(), {key: value})
   with pytest.raises(ConfigError, match=message):
     validation.validate(c, 1)
 
@@ -325,13 +320,7 @@ def test_every_ablation_row_is_a_valid_config():
     rows = dv2.ablation(base)
     assert len(rows) == 10 and rows['baseline'] == dv2.BASELINE
     for name, overrides in rows.items():
-      c = dv2.get_config(variant)
-      for key, value in overrides.items():
-        block = c.dv2
-        *head, last = key.split('.')
-        for part in head:
-          block = block[part]
-        block[last] = value
+      c = _override(dv2.get_config(variant), {f'dv2.{k}': v for k, v in overrides.items()})
       validation.validate(c, 8)
 
 

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import small_method_config
+from conftest import _override, small_method_config
 
 from ssl_jax.config.checks import ConfigError
 from ssl_jax.methods.selfie.method import selfie_loss
@@ -91,12 +91,7 @@ def test_masked_patches_are_candidates_only():
 def test_bad_selfie_keys_are_refused_by_name(key, value, message):
   from configs import selfie
   from ssl_jax.core import validation
-  c = selfie.get_config('tiny')
-  block = c
-  *head, last = key.split('.')
-  for part in head:
-    block = block[part]
-  block[last] = value
+  c = _override(selfie.get_config('tiny'), {key: value})
   with pytest.raises(ConfigError, match=message):
     validation.validate(c, 1)
 

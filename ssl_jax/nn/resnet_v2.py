@@ -53,6 +53,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.nn.resnet import make_norm
 from ssl_jax.nn.transformer import Encoder
 
 Dtype = Any
@@ -66,17 +67,6 @@ def linear_init(std: float):
   return nn.initializers.normal(stddev=std)
 
 
-class _Affine(nn.Module):
-  """A per-channel scale and bias without normalisation (norm='none')."""
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    scale = self.param('scale', nn.initializers.ones, (x.shape[-1],))
-    bias = self.param('bias', nn.initializers.zeros, (x.shape[-1],))
-    return x * scale.astype(self.dtype) + bias.astype(self.dtype)
-
-
 class Norm(nn.Module):
   """GroupNorm (groups = min(groups, channels), which must divide them),
   LayerNorm or a bare affine map, over one example's map [n, h, w, c]."""
@@ -88,11 +78,9 @@ class Norm(nn.Module):
   def __call__(self, x):
     if self.kind == 'group':
       return nn.GroupNorm(num_groups=min(self.groups, x.shape[-1]), dtype=self.dtype)(x)
-    if self.kind == 'layer':
-      return nn.LayerNorm(dtype=self.dtype)(x)
-    if self.kind == 'none':
-      return _Affine(self.dtype)(x)
-    raise ValueError(f'norm={self.kind!r}: allowed {NORMS}')
+    if self.kind not in NORMS:
+      raise ValueError(f'norm={self.kind!r}: allowed {NORMS}')
+    return make_norm(self.kind, self.dtype)(x)  # ssl_jax.nn.resnet's LayerNorm / Affine
 
 
 class PreActBottleneck(nn.Module):
@@ -202,14 +190,6 @@ class HybridResNet(nn.Module):
                                  name=f'exchange_res{i + 2}')
                         for i in range(self.patch_stages)]
 
-  @property
-  def patch_features(self) -> int:
-    return self.width * 2**(self.patch_stages - 1) * 4
-
-  @property
-  def image_features(self) -> int:
-    return self.width * 2**(len(self.stage_sizes) - 1) * 4
-
   def _run(self, x, stages, final_norm, train, exchange=None):
     """x [n, H, W, 3] through the stem and the first `stages` stacks; after
     stack k, `exchange(k, x)` if given. (pooled output [n, c], {resK: map})."""
@@ -247,7 +227,3 @@ class HybridResNet(nn.Module):
     """images [b, H, W, 3] in [-1, 1] through every stack: (representation
     [b, c], {'res2'...'res5': maps [b, h, w, c_k]})."""
     return self._run(images, len(self.stage_sizes), self.final_norm_image, train)
-
-  def __call__(self, patches, images, *, train=False):
-    """Both paths (for init)."""
-    return self.patches(patches, train=train), self.image(images, train=train)

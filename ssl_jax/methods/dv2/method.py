@@ -53,7 +53,7 @@ from ssl_jax.nn import contrastive, patch_context
 from ssl_jax.nn import masks as masking
 from ssl_jax.nn.losses import example_weights, weighted_mean
 from ssl_jax.nn.patch_context import flat_views
-from ssl_jax.nn.patches import filled_image, masked_image, patchify, to_signed
+from ssl_jax.nn.patches import filled_image, gather, masked_image, patchify, to_signed
 
 REPRESENTATIONS = ('patch_view', 'image_view', 'double_view', 'patch_res2', 'patch_res3',
                    'patch_res4', 'image_res2', 'image_res3', 'image_res4', 'image_res5')
@@ -234,7 +234,7 @@ class DV2(Method):
     if self.vocab['on']:
       new_state = dict(state)
       q = self.num_masked
-      targets = jnp.take_along_axis(out.patch_targets, idx.masked[..., None], axis=1)
+      targets = gather(out.patch_targets, idx.masked)
       fed = {'patch': (out.patch_predictions.reshape(n * q, -1),
                        contrastive.unit(targets.reshape(n * q, -1)), jnp.repeat(weights, q))}
       if self.double_view:

@@ -40,7 +40,7 @@ from ssl_jax.nn import contrastive, patch_context
 from ssl_jax.nn import masks as masking
 from ssl_jax.nn.losses import example_weights, weighted_mean
 from ssl_jax.nn.patch_context import flat_views
-from ssl_jax.nn.patches import filled_image, masked_image, patchify, to_signed
+from ssl_jax.nn.patches import filled_image, gather, masked_image, patchify, to_signed
 
 OBJECTIVES = ('selfie', 'allp')
 
@@ -146,7 +146,7 @@ class Selfie(Method):
                             method=SelfieNet.allp_projection)
       source = jnp.arange(n) // views
       different = ~jnp.eye(n, dtype=bool)  # a copy is not its own positive
-      pair_w = weights[:, None] * weights[None, :] * different
+      pair_w = contrastive.pair_weights(weights, weights) * different
       loss, parts = contrastive.pair_loss(
           contrastive.rescaled_cosine(z, z), contrastive.same_source(source, source),
           pair_w, self.normalise)
@@ -184,8 +184,6 @@ class Selfie(Method):
     idx = masking.mask_indices(mask, self.num_masked)
     logits, _ = self.net.apply({'params': params}, self._patches(images), idx.visible,
                                idx.masked, train=False, method=SelfieNet.selfie_logits)
-    candidates = jnp.take_along_axis(pixels, idx.masked.reshape(b, -1, 1, 1, 1), axis=1)
-    picked = jnp.take_along_axis(candidates, jnp.argmax(logits, -1)[..., None, None, None],
-                                 axis=1)
+    picked = gather(gather(pixels, idx.masked), jnp.argmax(logits, -1))
     return drawing.panels([images, masked_image(pixels, idx.masked, self.grid),
                            filled_image(pixels, idx.masked, picked, self.grid)])
