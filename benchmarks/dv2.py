@@ -17,8 +17,10 @@ users do:
 * pretraining ms/step: the median of the logged step times (the first
   logged interval, which holds the compilation, left out).
 
-The random-init row probes the DV2 tiny network as initialised by each seed
-and fine-tunes it from scratch (configs/finetune.py:dv2_tiny_scratch).
+The random-init rows probe the DV2 and the Selfie tiny networks (they
+differ: DV2's has a fourth stack and an exchange layer) as initialised by
+each seed and fine-tune them from scratch (configs/finetune.py:
+dv2_tiny_scratch, selfie_tiny_scratch).
 Numbers are mean ± sample std over --seeds seeds (the pretraining's and
 the probe's / fine-tune's seed vary together). Every run resumes from its
 own workdir and a finished one is read back, so an interrupted benchmark
@@ -27,7 +29,7 @@ picks up where it stopped, row by row; --rows picks rows (by number).
   python benchmarks/dv2.py --workdir=/tmp/ssl_jax_dv2_bench --seeds=3
 
 Running time on 2 CPU cores: about 12 minutes per row and seed (5 min
-pretraining, 3 min layer sweep, 3 min fine-tune); 13 rows x 3 seeds about
+pretraining, 3 min layer sweep, 3 min fine-tune); 14 rows x 3 seeds about
 8 hours. --quick shortens every run 4x (a smoke run, not a measurement).
 The table measured with it is in the README (DV2).
 """
@@ -45,7 +47,7 @@ from absl import app, flags, logging
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from configs import dv2, finetune, linear_probe, selfie  # noqa: E402
+from configs import common, dv2, finetune, linear_probe, selfie  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/ssl_jax_dv2_bench', 'Where every run goes.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: tfds default).')
@@ -68,17 +70,14 @@ def rows() -> list[tuple[str, str, str, dict]]:
   out = [(name, 'dv2', 'tiny', {f'dv2.{k}': v for k, v in overrides.items()})
          for name, overrides in dv2.ablation(dv2.get_config('tiny')).items()]
   out += [('Selfie', 'selfie', 'tiny', {}), ('Allp', 'selfie', 'allp_tiny', {}),
-          ('random init', 'dv2', 'tiny', {})]
+          ('random init (DV2 network)', 'dv2', 'tiny', {}),
+          ('random init (Selfie network)', 'selfie', 'tiny', {})]
   return out
 
 
 def _shorten(config):
   if _QUICK.value:
-    config.total_steps //= 4
-    config.optimizer.warmup_steps //= 4
-    config.checkpoint.every = min(config.checkpoint.every, config.total_steps)
-    if config.eval.every:
-      config.eval.every = config.total_steps
+    common.shortened(config)
   if _DATA_DIR.value:
     config.data.data_dir = _DATA_DIR.value
   return config
@@ -111,7 +110,7 @@ def _layer_sweep(config, workdir: str) -> dict:
 def _one(index: int, name: str, method: str, variant: str, overrides: dict, seed: int) -> dict:
   from ssl_jax.core import train
   root = os.path.join(_WORKDIR.value, f'row{index:02d}', f'seed{seed}')
-  random = name == 'random init'
+  random = name.startswith('random init')
   module = dv2 if method == 'dv2' else selfie
   pretrain = module.get_config(variant)
   for key, value in overrides.items():
@@ -139,19 +138,18 @@ def _one(index: int, name: str, method: str, variant: str, overrides: dict, seed
   return out
 
 
-def _spread(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+def _ms(values: list[float | None]) -> str:
+  from ssl_jax.core import seeds
   values = [v for v in values if v is not None]
   if not values:
-    return 'n/a'
-  mean = scale * statistics.mean(values)
-  if len(values) == 1:
-    return f'{mean:.{digits}f} (n=1)'
-  return f'{mean:.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}'
+    return '-'
+  s = seeds.spread(values)
+  return f'{s["mean"]:.0f} ± {s["std"]:.0f}'
 
 
 def main(argv):
   del argv
-  from ssl_jax.core import provenance, train
+  from ssl_jax.core import provenance, seeds, train
   all_rows = rows()
   if _LIST.value:
     for i, (name, method, variant, overrides) in enumerate(all_rows):
@@ -160,18 +158,21 @@ def main(argv):
   print('produced by:', provenance.line(), flush=True)
   train.quiet_library_logs()
   picked = [int(r) for r in _ROWS.value] or list(range(len(all_rows)))
-  seeds = range(_SEEDS.value)
+  seed_list = range(_SEEDS.value)
+
+  def top1(values: list[float]) -> str:
+    return seeds.format_spread(seeds.spread(values), percent=True)
+
   lines = ['| row | linear probe top-1 % (chosen representation) | fine-tune 10% labels '
            'top-1 % | pretraining ms/step |', '|---|---|---|---|']
   t0 = time.perf_counter()
   for i in picked:
     name, method, variant, overrides = all_rows[i]
-    got = [_one(i, name, method, variant, overrides, s) for s in seeds]
+    got = [_one(i, name, method, variant, overrides, s) for s in seed_list]
     chosen = sorted({g['representation'] for g in got})
     ms = [g.get('ms_per_step') for g in got]
-    lines.append(f'| {name} | {_spread([g["probe"] for g in got])} ({", ".join(chosen)}) | '
-                 f'{_spread([g["finetune"] for g in got])} | '
-                 f'{_spread(ms, 1.0, 0) if any(m is not None for m in ms) else "-"} |')
+    lines.append(f'| {name} | {top1([g["probe"] for g in got])} ({", ".join(chosen)}) | '
+                 f'{top1([g["finetune"] for g in got])} | {_ms(ms)} |')
     print(lines[-1], flush=True)
   table = '\n'.join(lines)
   print(f'\nDV2 ablation at the tiny scale (ssl_jax_shapes, 1000 test images, 10 classes); '

@@ -43,7 +43,7 @@ from absl import app, flags, logging
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from configs import finetune, linear_probe  # noqa: E402
+from configs import common, finetune, linear_probe  # noqa: E402
 
 _METHODS = ('patchformer', 'randsac', 'igpt')
 _METHOD = flags.DEFINE_enum('method', 'patchformer', list(_METHODS),
@@ -59,11 +59,7 @@ _FRACTIONS = (1.0, 0.1)
 
 def _shorten(config, quick: bool):
   if quick:
-    config.total_steps //= 4
-    config.optimizer.warmup_steps //= 4
-    config.checkpoint.every = min(config.checkpoint.every, config.total_steps)
-    if 'eval' in config and config.eval.every:
-      config.eval.every = config.total_steps
+    common.shortened(config)
   if _DATA_DIR.value:
     config.data.data_dir = _DATA_DIR.value
   return config

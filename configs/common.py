@@ -234,3 +234,15 @@ def patch_network_finetune_config(pretrain: ml_collections.ConfigDict, tiny: boo
     c.log_every = 50
     c.checkpoint.every = 500
   return c
+
+
+def shortened(config: ml_collections.ConfigDict, factor: int = 4) -> ml_collections.ConfigDict:
+  """The config with its schedule `factor` times shorter (the benchmarks'
+  --quick smoke runs, not measurements): steps, warmup, and checkpoints and
+  evaluations at most once, at the end. Changes `config` in place."""
+  config.total_steps //= factor
+  config.optimizer.warmup_steps //= factor
+  config.checkpoint.every = min(config.checkpoint.every, config.total_steps)
+  if 'eval' in config and config.eval.every:
+    config.eval.every = config.total_steps
+  return config

@@ -189,7 +189,7 @@ def reference(tmp_path_factory, data_dir):
   """An uninterrupted 8-device pretraining run of STEPS steps (with its
   online probe and few-shot / kNN monitors), shared by the loop's and the
   evaluation's tests."""
-  from ssl_jax.core import assembly, train
+  from ssl_jax.core import train
   workdir = str(tmp_path_factory.mktemp('reference'))
   config = small_config(**{'data.data_dir': data_dir, 'total_steps': STEPS,
                            'checkpoint.every': EVERY})

@@ -47,6 +47,27 @@ def test_mask_indices_partition():
     assert np.all(np.diff(vis) > 0) and np.all(np.diff(msk) > 0)
 
 
+@pytest.mark.parametrize('n,k', [(16, 4), (36, 5), (16, 15), (9, 1)])
+def test_random_split_counts_and_draw(n, k):
+  """Count-based: every row has k distinct masked and n - k visible indices,
+  and the draw is random_mask's at ratio k / n for the same key."""
+  key = jax.random.key(4)
+  idx = masking.random_split(key, 64, n, k)
+  vis, msk = np.asarray(idx.visible), np.asarray(idx.masked)
+  assert vis.shape == (64, n - k) and msk.shape == (64, k)
+  for v, m in zip(vis, msk):
+    assert sorted(np.concatenate([v, m]).tolist()) == list(range(n))
+  ref = masking.mask_indices(masking.random_mask(key, 64, n, k / n), k)
+  np.testing.assert_array_equal(msk, ref.masked)
+  assert len({tuple(m) for m in msk}) > 1  # not the same subset for every row
+
+
+@pytest.mark.parametrize('k', [0, 16, -1])
+def test_random_split_bad_count(k):
+  with pytest.raises(ValueError, match=r'num_masked=.*must be in \[1, 15\]'):
+    masking.random_split(jax.random.key(0), 2, 16, k)
+
+
 def test_gather_patches():
   x = jnp.arange(2 * 5 * 3).reshape(2, 5, 3)
   idx = jnp.array([[4, 0], [1, 2]])

@@ -260,8 +260,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   else:
     method = registry.get(config.objective)
     method.validate(config)
-    images = method.images_per_step(config)
-    if images != config.batch_size:  # batch_size counts views: the images are what is sharded
+    if method.batch_counts_views:  # the images are what is sharded
+      views = len(method.views(config) or (None,))
+      if config.batch_size % views:
+        raise ConfigError(f'config.batch_size={config.batch_size} is not allowed: for '
+                          f'{config.objective!r} it counts views, so it must be divisible by '
+                          f'the {views} views of each image')
+      images = method.images_per_step(config)
       for count, what in ((num_devices, 'devices'), (num_processes, 'processes')):
         if images % count:
           raise ConfigError(f'config.batch_size={config.batch_size} is not allowed: it counts '

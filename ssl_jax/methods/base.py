@@ -23,6 +23,10 @@ What a method declares (class attributes):
                        with the method's non-gradient state ('frozen':
                        restored from the checkpoint and passed, unchanged,
                        to `represent`)
+  batch_counts_views   True where `batch_size` counts views, not images (DV2's
+                       "N/D images of D transformed versions", 3.6): the
+                       pipeline then reads batch_size / len(views) images
+                       per step; `validate` checks that it divides
 Capabilities (each one False unless the method implements what it names):
   finetune_masking     `represent(mask_ratio > 0)` while fine-tuning
   layer_decay          `num_blocks` and `layer_of`, for layer-wise lr decay
@@ -41,8 +45,8 @@ What it does (methods):
                        palette); the core calls it on process 0 only, the
                        other processes wait for it
   views(config)        classmethod: the views its batch needs (None: one)
-  images_per_step(config)  classmethod: images read per step (default
-                       batch_size; batch_size / views where it counts views)
+  images_per_step(config)  classmethod: images read per step (from
+                       batch_counts_views; not to be overridden)
   init, init_state, loss, representations, represent: see below.
 """
 
@@ -76,6 +80,7 @@ class Method(abc.ABC):
   added_keys: ClassVar[dict[str, Any]] = {}
   frozen_params: ClassVar[tuple[str, ...]] = ()
   state_in_evaluation: ClassVar[str] = 'ignore'
+  batch_counts_views: ClassVar[bool] = False
   finetune_masking: ClassVar[bool] = False
   layer_decay: ClassVar[bool] = False
   generative_finetune: ClassVar[bool] = False
@@ -136,10 +141,11 @@ class Method(abc.ABC):
   @classmethod
   def images_per_step(cls, config: ml_collections.ConfigDict) -> int:
     """Images the input pipeline reads per step (each with its views):
-    `batch_size`, unless the method's `batch_size` counts views, as DV2's
-    does ("N/D images of D transformed versions", 3.6): then batch_size /
-    views. `validate` checks that it divides."""
-    return config.batch_size
+    `batch_size`, or batch_size / len(views) where `batch_counts_views`."""
+    if not cls.batch_counts_views:
+      return config.batch_size
+    views = cls.views(config)
+    return config.batch_size // (len(views) if views else 1)
 
   # -- parameters and state ------------------------------------------------------
 

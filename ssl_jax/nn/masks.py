@@ -7,7 +7,8 @@ PatchFormer (section 2.1) draws its masks on a coarse grid (7x7 for a 14x14
 patch grid) and upsamples them with nearest-neighbour upsampling, "to ensure
 that our masks are contiguous and blocky". `block_mask` is that construction
 for any grid and block size; `random_mask` (Selfie, MAE, fine-tuning) is the
-special case block = 1. `mask_indices` turns a mask into the visible and
+special case block = 1, and `random_split` the same draw for a count of
+masked patches, as index sets. `mask_indices` turns a mask into the visible and
 masked index sets that `ssl_jax.nn.patches.gather` reads.
 """
 
@@ -54,13 +55,17 @@ def block_mask(key: jax.Array, batch: int, grid: tuple[int, int],
   nearest neighbour to a bh x bw block of patches. Row-major patch order.
   """
   ch, cw = block_grid(grid, block)
-  k = num_masked_blocks(ch * cw, ratio)
-  # Ranks of i.i.d. uniforms give a uniformly random subset of size k.
-  noise = jax.random.uniform(key, (batch, ch * cw))
-  ranks = jnp.argsort(jnp.argsort(noise, axis=-1), axis=-1)
-  coarse = (ranks < k).reshape(batch, ch, 1, cw, 1)
-  fine = jnp.broadcast_to(coarse, (batch, ch, block[0], cw, block[1]))
+  coarse = _subsets(key, batch, ch * cw, num_masked_blocks(ch * cw, ratio))
+  fine = jnp.broadcast_to(coarse.reshape(batch, ch, 1, cw, 1),
+                          (batch, ch, block[0], cw, block[1]))
   return fine.reshape(batch, grid[0] * grid[1])
+
+
+def _subsets(key: jax.Array, batch: int, n: int, k: int) -> jax.Array:
+  """[batch, n] booleans, each row a uniformly random k-subset: the ranks
+  of i.i.d. uniforms below k."""
+  noise = jax.random.uniform(key, (batch, n))
+  return jnp.argsort(jnp.argsort(noise, axis=-1), axis=-1) < k
 
 
 def random_mask(key: jax.Array, batch: int, num_patches: int,
@@ -81,6 +86,18 @@ def mask_indices(mask: jax.Array, n_masked: int) -> MaskIndices:
   n = mask.shape[-1]
   order = jnp.argsort(mask, axis=-1, stable=True)  # False (visible) first.
   return MaskIndices(visible=order[:, :n - n_masked], masked=order[:, n - n_masked:])
+
+
+def random_split(key: jax.Array, batch: int, num_patches: int,
+                 num_masked: int) -> MaskIndices:
+  """Exactly `num_masked` of `num_patches` masked per example, no block
+  structure, as index sets (Selfie's and DV2's Q of M): the same draw as
+  `random_mask` at ratio num_masked / num_patches, without going through
+  a ratio and its rounding."""
+  if not 1 <= num_masked < num_patches:
+    raise ValueError(f'num_masked={num_masked}: must be in [1, {num_patches - 1}] '
+                     f'(of {num_patches} patches)')
+  return mask_indices(_subsets(key, batch, num_patches, num_masked), num_masked)
 
 
 def describe(grid: tuple[int, int], block: tuple[int, int], ratio: float) -> str:

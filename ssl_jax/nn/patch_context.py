@@ -92,6 +92,12 @@ def flat_views(images: jax.Array) -> tuple[jax.Array, int]:
   return images.reshape((b * v,) + images.shape[2:]), v
 
 
+def first_view(x: jax.Array, views: int) -> jax.Array:
+  """[b * V, ...] in flat_views' order -> [b, ...], the first view of each
+  image (what online probes read: one vector per image)."""
+  return x.reshape((x.shape[0] // views, views) + x.shape[1:])[:, 0]
+
+
 def stage_features(patch_maps: dict[str, jax.Array], image_maps: dict[str, jax.Array]
                    ) -> dict[str, jax.Array]:
   """The stacks' maps as representations by name: 'patch_resK' (the patch

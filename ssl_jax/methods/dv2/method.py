@@ -52,7 +52,7 @@ from ssl_jax.data import ViewSpec
 from ssl_jax.nn import contrastive, patch_context
 from ssl_jax.nn import masks as masking
 from ssl_jax.nn.losses import example_weights, weighted_mean
-from ssl_jax.nn.patch_context import flat_views
+from ssl_jax.nn.patch_context import first_view, flat_views
 from ssl_jax.nn.patches import filled_image, gather, masked_image, patchify, to_signed
 
 REPRESENTATIONS = ('patch_view', 'image_view', 'double_view', 'patch_res2', 'patch_res3',
@@ -116,6 +116,7 @@ class DV2(Method):
   name = 'dv2'
   architecture_keys = ('dv2.grid', 'dv2.model')
   state_in_evaluation = 'ignore'  # the vocabularies shape no representation
+  batch_counts_views = True  # 3.6: N counts the versions, N / D images per step
   draws_pictures = True
 
   def __init__(self, config: ml_collections.ConfigDict, dtype: Any = jnp.float32):
@@ -181,15 +182,10 @@ class DV2(Method):
   def share_geometry(cls, config: ml_collections.ConfigDict) -> bool:
     return True  # 3.6: the same location in another version is the same content
 
-  @classmethod
-  def images_per_step(cls, config: ml_collections.ConfigDict) -> int:
-    return config.batch_size // config.dv2.views
-
   # -- pieces -----------------------------------------------------------------
 
   def _mask(self, rng: jax.Array, n: int) -> masking.MaskIndices:
-    mask = masking.random_mask(rng, n, self.num_patches, self.num_masked / self.num_patches)
-    return masking.mask_indices(mask, self.num_masked)
+    return masking.random_split(rng, n, self.num_patches, self.num_masked)
 
   # -- the method interface ---------------------------------------------------
 
@@ -249,10 +245,9 @@ class DV2(Method):
                                                  self.vocab['stale_after'])
         metrics[f'l_v{kind[0]}'] = l_v
         metrics.update({f'{kind}_vocabulary/{k}': v for k, v in stats.items()})
-    first = lambda x: x.reshape((n // views, views) + x.shape[1:])[:, 0].astype(jnp.float32)
-    features = {'patch_view': first(out.image_prediction)}
+    features = {'patch_view': first_view(out.image_prediction, views).astype(jnp.float32)}
     if self.double_view:
-      features['image_view'] = first(out.image)
+      features['image_view'] = first_view(out.image, views).astype(jnp.float32)
       features['double_view'] = jnp.concatenate([features['image_view'],
                                                  features['patch_view']], -1)
     return loss, LossAux(metrics, features, new_state)

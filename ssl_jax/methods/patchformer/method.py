@@ -218,9 +218,8 @@ class PatchFormer(Method):
         jax.random.key(0) if rng is None else rng, 3)
     every = jnp.broadcast_to(jnp.arange(self.n_patches), (b, self.n_patches))
     if mask_ratio > 0:
-      mask = masking.random_mask(k_mask, b, self.n_patches, mask_ratio)
-      n_masked = masking.num_masked((1, self.n_patches), (1, 1), mask_ratio)
-      visible = masking.mask_indices(mask, n_masked).visible
+      n_masked = masking.num_masked_blocks(self.n_patches, mask_ratio)
+      visible = masking.random_split(k_mask, b, self.n_patches, n_masked).visible
     else:
       visible = every
     inputs = to_signed(self._crops(k_crop, gather(patches, visible), train))

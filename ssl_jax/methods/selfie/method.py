@@ -39,7 +39,7 @@ from ssl_jax.data import ViewSpec
 from ssl_jax.nn import contrastive, patch_context
 from ssl_jax.nn import masks as masking
 from ssl_jax.nn.losses import example_weights, weighted_mean
-from ssl_jax.nn.patch_context import flat_views
+from ssl_jax.nn.patch_context import first_view, flat_views
 from ssl_jax.nn.patches import filled_image, gather, masked_image, patchify, to_signed
 
 OBJECTIVES = ('selfie', 'allp')
@@ -62,6 +62,7 @@ class Selfie(Method):
 
   name = 'selfie'
   architecture_keys = ('selfie.grid', 'selfie.model')
+  batch_counts_views = True  # Allp's copies count, as DV2's versions do
   draws_pictures = True
 
   def __init__(self, config: ml_collections.ConfigDict, dtype: Any = jnp.float32):
@@ -106,10 +107,6 @@ class Selfie(Method):
   def views(cls, config: ml_collections.ConfigDict):
     return (construct(config, 'selfie.augment', ViewSpec, AUGMENT),) * config.selfie.views
 
-  @classmethod
-  def images_per_step(cls, config: ml_collections.ConfigDict) -> int:
-    return config.batch_size // config.selfie.views
-
   # -- pieces -----------------------------------------------------------------
 
   def _patches(self, images: jax.Array) -> jax.Array:
@@ -134,8 +131,7 @@ class Selfie(Method):
     weights = jnp.repeat(example_weights(batch, n // views), views)
     rngs = {'dropout': k_dropout}
     if self.objective == 'selfie':
-      mask = masking.random_mask(k_mask, n, self.num_patches, self.num_masked / self.num_patches)
-      idx = masking.mask_indices(mask, self.num_masked)
+      idx = masking.random_split(k_mask, n, self.num_patches, self.num_masked)
       logits, u = self.net.apply({'params': params}, patches, idx.visible, idx.masked,
                                  train=train, rngs=rngs, method=SelfieNet.selfie_logits)
       loss = weighted_mean(selfie_loss(logits), weights)
@@ -151,8 +147,8 @@ class Selfie(Method):
           contrastive.rescaled_cosine(z, z), contrastive.same_source(source, source),
           pair_w, self.normalise)
       metrics = {'positive': parts['positive'], 'negative': parts['negative']}
-    first_view = u.reshape((n // views, views) + u.shape[1:])[:, 0]
-    return loss, LossAux(metrics, {'patch_view': first_view.astype(jnp.float32)}, state)
+    return loss, LossAux(metrics, {'patch_view': first_view(u, views).astype(jnp.float32)},
+                         state)
 
   def representations(self) -> tuple[str, ...]:
     return (('patch_view',) + self._stage_names(self._stages, 'patch')
@@ -180,8 +176,7 @@ class Selfie(Method):
     image's masked patches (all in place: the jigsaw solved)."""
     b = images.shape[0]
     pixels = patchify(images, self.patch)
-    mask = masking.random_mask(rng, b, self.num_patches, self.num_masked / self.num_patches)
-    idx = masking.mask_indices(mask, self.num_masked)
+    idx = masking.random_split(rng, b, self.num_patches, self.num_masked)
     logits, _ = self.net.apply({'params': params}, self._patches(images), idx.visible,
                                idx.masked, train=False, method=SelfieNet.selfie_logits)
     picked = gather(gather(pixels, idx.masked), jnp.argmax(logits, -1))
