@@ -14,8 +14,10 @@ users do:
 * fine-tune: configs/finetune.py:dv2_tiny (selfie_tiny for Selfie and
   Allp) on the class-balanced 10% of the labels, test top-1 of the last
   step (nothing chosen);
-* pretraining ms/step: the median of the logged step times (the first
-  logged interval, which holds the compilation, left out).
+* pretraining ms/step: each row's compiled step on a random batch of its
+  shapes, --timing_steps steps after two warm-up steps, all rows back to
+  back in one process after the runs (the runs may share the cores with
+  other work; figures from one invocation compare as ratios).
 
 The random-init rows probe the DV2 and the Selfie tiny networks (they
 differ: DV2's has a fourth stack and an exchange layer) as initialised by
@@ -36,9 +38,9 @@ The table measured with it is in the README (DV2).
 
 from __future__ import annotations
 
+import collections
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -54,6 +56,8 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: tfds 
 _QUICK = flags.DEFINE_bool('quick', False, 'Every run 4x shorter (a smoke run).')
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per row (mean ± std over them).')
 _ROWS = flags.DEFINE_list('rows', [], 'Row numbers to run (default: all); see --list.')
+_TIMING_STEPS = flags.DEFINE_integer(
+    'timing_steps', 20, 'Steps timed per row for the ms/step column (0: no column).')
 _LIST = flags.DEFINE_bool('list', False, 'Print the rows and their overrides, run nothing.')
 
 
@@ -88,15 +92,6 @@ def _backbone(config, pretrain) -> None:
   config.backbone[pretrain.objective] = pretrain[pretrain.objective]
 
 
-def _ms_per_step(workdir: str) -> float | None:
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    times = [r['step_time'] for r in map(json.loads, f) if 'step_time' in r]
-  return 1e3 * statistics.median(times[1:]) if len(times) > 1 else None
-
-
 def _layer_sweep(config, workdir: str) -> dict:
   from ssl_jax.core import feature_probe
   done = os.path.join(workdir, 'layers.json')
@@ -107,29 +102,30 @@ def _layer_sweep(config, workdir: str) -> dict:
   return next(r for r in rows if r['chosen'])
 
 
+def _pretrain_config(method: str, variant: str, overrides: dict, seed: int):
+  pretrain = (dv2 if method == 'dv2' else selfie).get_config(variant)
+  for key, value in overrides.items():
+    _set(pretrain, key, value)
+  pretrain.seed = seed
+  return _shorten(pretrain)
+
+
 def _one(index: int, name: str, method: str, variant: str, overrides: dict, seed: int) -> dict:
   from ssl_jax.core import train
   root = os.path.join(_WORKDIR.value, f'row{index:02d}', f'seed{seed}')
   random = name.startswith('random init')
-  module = dv2 if method == 'dv2' else selfie
-  pretrain = module.get_config(variant)
-  for key, value in overrides.items():
-    _set(pretrain, key, value)
-  pretrain.seed = seed
-  pretrain = _shorten(pretrain)
-  out = {}
+  pretrain = _pretrain_config(method, variant, overrides, seed)
   if not random:
     t0 = time.perf_counter()
     train.run_to_end(pretrain, os.path.join(root, 'pretrain'))
     logging.info('%s seed %d pretrained in %.0f s', name, seed, time.perf_counter() - t0)
-    out['ms_per_step'] = _ms_per_step(os.path.join(root, 'pretrain'))
   init = None if random else os.path.join(root, 'pretrain')
   tiny = 'tiny' if variant == 'tiny' else variant
   probe = _shorten(linear_probe.get_config(f'{method}_{tiny}'))
   _backbone(probe, pretrain)
   probe.seed, probe.init.workdir = seed, init
   chosen = _layer_sweep(probe, os.path.join(root, 'layers'))
-  out.update(probe=chosen['top1'], representation=chosen['representation'])
+  out = {'probe': chosen['top1'], 'representation': chosen['representation']}
   tune = _shorten(finetune.get_config(f'{method}_tiny_scratch' if random
                                       else f'{method}_{tiny}'))
   _backbone(tune, pretrain)
@@ -138,13 +134,13 @@ def _one(index: int, name: str, method: str, variant: str, overrides: dict, seed
   return out
 
 
-def _ms(values: list[float | None]) -> str:
-  from ssl_jax.core import seeds
-  values = [v for v in values if v is not None]
-  if not values:
-    return '-'
-  s = seeds.spread(values)
-  return f'{s["mean"]:.0f} ± {s["std"]:.0f}'
+def _step_ms(method: str, variant: str, overrides: dict) -> float:
+  """The row's compiled pretraining step on a random batch of its shapes,
+  after two warm-up steps (benchmarks/patchformer_step.py's timer)."""
+  from benchmarks.patchformer_step import time_compiled_step
+  dt, _, _ = time_compiled_step(_pretrain_config(method, variant, overrides, 0),
+                                _TIMING_STEPS.value)
+  return 1e3 * dt
 
 
 def main(argv):
@@ -157,23 +153,39 @@ def main(argv):
     return
   print('produced by:', provenance.line(), flush=True)
   train.quiet_library_logs()
-  picked = [int(r) for r in _ROWS.value] or list(range(len(all_rows)))
+  picked = [int(r) for r in _ROWS.value if r.isdigit()] or list(range(len(all_rows)))
+  bad = [r for r in _ROWS.value if not r.isdigit() or int(r) >= len(all_rows)]
+  if bad:
+    raise app.UsageError(f'--rows={",".join(_ROWS.value)}: {", ".join(bad)} is not a row '
+                         f'(0-{len(all_rows) - 1}; --list prints them)')
   seed_list = range(_SEEDS.value)
 
   def top1(values: list[float]) -> str:
     return seeds.format_spread(seeds.spread(values), percent=True)
 
-  lines = ['| row | linear probe top-1 % (chosen representation) | fine-tune 10% labels '
-           'top-1 % | pretraining ms/step |', '|---|---|---|---|']
   t0 = time.perf_counter()
+  measured = {}
   for i in picked:
     name, method, variant, overrides = all_rows[i]
     got = [_one(i, name, method, variant, overrides, s) for s in seed_list]
-    chosen = sorted({g['representation'] for g in got})
-    ms = [g.get('ms_per_step') for g in got]
-    lines.append(f'| {name} | {top1([g["probe"] for g in got])} ({", ".join(chosen)}) | '
-                 f'{top1([g["finetune"] for g in got])} | {_ms(ms)} |')
-    print(lines[-1], flush=True)
+    chosen = collections.Counter(g['representation'] for g in got)
+    measured[i] = (f'{top1([g["probe"] for g in got])} '
+                   f'({", ".join(f"{r} x{n}" for r, n in sorted(chosen.items()))})',
+                   top1([g['finetune'] for g in got]))
+    print(f'| {name} | {" | ".join(measured[i])} |', flush=True)
+  # Step times last, back to back in this one process, so that they compare
+  # as ratios (the runs above may have shared the cores with other work).
+  ms = {}
+  if _TIMING_STEPS.value:
+    for i in picked:
+      name, method, variant, overrides = all_rows[i]
+      if not name.startswith('random init'):
+        ms[i] = _step_ms(method, variant, overrides)
+  lines = ['| row | linear probe top-1 % (chosen representation x seeds) | fine-tune 10% '
+           'labels top-1 % | pretraining ms/step |', '|---|---|---|---|']
+  for i in picked:
+    lines.append(f'| {all_rows[i][0]} | {" | ".join(measured[i])} | '
+                 f'{f"{ms[i]:.0f}" if i in ms else "-"} |')
   table = '\n'.join(lines)
   print(f'\nDV2 ablation at the tiny scale (ssl_jax_shapes, 1000 test images, 10 classes); '
         f'mean ± std over {_SEEDS.value} seeds (pretraining and probe seeds vary together); '

@@ -78,7 +78,7 @@ def time_compiled_step(config, steps: int):
   state = trainer.init_state(abstract)
   compiled, flops = trainer.compile_step(abstract, assembly.abstract_batch(config))
   shapes = assembly.abstract_batch(config)  # [b, S, S, 3], or [b, V, S, S, 3] with views
-  b = config.batch_size
+  b = shapes['image'].shape[0]  # images, which batch_size counts only without views
   batch = jax.device_put({
       'image': jnp.asarray(np.random.RandomState(0).rand(*shapes['image'].shape), jnp.float32),
       'label': jnp.zeros((b,), jnp.int32), 'valid': jnp.ones((b,), bool)},
