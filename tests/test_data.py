@@ -107,6 +107,57 @@ def test_stored_dataset_matches_render_and_is_balanced(shapes_dir,
                                 np.full(10, 50))
 
 
+def _luma(images: np.ndarray) -> np.ndarray:
+  return images.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def test_upright_images_say_which_way_is_up():
+  """Rotation is learnable on `upright` and not on the default images: the
+  top edge is lighter than the bottom edge (light from above) in nearly
+  every upright image and in about half of the default ones; the shadow
+  darkens the background just below the shape."""
+  n = 200
+  upright = np.stack([shapes.render_example('train', i, upright=True)[0] for i in range(n)])
+  default = np.stack([shapes.render_example('train', i)[0] for i in range(n)])
+  np.testing.assert_array_equal(default[7], shapes.render_example('train', 7, upright=False)[0])
+  assert [shapes.label_of(i) for i in range(n)] == [shapes.render_example(
+      'train', i, upright=True)[1] for i in range(n)]
+
+  def lighter_on_top(images):
+    luma = _luma(images)
+    return np.mean(luma[:, :3].mean(axis=(1, 2)) > luma[:, -3:].mean(axis=(1, 2)))
+
+  assert lighter_on_top(upright) > 0.95
+  assert 0.3 < lighter_on_top(default) < 0.7
+  # Shadow: under the shape's lowest covered pixel in each column the
+  # background is darker than above its highest one, in most images.
+  darker_below = []
+  for i in range(50):
+    rng = shapes.example_rng('train', i)
+    radius, cx, cy, angle = shapes._shape_pose(rng, 64, True)
+    cover = shapes._coverage(shapes.label_of(i), 64, radius, cx, cy, angle) > 0.5
+    col = int(round(cx))
+    rows = np.flatnonzero(cover[:, col])
+    luma = _luma(upright[i])[:, col]
+    below, above = rows.max() + 2, rows.min() - 2
+    if below < 64 and above >= 0:
+      darker_below.append(luma[below] < luma[above])
+  assert np.mean(darker_below) > 0.9, np.mean(darker_below)
+
+
+def test_upright_config_is_stored_and_resolves(data_dir):
+  source = pipeline.make_source('ssl_jax_shapes/upright_small', data_dir=data_dir,
+                                split='train')
+  assert source.num_examples == 2000
+  for k in (0, 1999):
+    image, label = source.get(k)
+    expected, expected_label = shapes.render_example('train', k, upright=True)
+    np.testing.assert_array_equal(image, expected)
+    assert label == expected_label
+  with pytest.raises(pipeline.DataError, match="Unknown ssl_jax_shapes config 'uprite'"):
+    pipeline.make_source('ssl_jax_shapes/uprite', data_dir=data_dir, split='train')
+
+
 def test_prepare_is_cached(shapes_dir):
   files = sorted(pathlib.Path(shapes_dir).rglob('*'))
   mtimes = [f.stat().st_mtime for f in files]

@@ -35,6 +35,16 @@ access by :mod:`ssl_jax.data.pipeline`). Configs: ``default`` (tfds name
 ``ssl_jax_shapes``; 20000 train / 4000 test, ~45 s on two CPU cores, 176 MB)
 and ``small`` (``ssl_jax_shapes/small``; 2000 / 500, ~4 s), whose examples
 are the first ones of ``default``.
+
+Rotation prediction cannot be learned from these images: shape angles and
+shading directions are uniform, so every rotation of an image is as likely
+as the image itself. The ``upright`` configurations (``ssl_jax_shapes/
+upright``, 20000 / 4000, and ``upright_small``, 2000 / 500, its prefix) draw
+the same classes with the shape in its canonical orientation (within 15
+degrees), the background lit from above (the lighter of its two colours at
+the top, the gradient within 15 degrees of vertical) and the shape's shadow
+cast below it: which way is up is in the image. Same labels (``i %
+NUM_CLASSES``), same generator per example, different images.
 """
 
 from __future__ import annotations
@@ -80,6 +90,12 @@ _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as augment.grayscale
 # Range of the RGB distance between the two background colours.
 _BACKGROUND_SPREAD = (0.075, 0.3)
 _PIXEL_NOISE_STD = 0.015
+# The upright configurations: the shape's and the light's tilt from the
+# canonical orientation (radians), the shadow's drop below the shape (a
+# fraction of its radius) and how much it darkens the background.
+_UPRIGHT_TILT = np.deg2rad(15.0)
+_SHADOW_OFFSET = 0.15
+_SHADOW_DARKNESS = 0.45
 
 
 # ----------------------------------------------------------------------------
@@ -262,18 +278,31 @@ def _background_colours(rng) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------
 
 
-def _shape_coverage(rng, label: int, size: int) -> np.ndarray:
-  """Anti-aliased coverage in [0, 1], [size, size], of a randomly placed shape.
+def _shape_pose(rng, size: int, upright: bool) -> tuple[float, float, float, float]:
+  """(radius, cx, cy, angle) of the shape, in pixels and radians.
 
-  The shape (circumradius ``radius`` pixels) lies at least one pixel inside
-  the image; the SDF is only evaluated on its bounding square.
-  """
+  Default: any angle. Upright: the canonical orientation (angle pi: the
+  triangle and the star point up) within +-_UPRIGHT_TILT, and room below
+  the shape for its shadow."""
   radius = rng.uniform(_MIN_RADIUS_FRAC, _MAX_RADIUS_FRAC) * size
   margin = radius + 1.0
-  cx, cy = rng.uniform(margin, size - margin, size=2)
-  angle = rng.uniform(0.0, 2.0 * np.pi)
-  x0, x1 = int(np.floor(cx - margin)), int(np.ceil(cx + margin))
-  y0, y1 = int(np.floor(cy - margin)), int(np.ceil(cy + margin))
+  if not upright:
+    cx, cy = rng.uniform(margin, size - margin, size=2)
+    return radius, cx, cy, rng.uniform(0.0, 2.0 * np.pi)
+  drop = _SHADOW_OFFSET * radius
+  cx = rng.uniform(margin, size - margin - drop)
+  cy = rng.uniform(margin, size - margin - drop)
+  return radius, cx, cy, np.pi + rng.uniform(-_UPRIGHT_TILT, _UPRIGHT_TILT)
+
+
+def _coverage(label: int, size: int, radius: float, cx: float, cy: float,
+              angle: float) -> np.ndarray:
+  """Anti-aliased coverage in [0, 1], [size, size], of the shape at that
+  pose (it lies at least one pixel inside the image); the SDF is only
+  evaluated on its bounding square."""
+  margin = radius + 1.0
+  x0, x1 = max(int(np.floor(cx - margin)), 0), min(int(np.ceil(cx + margin)), size)
+  y0, y1 = max(int(np.floor(cy - margin)), 0), min(int(np.ceil(cy + margin)), size)
   dx = (np.arange(x0, x1) + 0.5 - cx)[None, :]
   dy = (np.arange(y0, y1) + 0.5 - cy)[:, None]
   # Rotate pixel offsets by -angle into the shape's local frame.
@@ -286,20 +315,43 @@ def _shape_coverage(rng, label: int, size: int) -> np.ndarray:
   return coverage
 
 
+def _upright_field(rng, uv: np.ndarray) -> np.ndarray:
+  """Light from above: 0 at the top, 1 at the bottom, the direction within
+  +-_UPRIGHT_TILT of vertical."""
+  angle = np.pi / 2 + rng.uniform(-_UPRIGHT_TILT, _UPRIGHT_TILT)
+  proj = (uv - 0.5) @ np.array([np.cos(angle), np.sin(angle)])
+  return np.clip(proj / np.sqrt(0.5) + 0.5, 0.0, 1.0)
+
+
 def render(rng: np.random.Generator, label: int,
-           size: int = IMAGE_SIZE) -> np.ndarray:
+           size: int = IMAGE_SIZE, upright: bool = False) -> np.ndarray:
   """Renders one image of class ``label``; uint8 [size, size, 3].
 
   All randomness (placement, colours, texture, noise) is drawn from ``rng``,
   so rendering is a pure function of the generator state and the label.
+  ``upright``: the shape in its canonical orientation (within a small
+  tilt), the background lit from above (its lighter colour at the top) and
+  the shape's shadow cast below it, so that which way is up can be read
+  from the image (rotation prediction); otherwise every orientation and
+  shading direction is equally likely.
   """
   if not 0 <= label < NUM_CLASSES:
     raise ValueError(f'label must be in [0, {NUM_CLASSES}), got {label}')
-  coverage = _shape_coverage(rng, int(label), size)[..., None]
+  pose = _shape_pose(rng, size, upright)
+  coverage = _coverage(int(label), size, *pose)[..., None]
   bg_a, bg_b = _background_colours(rng)
-  field = _background_field(rng, _unit_grid(size))[..., None]
+  if upright:
+    if bg_a @ _LUMA < bg_b @ _LUMA:  # the lighter colour on top
+      bg_a, bg_b = bg_b, bg_a
+    field = _upright_field(rng, _unit_grid(size))[..., None]
+  else:
+    field = _background_field(rng, _unit_grid(size))[..., None]
   foreground = _contrasting_colour(rng, bg_a, bg_b)
   image = bg_a + (bg_b - bg_a) * field  # Background.
+  if upright:
+    radius, cx, cy, angle = pose
+    shadow = _coverage(int(label), size, radius, cx, cy + _SHADOW_OFFSET * radius, angle)
+    image *= 1.0 - _SHADOW_DARKNESS * shadow[..., None]
   image += (foreground - image) * coverage
   noise = rng.standard_normal(size=image.shape, dtype=np.float32)
   image += _PIXEL_NOISE_STD * noise
@@ -315,11 +367,12 @@ def label_of(index: int) -> int:
   return index % NUM_CLASSES
 
 
-def render_example(split: str, index: int,
-                   size: int = IMAGE_SIZE) -> tuple[np.ndarray, int]:
-  """Example ``index`` of ``split`` exactly as stored in the dataset."""
+def render_example(split: str, index: int, size: int = IMAGE_SIZE,
+                   upright: bool = False) -> tuple[np.ndarray, int]:
+  """Example ``index`` of ``split`` exactly as stored in the dataset (an
+  upright configuration's with ``upright``)."""
   label = label_of(index)
-  return render(example_rng(split, index), label, size), label
+  return render(example_rng(split, index), label, size, upright), label
 
 
 # ----------------------------------------------------------------------------
@@ -333,6 +386,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
 
   train_size: int = 20_000
   test_size: int = 4_000
+  upright: bool = False
 
   def split_sizes(self) -> dict[str, int]:
     return {'train': self.train_size, 'test': self.test_size}
@@ -357,6 +411,13 @@ class SslJaxShapes(tfds.core.GeneratorBasedBuilder):
           name='small', train_size=2_000, test_size=500,
           description='2000 train / 500 test images, for tests and quick '
           'experiments (a few seconds to build).'),
+      ShapesConfig(
+          name='upright', train_size=20_000, test_size=4_000, upright=True,
+          description='default\'s sizes, every shape upright, lit from above, '
+          'its shadow below: rotation is learnable.'),
+      ShapesConfig(
+          name='upright_small', train_size=2_000, test_size=500, upright=True,
+          description='upright at small\'s sizes.'),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'default'
   # tfds 4.9.x resolves the default `code_path` of a builder defined in a
@@ -389,7 +450,7 @@ class SslJaxShapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str,
                          num_examples: int) -> Iterator[tuple[int, dict]]:
     for index in range(num_examples):
-      image, label = render_example(split, index)
+      image, label = render_example(split, index, upright=self.builder_config.upright)
       yield index, {'image': image, 'label': label}
 
 
@@ -409,7 +470,8 @@ def prepare(data_dir: str | os.PathLike,
 
   Cached: when the dataset is already prepared in ``data_dir`` this only
   reads its metadata. Nothing is ever downloaded. ``config`` is ``'default'``
-  (20000 train / 4000 test) or ``'small'`` (2000 / 500).
+  (20000 train / 4000 test), ``'small'`` (2000 / 500), ``'upright'`` or
+  ``'upright_small'`` (the same sizes, upright images).
 
   Raises:
     ValueError: if ``data_dir`` holds this dataset in another file format
