@@ -24,6 +24,7 @@ setup(
         'clu>=0.0.12',
         'tensorboard>=2.21,<2.22',
         'chex>=0.1.92',
+        'dm-pix>=0.4.5,<0.5',
         'numpy>=2.0',
         'pillow>=10',
         'matplotlib>=3.8',

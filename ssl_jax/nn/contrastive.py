@@ -17,6 +17,10 @@ Normalisation (`normalise`):
               pairs: each side weighs the same whatever the batch.
 Similarities are clipped to [EPS, 1 - EPS] so that both logarithms stay
 finite (a prediction equal to a negative would otherwise give log 0).
+
+`nt_xent` is the other family: SimCLR's InfoNCE over cosine similarities
+divided by a temperature, each view's positive against every other view of
+the (global) batch (the multi-task ViT's contrastive token).
 """
 
 from __future__ import annotations
@@ -73,3 +77,34 @@ def pair_loss(similarity: jax.Array, positive: jax.Array, weights: jax.Array,
 def same_source(row_source: jax.Array, col_source: jax.Array) -> jax.Array:
   """[n, m] bool: pairs whose ids (e.g. (image, location) codes) agree."""
   return row_source[:, None] == col_source[None, :]
+
+
+def nt_xent(z: jax.Array, views: int, temperature: float, weights: jax.Array
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """SimCLR's NT-Xent. z [n, d] holds the `views` views of each image
+  consecutively (n = images * views); every view is an anchor, its
+  positives are the other views of its image, and the candidates are all
+  n - 1 other views of the batch: -log(exp(s_pos / t) / sum_{k != i}
+  exp(s_ik / t)), s the cosine, averaged over positives and anchors
+  (weights [n]: padded views neither anchor nor count as candidates).
+  Under jit over a sharded global batch the similarity matrix spans every
+  device's examples, so negatives come from the whole global batch.
+
+  Returns (loss, {'top1': how often an anchor's nearest candidate is one
+  of its positives})."""
+  n = z.shape[0]
+  u = unit(z.astype(jnp.float32))
+  logits = (u @ u.T) / temperature
+  valid = weights > 0
+  candidate = valid[None, :] & ~jnp.eye(n, dtype=bool)
+  logits = jnp.where(candidate, logits, -1e9)  # finite: no NaN in an empty row
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  source = jnp.arange(n) // views
+  positive = same_source(source, source) & candidate
+  per_anchor = -jnp.sum(jnp.where(positive, log_p, 0.0), -1) / jnp.maximum(
+      positive.sum(-1), 1)
+  w = weights * (positive.sum(-1) > 0)
+  loss = jnp.sum(per_anchor * w) / jnp.maximum(w.sum(), 1e-9)
+  hit = positive[jnp.arange(n), jnp.argmax(logits, -1)]
+  top1 = jnp.sum(hit * w) / jnp.maximum(w.sum(), 1e-9)
+  return loss, {'top1': top1}

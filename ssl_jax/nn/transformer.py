@@ -33,12 +33,14 @@ class MlpBlock(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-  """Pre-LayerNorm self-attention + MLP block."""
+  """Pre-LayerNorm self-attention + MLP block; `drop_path`: stochastic depth
+  on both residual branches (0: none, and no random draw)."""
   heads: int
   mlp_ratio: int = 4
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
   kernel_init: Any = None
+  drop_path: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None,
@@ -47,10 +49,12 @@ class EncoderBlock(nn.Module):
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.heads, dtype=self.dtype, dropout_rate=self.dropout,
         deterministic=not train, **_init(self.kernel_init))(y, y, mask=mask)
-    x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    x = x + DropPath(self.drop_path)(y, train=train)
     y = MlpBlock(self.mlp_ratio, self.dropout, self.dtype, self.kernel_init)(
         nn.LayerNorm(dtype=self.dtype)(x), train=train)
-    return x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    return x + DropPath(self.drop_path)(y, train=train)
 
 
 class Encoder(nn.Module):
@@ -66,6 +70,7 @@ class Encoder(nn.Module):
   remat: bool = False
   dtype: Dtype = jnp.float32
   kernel_init: Any = None  # None: flax's default (lecun normal)
+  drop_path: float = 0.0  # the last block's rate; block k of L: drop_path * (k-1) / (L-1)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
@@ -73,8 +78,9 @@ class Encoder(nn.Module):
     block_cls = nn.remat(EncoderBlock, static_argnums=(3,)) if self.remat else EncoderBlock
     layers = {}
     for i in range(self.num_layers):
+      rate = self.drop_path * i / max(self.num_layers - 1, 1)  # DeiT / timm's linear rule
       x = block_cls(self.heads, self.mlp_ratio, self.dropout, self.dtype, self.kernel_init,
-                    name=f'block{i + 1}')(x, mask, train)
+                    rate, name=f'block{i + 1}')(x, mask, train)
       layers[f'layer_{i + 1}'] = x
     return nn.LayerNorm(dtype=self.dtype, name='final_norm')(x), layers
 
