@@ -350,6 +350,7 @@ def test_tiny_pretraining_fits_the_palette_samples_and_finetunes(data_dir, tmp_p
   assert temporary() <= temporary_before
   assert [r['representation'] for r in rows] == ['layer_0', 'layer_1', 'layer_2']
   assert all(0 <= r['top1'] <= 1 and 0 <= r['val_top1'] <= 1 for r in rows)
+  assert all(0 <= r['knn_top1'] <= 1 for r in rows)  # beside each probe, nothing chosen
   assert sum(r['chosen'] == '*' for r in rows) == 1
   assert os.path.getsize(os.path.join(layers_dir, 'layers.png')) > 1000
   probe.feature_probe.features_dir = str(tmp_path / 'features')

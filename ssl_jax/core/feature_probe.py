@@ -12,8 +12,10 @@ every choice is made, and read once.
   every layer's average-pooled features (or feature_probe.layers), one probe
   per layer, its l2 picked from feature_probe.l2_grid on the examples held
   out of the training split (data.held_out_examples); the layer with the
-  best held-out top-1 is marked as chosen. Writes layers.json, layers.md
-  and layers.png (accuracy by depth).
+  best held-out top-1 is marked as chosen. Each layer's kNN top-1 (the
+  evaluator's cosine kNN, eval.knn_k neighbours, on the same training
+  features) is reported beside it. Writes layers.json, layers.md and
+  layers.png (accuracy by depth).
 * Low-data, `--low_data`: feature_probe.shots labelled
   examples per class (class-balanced, drawn from the training features) for
   each of feature_probe.seeds seeds, on classifier.representation, with
@@ -43,7 +45,7 @@ from ssl_jax.core import metrics as metrics_lib
 from ssl_jax.core import provenance as provenance_lib
 from ssl_jax.core import workdir as workdir_lib
 from ssl_jax.data import pipeline
-from ssl_jax.evaluate import logistic
+from ssl_jax.evaluate import knn, logistic
 
 MODES = ('layers', 'low_data')
 
@@ -144,9 +146,14 @@ def _layer_sweep(config, workdir: str, features: Features) -> list[dict[str, Any
   # Every choice is made: eval.split is read now, once.
   test_x, test_y = features.of(features.evaluator.test)
   for row in rows:
-    row['top1'] = logistic.accuracy(fitted[row['representation']],
-                                    test_x[row['representation']], test_y)
+    name = row['representation']
+    row['top1'] = logistic.accuracy(fitted[name], test_x[name], test_y)
     row['chosen'] = '*' if row is rows[chosen] else ''
+    # kNN on the same features (nothing chosen: eval.knn_k and knn_temperature).
+    predicted = knn.knn_predict(train_x[name], train_y, test_x[name], classes,
+                                k=min(config.eval.knn_k, len(train_y)),
+                                temperature=config.eval.knn_temperature)
+    row['knn_top1'] = float(np.mean(predicted == test_y))
   logging.info('chosen on the held-out examples: %s; its %s top-1 %.4f',
                rows[chosen]['representation'], config.eval.split, rows[chosen]['top1'])
   _write(workdir, 'layers', rows, {
@@ -201,11 +208,11 @@ def _write(workdir: str, stem: str, rows: list[dict[str, Any]], meta: dict[str, 
   made_by = provenance_lib.record()
   metrics_lib.write_atomic(os.path.join(workdir, f'{stem}.json'),
                            json.dumps({'rows': rows, **meta, 'provenance': made_by}, indent=2))
-  first = (('representation', 'layer', 'val_top1', 'top1', 'chosen') if stem == 'layers'
-           else ('labels',))
+  first = (('representation', 'layer', 'val_top1', 'top1', 'chosen', 'knn_top1')
+           if stem == 'layers' else ('labels',))
   said = (f'\nl2 and layer chosen on {meta["selected_on"]} (val_top1); top1 reported on '
-          f'{meta["reported_on"]}, read once after the choice.\n' if 'selected_on' in meta
-          else '')
+          f'{meta["reported_on"]}, read once after the choice; knn_top1: kNN on the same '
+          'training features, nothing chosen.\n' if 'selected_on' in meta else '')
   metrics_lib.write_atomic(os.path.join(workdir, f'{stem}.md'),
                            metrics_lib.markdown_table(rows, first=first) + said
                            + provenance_lib.footer([made_by]))
