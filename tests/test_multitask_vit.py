@@ -264,6 +264,25 @@ def test_every_head_has_its_shape_and_the_representations_theirs():
   assert set(backbone) == {'vit'} and 'mask_token' not in backbone['vit']
 
 
+def test_pictures_show_every_tasks_panel():
+  """image | what the model reads | inpainted | coloured | pairs: five
+  panels per image; a task left out drops its panel."""
+  m = _method()
+  batch = _batch(b=2)
+  params = _init(m, batch)
+  draw = lambda m, p: jax.jit(lambda p, x: m.pictures(p, x, jax.random.key(3)))(  # noqa: E731
+      p, batch['image'][:, 0])
+  pictures = np.asarray(draw(m, params))
+  assert pictures.dtype == np.uint8 and pictures.shape[0] == 2
+  width = pictures.shape[2]
+  fewer = _method(**{'multitask_vit.tasks': 'rotation,colorization'})
+  smaller = np.asarray(draw(fewer, _init(fewer, _batch(b=2, views=1))))
+  assert smaller.shape[1] == pictures.shape[1] and smaller.shape[2] < 0.7 * width
+  # The view and what the model reads differ (grayscale, masked, moved patches).
+  panel = (width + 2) // 5 - 2
+  assert not np.array_equal(pictures[:, :, :panel], pictures[:, :, panel + 2:2 * panel + 2])
+
+
 def _flops(m, batch) -> float:
   params = _init(m, batch)
   state = m.init_state(jax.random.key(0), batch, params)
