@@ -34,7 +34,8 @@ from):
 * Backbone: ViT (Dosovitskiy et al.) with [CLS] and SiT's two task tokens
   ([CT] for the contrastive head, one for rotation) before the patches;
   learned position embeddings; prefix tokens carry none. Sizes Ti/S/B.
-  Drop path 0.1 (SiT, DeiT); no dropout.
+  Drop path 0.1 (SiT, DeiT; 0 in tiny, a 4-block, 1000-step run); no
+  dropout.
 * Views: two per image (SiT), SimCLR's augmentation at half colour
   strength (SiT's colour jitter 0.4 is 0.5 x SimCLR's 0.8) without the
   grayscale op: colorization reads its targets from the view, and a
@@ -58,7 +59,13 @@ from):
 * Relative position: anchor uniform over the grid, neighbour uniform over
   its in-grid neighbours (8 classes, Doersch et al.); the pair's patches
   jittered by up to 1 pixel and colour-jittered slightly (brightness /
-  contrast / saturation 0.1, hue 0.02), as the report suggests.
+  contrast / saturation 0.1, hue 0.02), as the report suggests; the
+  jitter reads the view as the model sees it (grayscale, moved and grey
+  masked cells), so a strip of a neighbour shows nothing another task
+  hides. Pairs are drawn independently (two may share a cell), and the
+  two patches of a pair abut with no gap (Doersch et al. leave one; a
+  4-pixel patch has no room), so their shared edge is a low-level cue the
+  'withheld' rows do not remove.
   'literal': the pair keeps its position embeddings, from which the offset
   can be read directly (the shortcut the report notes); 'withheld': both
   get one learned "no position" embedding instead. What 'withheld' leaves:
@@ -79,8 +86,19 @@ from):
   exp(-s) L + s / 2, c = 1/2 for regressions) by default; 'fixed' uses
   <task>.weight (all 1).
 * Diagnostics: every `diagnostics_every` steps, each task's gradient on
-  the backbone alone (one extra backward pass per task on those steps):
+  the backbone alone (one extra forward pass and one backward pass per
+  task on those steps, in sequence; the T gradients are held at once: 2 GB
+  for ViT-B's 86M parameters and 6 tasks), of the task's unweighted loss:
   logged as <task>/backbone_grad_norm and grad_cosine/<a>-<b>.
+* Heads: MLPs of width `head_width` (2048 at ImageNet size, SimCLR's
+  projection width; 1024 for ViT-S; 128 in tiny); the jigsaw head chooses
+  among all N cells.
+* Weight decay as the optimizer applies it to every method: on every
+  matrix, the position embeddings included (DeiT and timm exempt them; the
+  prefix and mask tokens, vectors, are exempt here too).
+* Online probe: it reads the training pass's first view, as the other
+  methods' do: with passes='one' that view is turned and corrupted; with
+  'separate' the first pass is the contrastive one (whole views).
 * Evaluation: representations cls, contrastive_token, rotation_token,
   tokens (patch tokens averaged) and layer_k; the online probe and the
   monitors read contrastive_token (`--layer_sweep` chooses on held-out

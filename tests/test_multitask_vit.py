@@ -4,6 +4,8 @@ task's target, the colour space, NT-Xent against numpy on 1 and 8 devices,
 head shapes, no FLOPs for a disabled task, the weighting and the gradient
 diagnostics, config checks, full-size shapes and end-to-end runs."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,6 +104,16 @@ def test_labels_refer_to_the_grid_of_the_turned_view():
   rows, cols = n // 4 - a // 4, n % 4 - a % 4
   np.testing.assert_array_equal(tasks_lib.OFFSETS[np.asarray(view.pairs.label)],
                                 np.stack([rows, cols], -1))
+  # Without augmentation a pair's inputs are the turned view's cells (not the
+  # unturned image's): the offset is read on the grid the model sees.
+  still = tasks_lib.PairAugment(jitter=0, brightness=0.0, contrast=0.0, saturation=0.0,
+                                hue=0.0)
+  plain = _corrupt(jax.random.key(3), image, dataclasses.replace(spec, pair_augment=still),
+                   ('rotation', 'relative_position'))
+  for i in range(16):
+    turned = patchify(np.rot90(np.asarray(image[i]), int(plain.quarters[i]))[None], 2)[0]
+    for cell in np.concatenate([plain.pairs.anchor[i], plain.pairs.neighbour[i]]):
+      np.testing.assert_allclose(plain.inputs[i][cell], turned[cell], atol=1e-6)
 
 
 def test_corruptions_are_disjoint_and_leave_every_other_patch_alone():
@@ -122,6 +134,40 @@ def test_corruptions_are_disjoint_and_leave_every_other_patch_alone():
     untouched = np.array(sorted(set(range(16)) - pair - set.union(*sets)))
     np.testing.assert_array_equal(np.asarray(view.inputs[i])[untouched],
                                   np.asarray(view.pixels[i])[untouched])
+
+
+def test_what_a_task_hides_reaches_no_other_input():
+  """Same key, the source image changed only where a task hides something
+  (the colour of grayscale cells, the pixels of masked cells): no input
+  outside those cells moves, the relative-position pairs' jittered patches
+  included, which read their neighbours' strips from the view as the model
+  sees it. (A jigsaw cell's content is visible, moved: the pairs' strips
+  show it moved, as the model sees it, by the same construction.)"""
+  spec = tasks_lib.Spec(grid=(8, 8), patch=4, num_pairs=4, colour_patches=6,
+                        inpaint_patches=6, jigsaw_patches=6)
+  images = jax.random.uniform(jax.random.key(0), (8, 32, 32, 3), minval=0.2, maxval=0.8)
+  key = jax.random.key(4)
+  view = _corrupt(key, images, spec, tasks_lib.TRANSFORMS)
+  hidden = np.zeros((8, 64), bool)
+  chroma = np.zeros((8, 64), bool)
+  for i in range(8):
+    hidden[i, np.asarray(view.inpaint[i])] = True
+    chroma[i, np.asarray(view.colour[i])] = True
+  # Turn the view back to image coordinates: corrupt turns first, so change
+  # the turned view's cells and turn the change back.
+  luma = np.array([0.2989, 0.5870, 0.1140])
+  no_luma = np.cross(luma, [1.0, 0.0, 0.0])  # a colour change with the same luma
+  noise = np.random.default_rng(1).uniform(-0.15, 0.15, size=(8, 64, 4, 4, 3))
+  change = np.where(hidden[..., None, None, None], noise, 0.0)
+  change += np.where(chroma[..., None, None, None], 0.5 * no_luma / np.linalg.norm(no_luma), 0.0)
+  turned_change = np.asarray(jax.vmap(lambda c: c.reshape(8, 8, 4, 4, 3).transpose(
+      0, 2, 1, 3, 4).reshape(32, 32, 3))(jnp.asarray(change)))
+  back = np.stack([np.rot90(turned_change[i], -int(view.quarters[i])) for i in range(8)])
+  other = _corrupt(key, images + jnp.asarray(back, jnp.float32), spec, tasks_lib.TRANSFORMS)
+  outside = ~(hidden | chroma)
+  np.testing.assert_allclose(np.asarray(other.inputs)[outside], np.asarray(view.inputs)[outside],
+                             atol=1e-5)
+  assert not np.allclose(np.asarray(other.pixels)[hidden], np.asarray(view.pixels)[hidden])
 
 
 def test_no_task_reads_a_masked_patch_and_targets_come_from_the_uncorrupted_view():
@@ -187,6 +233,27 @@ def test_lab_round_trip_and_reference_colours():
   soft = colour.soft_encode(jnp.array([[21.0, -39.0]]), jnp.asarray(bins))
   assert np.isclose(float(soft.sum()), 1.0) and int((soft > 0).sum()) == 5
   np.testing.assert_array_equal(bins[int(jnp.argmax(soft))], [20, -40])  # the nearest bin
+
+
+def test_inpainting_and_mean_colour_targets_on_hand_made_patches():
+  patch = np.zeros((1, 1, 2, 2, 3), np.float32)
+  patch[0, 0, :, :, 0] = [[0.0, 1.0], [1.0, 0.0]]  # red channel only
+  flat = patch.reshape(-1)  # mean 1/6, variance 5/36
+  want = (flat - flat.mean()) / np.sqrt(flat.var() + 1e-6)
+  np.testing.assert_allclose(tasks_lib.normalised_pixels(jnp.asarray(patch))[0, 0], want,
+                             rtol=1e-5)
+  # The mean colour: the mean of the pixels' ab / 100, not the ab of the mean colour.
+  from ssl_jax.nn import colour
+  red_grey = np.zeros((1, 1, 2, 2, 3), np.float32)
+  red_grey[0, 0, 0] = [1, 0, 0]
+  red_grey[0, 0, 1] = [0.5, 0.5, 0.5]
+  got = tasks_lib.colour_targets(jnp.asarray(red_grey), 'mean', 1, None)
+  np.testing.assert_allclose(got[0, 0], [80.092 / 200, 67.203 / 200], atol=1e-4)
+  # 'pixels' at one cell per patch: the soft encoding of the pooled ab.
+  bins = jnp.asarray(colour.ab_bins(10.0))
+  soft = tasks_lib.colour_targets(jnp.asarray(red_grey), 'pixels', 1, bins)
+  assert soft.shape == (1, 1, 1, len(bins))
+  np.testing.assert_array_equal(np.asarray(bins)[int(jnp.argmax(soft))], [40, 30])
 
 
 def _nt_xent_numpy(z, views, t, weights):
@@ -265,8 +332,9 @@ def test_every_head_has_its_shape_and_the_representations_theirs():
 
 
 def test_pictures_show_every_tasks_panel():
-  """image | what the model reads | inpainted | coloured | pairs: five
-  panels per image; a task left out drops its panel."""
+  """view | what the model reads | inpainted | coloured | pairs | jigsaw
+  put back | turned back: seven panels per image; a task left out drops
+  its panel."""
   m = _method()
   batch = _batch(b=2)
   params = _init(m, batch)
@@ -279,15 +347,16 @@ def test_pictures_show_every_tasks_panel():
   smaller = np.asarray(draw(fewer, _init(fewer, _batch(b=2, views=1))))
   assert smaller.shape[1] == pictures.shape[1] and smaller.shape[2] < 0.7 * width
   # The view and what the model reads differ (grayscale, masked, moved patches).
-  panel = (width + 2) // 5 - 2
+  panel = (width + 2) // 7 - 2
   assert not np.array_equal(pictures[:, :, :panel], pictures[:, :, panel + 2:2 * panel + 2])
 
 
 def _flops(m, batch) -> float:
   params = _init(m, batch)
   state = m.init_state(jax.random.key(0), batch, params)
-  lowered = jax.jit(lambda p, b: m.loss(p, b, jax.random.key(1), state=state)[0]).lower(
-      params, batch)
+  # The loss and its gradient: forward and backward FLOPs.
+  lowered = jax.jit(jax.value_and_grad(
+      lambda p, b: m.loss(p, b, jax.random.key(1), state=state)[0])).lower(params, batch)
   return lowered.compile().cost_analysis()['flops']
 
 
@@ -336,6 +405,13 @@ def test_gradient_diagnostics_are_each_tasks_own_gradient():
   np.testing.assert_array_equal(aux2.state['grad_norm'], aux.state['grad_norm'])
   _, aux3 = step(params, aux2.state, jax.random.key(9))
   assert not np.array_equal(aux3.state['grad_norm'], aux2.state['grad_norm'])
+  # The training gradient is the same with the diagnostics on and off.
+  off = _method(**{'multitask_vit.diagnostics_every': 0,
+                   'multitask_vit.tasks': 'rotation,inpainting,jigsaw'})
+  grad = lambda m, s: jax.jit(jax.grad(lambda p: m.loss(p, batch, jax.random.key(7),  # noqa: E731
+                                                        state=s)[0]))(params)
+  for a, b in zip(jax.tree.leaves(grad(m, state)), jax.tree.leaves(grad(off, {}))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_separate_passes_give_each_task_its_own_view():

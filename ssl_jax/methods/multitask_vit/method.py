@@ -81,10 +81,12 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 class MultiTaskViTMethod(Method):
   name = 'multitask_vit'
-  architecture_keys = ('multitask_vit.patch_size', 'multitask_vit.model',
-                       'multitask_vit.tasks', 'multitask_vit.weighting',
-                       'multitask_vit.colorization', 'multitask_vit.contrastive.dim',
-                       'multitask_vit.relative_position.shortcut')
+  # The ViT's shapes only: a probe or fine-tune reads the ViT (no head, no
+  # mask or no-position token), whatever tasks, weighting or regularisation
+  # trained it; the learned position embeddings fix the grid.
+  architecture_keys = ('data.image_size', 'multitask_vit.patch_size', 'multitask_vit.model.width',
+                       'multitask_vit.model.depth', 'multitask_vit.model.heads',
+                       'multitask_vit.model.mlp_ratio')
   layer_decay = True
   draws_pictures = True
 
@@ -296,10 +298,15 @@ class MultiTaskViTMethod(Method):
       losses = self._losses(dict(fixed, vit=vit), images, views, weights, rng, train)[0]
       return jnp.stack([losses[t] for t in self.tasks])
 
-    jac = jax.jacrev(per_task)(fixed['vit'])
+    # One forward pass, then one backward pass per task in sequence (lax.map,
+    # not a vmapped jacobian: one task's backward activations live at a
+    # time); the T gradients themselves are kept (4 T P bytes for P
+    # backbone parameters: 2 GB for ViT-B's 86M and 6 tasks).
+    _, pullback = jax.vjp(per_task, fixed['vit'])
+    grads = jax.lax.map(lambda e: pullback(e)[0], jnp.eye(len(self.tasks)))
     gram = sum(jnp.einsum('ti,si->ts', g.reshape(len(self.tasks), -1).astype(jnp.float32),
                           g.reshape(len(self.tasks), -1).astype(jnp.float32))
-               for g in jax.tree.leaves(jac))
+               for g in jax.tree.leaves(grads))
     norm = jnp.sqrt(jnp.diagonal(gram))
     return norm, gram / jnp.maximum(norm[:, None] * norm[None, :], 1e-12)
 
@@ -387,13 +394,16 @@ class MultiTaskViTMethod(Method):
 
   def pictures(self, params: Any, images: jax.Array, rng: jax.Array, *,
                state: Any = None) -> jax.Array:
-    """uint8 [b, H', W', 3] rows: the turned view | what the model reads
-    (grayscale, grey masked, moved and jittered patches) | masked cells
-    filled with the inpainting prediction (de-normalised with the true
-    patch's mean and spread) | grayscale cells coloured with the predicted
-    ab (the most likely bin per cell, or the mean) on their own lightness |
-    relative position: the pairs bright, the rest dimmed, each anchor's
-    predicted neighbour cell tinted green (right) or red (wrong)."""
+    """uint8 [b, H', W', 3] panels (an absent task's left out): the turned
+    view | what the model reads (grayscale, grey masked, moved and jittered
+    patches) | masked cells filled with the inpainting prediction
+    (de-normalised with the true patch's mean and spread) | grayscale cells
+    coloured with the predicted ab (the most likely bin per cell, or the
+    mean) on their own lightness | relative position: the pairs bright, the
+    rest dimmed, each anchor's predicted neighbour cell tinted green (right)
+    or red (wrong) | jigsaw: each moved patch put back where the head says
+    it came from (the view restored where it is right) | rotation: the view
+    turned back by the predicted quarter turns (upright where right)."""
     active = tuple(t for t in self.tasks if t in tasks_lib.TRANSFORMS)
     view = tasks_lib.corrupt(rng, images, self.spec, active)
     out, _ = self.net.apply({'params': params}, self._inputs(view),
@@ -414,6 +424,13 @@ class MultiTaskViTMethod(Method):
                                                                          view), self.grid))
     if 'relative_position' in out:
       rows.append(self._pairs_picture(view, out['relative_position']))
+    if 'jigsaw' in out:  # each moved patch put where the head says it came from
+      guess = jnp.argmax(out['jigsaw'], -1)
+      rows.append(self._image(tasks_lib.scatter_cells(view.inputs, guess,
+                                                 gather(view.inputs, view.jigsaw))))
+    if 'rotation' in out:  # the view turned back by the predicted rotation
+      back = (4 - jnp.argmax(out['rotation'], -1)) % 4
+      rows.append(tasks_lib.rotate(rows[0], back))
     return drawing.panels(rows)
 
   def _coloured(self, predicted: jax.Array, view: tasks_lib.View) -> jax.Array:

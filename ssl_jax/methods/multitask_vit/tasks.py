@@ -10,20 +10,28 @@ order inside one view (`corrupt`) is the whole contract between the tasks:
    the model sees, not of the original image.
 2. relative-position pairs: an anchor cell i uniform over the grid, then a
    neighbour j uniform over those of its 8 neighbours inside the grid; the
-   label is the offset of j from i (`OFFSETS`, reading order). Both cells
-   get a slight augmentation (a spatial jitter of up to `jitter` pixels,
-   read from the surrounding image, and a colour jitter), and, without the
-   position shortcut, the "no position" embedding instead of theirs.
+   label is the offset of j from i (`OFFSETS`, reading order). Pairs are
+   drawn independently, so two may share a cell.
 3. patch sets, drawn among the cells no pair uses, disjoint: colorization
    (converted to grayscale), inpainting (their tokens replaced by the mask
    token) and jigsaw (their contents moved along one random cycle, so
    every chosen patch moves; the label of the token at a jigsaw cell is
    the cell its content came from).
+4. the pairs' cells get a slight augmentation: a spatial jitter of up to
+   `jitter` pixels, read from the view as step 3 left it (masked cells
+   grey), so a strip of a neighbouring cell reveals nothing another task
+   hides, and a colour jitter; without the position shortcut, the "no
+   position" embedding instead of theirs. Adjacent pair patches abut (no
+   gap: a patch of 4 pixels has no room for one), and with jitter may share
+   up to 2 pixels: a low-level cue to adjacency that withholding position
+   embeddings does not remove.
 
 Targets are read from the turned, uncorrupted view: a colorization target
 is the colour of a patch nobody else altered, an inpainting target the
-pixels of a patch nobody else altered, and a pair's patches are never
-corrupted by another task (tests/test_multitask_vit.py checks each).
+pixels of a patch nobody else altered; a pair's patches are never another
+task's cells, and what they show of their neighbours is what the model
+sees there (tests/test_multitask_vit.py perturbs the hidden pixels and
+checks that no input outside their cells moves).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax.nn import colour as colour_lib
-from ssl_jax.nn.patches import gather, patchify
+from ssl_jax.nn.patches import gather, patchify, unpatchify
 
 # (row, column) of the neighbour j relative to the anchor i; class k = OFFSETS[k].
 OFFSETS = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)],
@@ -47,8 +55,12 @@ OFFSETS = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0)
 def rotate(images: jax.Array, quarters: jax.Array) -> jax.Array:
   """images [b, S, S, C] turned by quarters [b] (each in 0..3) quarter turns
   counter-clockwise."""
-  turned = jnp.stack([pix.rot90(images, k) for k in range(4)])  # [4, b, S, S, C]
-  return turned[quarters, jnp.arange(images.shape[0])]
+  # A per-example select (no gather across the batch: sharded over the
+  # batch, each device turns its own examples).
+  out = images
+  for k in range(1, 4):
+    out = jnp.where((quarters == k)[:, None, None, None], pix.rot90(images, k), out)
+  return out
 
 
 class Pairs(NamedTuple):
@@ -86,7 +98,7 @@ def disjoint_sets(key: jax.Array, batch: int, num_cells: int, excluded: jax.Arra
   order), none of them among `excluded` [b, e]. Needs num_cells - e >=
   sum(counts) (the config's check)."""
   noise = jax.random.uniform(key, (batch, num_cells))
-  taken = jnp.zeros((batch, num_cells), bool).at[jnp.arange(batch)[:, None], excluded].set(True)
+  taken = cell_flags(batch, num_cells, excluded)
   order = jnp.argsort(jnp.where(taken, 2.0, noise), axis=-1)
   out, start = [], 0
   for k in counts:
@@ -113,12 +125,14 @@ class PairAugment:
   hue: float = 0.02           # max |delta| as a fraction of a turn
 
 
-def jittered_patches(key: jax.Array, images: jax.Array, cells: jax.Array, patch: int,
+def jittered_patches(key: jax.Array, images: jax.Array, patch: int,
                      grid: tuple[int, int], jitter: int) -> jax.Array:
-  """[b, k, p, p, C]: the patch of each cell read `jitter` pixels or less
-  away from its place in images [b, H, W, C] (clamped inside the image)."""
-  b, k = cells.shape
-  shift = jax.random.randint(key, (b, k, 2), -jitter, jitter + 1)
+  """[b, N, p, p, C]: every cell's patch read up to `jitter` pixels away
+  from its place in images [b, H, W, C] (clamped inside the image), one
+  shift per cell."""
+  b, n = images.shape[0], grid[0] * grid[1]
+  cells = jnp.arange(n)
+  shift = jax.random.randint(key, (b, n, 2), -jitter, jitter + 1)
   top = jnp.clip(cells // grid[1] * patch + shift[..., 0], 0, images.shape[1] - patch)
   left = jnp.clip(cells % grid[1] * patch + shift[..., 1], 0, images.shape[2] - patch)
 
@@ -190,12 +204,15 @@ class View(NamedTuple):
   jigsaw_source: jax.Array | None  # [b, kj] where each one's content came from
 
 
-def _scatter(x: jax.Array, cells: jax.Array, values: jax.Array) -> jax.Array:
-  return x.at[jnp.arange(x.shape[0])[:, None], cells].set(values)
+def scatter_cells(x: jax.Array, cells: jax.Array, values: jax.Array) -> jax.Array:
+  """x [b, N, ...] with x[i, cells[i, j]] = values[i, j] (distinct cells per
+  row); vmapped over the batch, so a sharded batch needs no collective."""
+  return jax.vmap(lambda x, c, v: x.at[c].set(v))(x, cells, values)
 
 
-def _flags(batch: int, num_cells: int, cells: jax.Array) -> jax.Array:
-  return _scatter(jnp.zeros((batch, num_cells), bool), cells, True)
+def cell_flags(batch: int, num_cells: int, cells: jax.Array) -> jax.Array:
+  """[b, N] bool: True at cells [b, k] (repeats allowed)."""
+  return jax.vmap(lambda c: jnp.zeros((num_cells,), bool).at[c].set(True))(cells)
 
 
 def corrupt(key: jax.Array, images: jax.Array, spec: Spec, active: tuple[str, ...]) -> View:
@@ -214,10 +231,6 @@ def corrupt(key: jax.Array, images: jax.Array, spec: Spec, active: tuple[str, ..
   if 'relative_position' in active:
     pairs = sample_pairs(k_pairs, b, spec.grid, spec.num_pairs)
     excluded = jnp.concatenate([pairs.anchor, pairs.neighbour], axis=1)
-    moved = jittered_patches(k_jitter, images, excluded, p, spec.grid, spec.pair_augment.jitter)
-    inputs = _scatter(inputs, excluded, colour_jitter(k_colour, moved, spec.pair_augment))
-    if spec.withhold_positions:
-      unpositioned = _flags(b, n, excluded)
   counts = {'colorization': spec.colour_patches, 'inpainting': spec.inpaint_patches,
             'jigsaw': spec.jigsaw_patches}
   wanted = [t for t in counts if t in active]
@@ -225,12 +238,26 @@ def corrupt(key: jax.Array, images: jax.Array, spec: Spec, active: tuple[str, ..
     drawn = dict(zip(wanted, disjoint_sets(k_sets, b, n, excluded, tuple(counts[t] for t in wanted))))
     colour, inpaint, jigsaw = (drawn.get(t) for t in ('colorization', 'inpainting', 'jigsaw'))
   if colour is not None:
-    inputs = _scatter(inputs, colour, grayscale(gather(pixels, colour)))
+    inputs = scatter_cells(inputs, colour, grayscale(gather(pixels, colour)))
   if jigsaw is not None:
     source = jigsaw_sources(jigsaw)
-    inputs = _scatter(inputs, jigsaw, gather(pixels, source))
+    inputs = scatter_cells(inputs, jigsaw, gather(pixels, source))
   if inpaint is not None:
-    masked = _flags(b, n, inpaint)
+    masked = cell_flags(b, n, inpaint)
+  if pairs is not None:
+    # The pairs' patches are read, jittered, from the view as the model sees
+    # it (grayscale, moved, masked cells grey), so a strip of a neighbouring
+    # cell shows nothing another task hides; each cell gets one jittered,
+    # colour-jittered version, used wherever a pair takes it.
+    seen = inputs if masked is None else jnp.where(masked[..., None, None, None], 0.5, inputs)
+    canvas = unpatchify(seen.reshape(b, n, -1), spec.grid, p)
+    moved = colour_jitter(k_colour, jittered_patches(k_jitter, canvas, p, spec.grid,
+                                                     spec.pair_augment.jitter),
+                          spec.pair_augment)
+    in_pair = cell_flags(b, n, excluded)
+    inputs = jnp.where(in_pair[..., None, None, None], moved, inputs)
+    if spec.withhold_positions:
+      unpositioned = in_pair
   return View(pixels, inputs, masked, unpositioned, quarters, pairs, colour, inpaint, jigsaw,
               source)
 
