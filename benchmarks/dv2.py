@@ -21,10 +21,13 @@ picks up where it stopped, row by row; --rows picks rows (by number).
 
   python benchmarks/dv2.py --workdir=/tmp/ssl_jax_dv2_bench --seeds=3
 
-Running time on 2 CPU cores: about 12 minutes per row and seed (5 min
-pretraining, 3 min layer sweep, 3 min fine-tune); 14 rows x 3 seeds about
-8 hours. --quick shortens every run 4x (a smoke run, not a measurement).
-The table measured with it is in the README (DV2).
+Running time on 2 CPU cores, measured: Selfie's three seeds took 24
+minutes (8 per seed: pretraining, layer sweep, fine-tune) beside other
+work, each random-init row about 3 minutes per seed; DV2's pretraining
+alone takes 4 min 37 s of its about 8 minutes per seed. 14 rows x 3 seeds:
+about 5 hours. --quick shortens every run 4x (a smoke run, not a
+measurement). The table measured with it is in the README (Selfie and
+DV2).
 """
 
 from __future__ import annotations
