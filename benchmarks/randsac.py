@@ -33,7 +33,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks.patchformer_step import matmul_peak, time_step  # noqa: E402
 from configs import randsac  # noqa: E402
-from ssl_jax.methods.randsac.method import RandSAC, patch_vectors  # noqa: E402
+from ssl_jax.methods.randsac.method import RandSAC  # noqa: E402
+from ssl_jax.nn.patches import patch_vectors  # noqa: E402
 
 ARCHITECTURES = ('two_stream', 'masked', 'masked_skip')
 SIZES = (('ViT-T', 'cifar10'), ('ViT-S', 'imagenet100'), ('ViT-B', ''))

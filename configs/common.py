@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 
@@ -246,3 +248,32 @@ def shortened(config: ml_collections.ConfigDict, factor: int = 4) -> ml_collecti
   if 'eval' in config and config.eval.every:
     config.eval.every = config.total_steps
   return config
+
+
+def epoch_schedule(c: ml_collections.ConfigDict, *, examples: int, batch: int, base_lr: float,
+                   epochs: float, warmup_epochs: float, base_batch: int = 256) -> None:
+  """Steps and warmup from epochs over `examples` (rounded up), and the lr by
+  the linear scaling rule (lr = base_lr x batch / base_batch, Goyal et al.),
+  as the papers state their recipes."""
+  c.batch_size = batch
+  c.total_steps = math.ceil(epochs * examples / batch)
+  c.optimizer.lr = base_lr * batch / base_batch
+  c.optimizer.warmup_steps = math.ceil(warmup_epochs * examples / batch)
+
+
+def mae_linear_probe(c: ml_collections.ConfigDict, examples: int) -> None:
+  """MAE's linear probe (its A.3, which RandSAC's Table 19 follows): LARS
+  (trust coefficient 0.001, no trust ratio or decay on biases), base lr 0.1 x
+  batch / 256, weight decay 0, momentum 0.9, batch 16384, cosine decay after
+  10 warmup epochs, 90 epochs over `examples`, random resized crops (area
+  0.08-1) and flips, and before the linear classifier a BatchNorm without
+  affine parameters (classifier.whiten_kind='per_feature': the frozen
+  features' per-feature mean and variance on the first whiten_examples
+  training images in evaluation-mode views, fitted once: an approximation
+  of the BatchNorm, whose running statistics track the augmented training
+  batches)."""
+  c.optimizer.update(dict(name='lars', momentum=0.9, weight_decay=0.0, schedule='cosine'))
+  epoch_schedule(c, examples=examples, batch=16_384, base_lr=0.1, epochs=90, warmup_epochs=10)
+  c.classifier.update(dict(whiten=True, whiten_kind='per_feature'))
+  c.data.update(dict(min_area=0.08, flip=True))
+  c.eval.every = max(1, c.total_steps // 10)

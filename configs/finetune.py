@@ -112,6 +112,18 @@ recipe (1000 steps at lr 3e-4, 10% of the labels, a LeCun-normal head):
 
   python main.py --config=configs/finetune.py:dv2_tiny \
       --config.init.workdir=workdirs/dv2_tiny --workdir=workdirs/dv2_tiny_ft10
+
+The multi-task ViT (multitask_vit, multitask_vit_cifar10, multitask_vit_tiny,
+multitask_vit_tiny_scratch) and MAE (mae, mae_tiny, mae_tiny_scratch): the
+ViT without its task heads or decoder. The multi-task ViT reads 'cls' with
+DeiT's recipe (as SiT fine-tunes); MAE reads the patch tokens averaged with
+MAE's (FINETUNE.md: layer decay 0.65, drop path 0.1, Mixup, CutMix,
+RandAugment, label smoothing, 100 epochs at batch 1024); their tiny
+variants run the short recipe above (configs/multitask_vit.py,
+configs/mae.py).
+
+  python main.py --config=configs/finetune.py:mae_tiny \
+      --config.init.workdir=workdirs/mae_tiny --workdir=workdirs/mae_tiny_ft
 """
 
 from __future__ import annotations

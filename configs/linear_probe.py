@@ -57,6 +57,13 @@ LINEAR_PROBE_VARIANTS and linear_probe_config):
                     variants use 4.1's supervised stage (AdamW, lr 1e-4,
                     batch 32, 5k steps); STL-10 reads its 5k labelled
                     images, 10% held out.
+  multitask_vit_tiny, multitask_vit_cifar10, multitask_vit
+                    the ViTs of configs/multitask_vit.py, representation
+                    'contrastive_token' (also 'cls', 'rotation_token',
+                    'tokens', layer_k; --layer_sweep chooses).
+  mae_tiny, mae     the ViT encoders of configs/mae.py, representation 'cls'
+                    (also 'tokens', layer_k); mae is MAE's own probe (LARS,
+                    batch 16384, 90 epochs, per-feature normalisation).
 Without --config.init.workdir the backbone is randomly initialised (the
 random-features baseline). Pick the layer with --config.classifier.representation
 (PatchFormer: attention_pool, tokens, patch_embed, layer_1..layer_L). If the

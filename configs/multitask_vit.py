@@ -123,10 +123,8 @@ SIZES = {'T': (192, 3), 'S': (384, 6), 'B': (768, 12)}  # width, heads; 12 block
 
 def _schedule(c: ml_collections.ConfigDict, *, examples: int, batch: int, epochs: int,
               warmup_epochs: int) -> None:
-  c.batch_size = batch
-  c.total_steps = math.ceil(epochs * examples / batch)
-  c.optimizer.lr = 5e-4 * batch / 512  # SiT's (DeiT's) linear scaling
-  c.optimizer.warmup_steps = math.ceil(warmup_epochs * examples / batch)
+  common.epoch_schedule(c, examples=examples, batch=batch, base_lr=5e-4, epochs=epochs,
+                        warmup_epochs=warmup_epochs, base_batch=512)  # SiT's (DeiT's) scaling
 
 
 def _counts(m: ml_collections.ConfigDict, sets: int, pairs: int) -> None:

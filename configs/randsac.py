@@ -122,14 +122,6 @@ EXAMPLES = {'imagenet2012': 1_281_167, 'cifar10': 50_000, 'cifar100': 50_000,
             'imagenet100': 126_689}
 
 
-def _schedule(c: ml_collections.ConfigDict, *, examples: int, batch: int, base_lr: float,
-              epochs: int, warmup_epochs: int) -> None:
-  c.batch_size = batch
-  c.total_steps = math.ceil(epochs * examples / batch)
-  c.optimizer.lr = base_lr * batch / 256
-  c.optimizer.warmup_steps = math.ceil(warmup_epochs * examples / batch)
-
-
 def _vit(model: ml_collections.ConfigDict, size: str) -> None:
   width, heads = {'T': (192, 3), 'S': (384, 6), 'B': (768, 12)}[size]
   model.update(dict(width=width, num_layers=12, heads=heads, decoder_heads=heads))
@@ -170,7 +162,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       lr=1.0, weight_decay=0.05, b1=0.9, b2=0.95, eps=1e-8, warmup_steps=0,
       schedule='cosine', grad_clip_norm=None))
-  _schedule(c, examples=EXAMPLES['imagenet2012'], batch=4096, base_lr=2e-4, epochs=1600,
+  common.epoch_schedule(c, examples=EXAMPLES['imagenet2012'], batch=4096, base_lr=2e-4, epochs=1600,
             warmup_epochs=40)
 
   c.sharding = ml_collections.ConfigDict(dict(
@@ -201,12 +193,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       r.norm_pix_loss = False
       r.segments.update(dict(kind='square', counts=(16,)))
       epochs = 800
-    _schedule(c, examples=EXAMPLES['cifar10'], batch=512, base_lr=1e-3, epochs=epochs,
+    common.epoch_schedule(c, examples=EXAMPLES['cifar10'], batch=512, base_lr=1e-3, epochs=epochs,
               warmup_epochs=10)
   elif variant.startswith('lowdata'):
     _vit(r.model, 'S')
     r.model.decoder_layers = 6
-    _schedule(c, examples=EXAMPLES[c.data.name], batch=512, base_lr=1e-3, epochs=1600,
+    common.epoch_schedule(c, examples=EXAMPLES[c.data.name], batch=512, base_lr=1e-3, epochs=1600,
               warmup_epochs=10)
   elif variant == 'imagenet100':
     c.data.name = 'folder'  # ROOT/{train,validation}/<wnid>/*.JPEG, see README
@@ -216,7 +208,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # transformer; Table 10's skip row: r.model.architecture=masked_skip.
     r.model.update(dict(architecture='masked', decoder_layers=4, decoder_heads=12))
     r.segments.update(dict(kind='blob', counts=(16, 4)))
-    _schedule(c, examples=EXAMPLES['imagenet100'], batch=4096, base_lr=1.5e-4, epochs=800,
+    common.epoch_schedule(c, examples=EXAMPLES['imagenet100'], batch=4096, base_lr=1.5e-4, epochs=800,
               warmup_epochs=40)
     c.eval.update(dict(split='validation', train_split='train[:20000]', every=2000))
   elif variant == 'tiny':
@@ -262,16 +254,7 @@ def linear_probe_config(variant: str) -> ml_collections.ConfigDict:
   c = common.linear_probe_config(p, tiny=variant == 'tiny')
   if variant == 'tiny':
     return c
-  batch = 16_384
-  examples = EXAMPLES[p.data.name] - c.data.held_out_examples
-  steps_per_epoch = examples / batch
-  c.batch_size = batch
-  c.total_steps = math.ceil(90 * steps_per_epoch)
-  c.optimizer.update(dict(name='lars', lr=0.1 * batch / 256, momentum=0.9, weight_decay=0.0,
-                          warmup_steps=math.ceil(10 * steps_per_epoch), schedule='cosine'))
-  c.classifier.update(dict(whiten=True, whiten_kind='per_feature'))
-  c.data.update(dict(min_area=0.08, flip=True))
-  c.eval.every = max(1, c.total_steps // 10)
+  common.mae_linear_probe(c, EXAMPLES[p.data.name] - c.data.held_out_examples)
   if variant == 'cifar10':
     c.eval.split = 'test'
   return c

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from ssl_jax.core import validation
-from ssl_jax.methods.randsac.method import RandSAC, normalise_patches, patch_vectors
+from ssl_jax.methods.randsac.method import RandSAC
+from ssl_jax.nn.patches import normalise_patches, patch_vectors
 
 
 def small_randsac_config(**overrides):

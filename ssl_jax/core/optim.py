@@ -37,7 +37,8 @@ def _key_name(entry: Any) -> str:
 
 def layer_decay_scales(params: Any, layer_of: Callable[[tuple[str, ...]], int],
                        num_layers: int, decay: float) -> Any:
-  """Per-leaf learning-rate scales for layer-wise decay (BEiT, MAE fine-tune).
+  """Per-leaf learning-rate scales for layer-wise decay (BEiT; the fine-tune
+  of He et al.'s masked autoencoders).
 
   `layer_of(path)` maps a leaf's key path (a tuple of its dict keys, as
   strings) to its layer id in [0, num_layers + 1]: 0 the patch embedding and
@@ -140,7 +141,7 @@ def make_optimizer(config: ml_collections.ConfigDict,
   arguments bound, called on the updates as `scale_by_tree` says) multiplies the
   'train' group's updates after AdamW (and after clipping, which sees the
   unscaled gradients), which equals scaling each parameter's learning rate:
-  the decoupled weight decay is scaled too, as in BEiT and MAE, where the
+  the decoupled weight decay is scaled too, as in BEiT and He et al.'s code, where the
   decay is a per-group lr scale. The 'probe' group is never scaled. Without
   it the optimizer and its state are unchanged.
   """

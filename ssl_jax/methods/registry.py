@@ -15,6 +15,7 @@ from ssl_jax.methods.base import Method
 METHODS = {
     'dv2': 'ssl_jax.methods.dv2',
     'igpt': 'ssl_jax.methods.igpt',
+    'mae': 'ssl_jax.methods.mae',
     'multitask_vit': 'ssl_jax.methods.multitask_vit',
     'patchformer': 'ssl_jax.methods.patchformer',
     'pixels': 'ssl_jax.methods.pixels',

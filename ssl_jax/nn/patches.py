@@ -52,3 +52,28 @@ def gather(x: jax.Array, idx: jax.Array) -> jax.Array:
 def to_signed(x: jax.Array) -> jax.Array:
   """Pixels in [0, 1] -> [-1, 1] (what every network reads)."""
   return x * 2.0 - 1.0
+
+
+NORM_PIX_EPS = 1e-6
+
+
+def patch_vectors(images: jax.Array, patch: int) -> jax.Array:
+  """Images in [0, 1], [B, H, W, C] -> patches in [-1, 1], [B, n, p * p * C]."""
+  x = patchify(to_signed(images), patch)
+  return x.reshape(x.shape[:2] + (-1,))
+
+
+def normalise_patches(patches: jax.Array) -> jax.Array:
+  """[..., d] -> each vector minus its mean, over its standard deviation
+  (MAE's norm_pix_loss target: all pixels and channels of a patch)."""
+  mean = patches.mean(axis=-1, keepdims=True)
+  var = patches.var(axis=-1, keepdims=True)
+  return (patches - mean) / jnp.sqrt(var + NORM_PIX_EPS)
+
+
+def denormalise_patches(predicted: jax.Array, true: jax.Array) -> jax.Array:
+  """Normalised-pixel predictions [..., d] back to pixels with the
+  statistics of the true patches [..., d] (for pictures only: the model
+  never sees them)."""
+  return (predicted * jnp.sqrt(true.var(-1, keepdims=True) + NORM_PIX_EPS)
+          + true.mean(-1, keepdims=True))

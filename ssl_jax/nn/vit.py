@@ -16,6 +16,11 @@ Per patch, two options the multi-task ViT uses:
                 "no position" embedding (the relative-position task's
                 pairs, without the position shortcut).
 
+For MAE: position='sincos' (fixed 2D sine-cosine encodings instead of
+learned ones), `kernel_init` for every Dense and attention kernel (MAE's
+Xavier-uniform), and `keep` [b, k]: only those patches' tokens (their
+position embeddings already added) enter the blocks, behind the prefix.
+
 Sizes (`SIZES`): the ViT paper's Ti/S/B (width, depth, heads).
 """
 
@@ -27,7 +32,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.nn.patches import gather
+from ssl_jax.nn.posembed import sincos_2d
 from ssl_jax.nn.transformer import Encoder
+
+POSITIONS = ('learned', 'sincos')
 
 SIZES = {
     'tiny': dict(width=192, depth=12, heads=3),
@@ -51,22 +60,33 @@ class ViT(nn.Module):
   no_position_token: bool = False
   remat: bool = False
   dtype: Any = jnp.float32
+  position: str = 'learned'  # or 'sincos' (fixed, on a square grid)
+  kernel_init: Any = None  # None: flax's default (LeCun normal)
 
   @nn.compact
   def __call__(self, patches: jax.Array, *, masked: jax.Array | None = None,
-               unpositioned: jax.Array | None = None,
+               unpositioned: jax.Array | None = None, keep: jax.Array | None = None,
                train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
     b, n = patches.shape[:2]
     if n != self.num_patches:
       raise ValueError(f'{n} patches given, the position embeddings have {self.num_patches}')
+    if self.position not in POSITIONS:
+      raise ValueError(f'position={self.position!r}: one of {POSITIONS}')
     init = nn.initializers.normal(0.02)
-    x = nn.Dense(self.width, dtype=self.dtype, name='embed')(patches)
+    dense = {} if self.kernel_init is None else {'kernel_init': self.kernel_init}
+    x = nn.Dense(self.width, dtype=self.dtype, name='embed', **dense)(patches)
     if masked is not None:
       if not self.mask_token:
         raise ValueError('masked patches need ViT(mask_token=True)')
       token = self.param('mask_token', init, (self.width,))
       x = jnp.where(masked[..., None], token.astype(x.dtype), x)
-    pos = self.param('pos_embed', init, (self.num_patches, self.width))
+    if self.position == 'sincos':
+      side = round(self.num_patches ** 0.5)
+      if side * side != self.num_patches:
+        raise ValueError(f'sine-cosine positions need a square grid, got {self.num_patches}')
+      pos = jnp.asarray(sincos_2d((side, side), self.width))
+    else:
+      pos = self.param('pos_embed', init, (self.num_patches, self.width))
     pos = jnp.broadcast_to(pos, (b,) + pos.shape)
     if unpositioned is not None:
       if not self.no_position_token:
@@ -74,6 +94,8 @@ class ViT(nn.Module):
       nowhere = self.param('no_position', init, (self.width,))
       pos = jnp.where(unpositioned[..., None], nowhere, pos)
     x = x + pos.astype(x.dtype)
+    if keep is not None:
+      x = gather(x, keep)
     if self.prefix:
       tokens = jnp.stack([self.param(f'{name}_token', init, (self.width,))
                           for name in self.prefix])
@@ -81,4 +103,5 @@ class ViT(nn.Module):
                           axis=1)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return Encoder(self.depth, self.heads, self.mlp_ratio, self.dropout, self.remat,
-                   self.dtype, drop_path=self.drop_path, name='encoder')(x, train=train)
+                   self.dtype, kernel_init=self.kernel_init, drop_path=self.drop_path,
+                   name='encoder')(x, train=train)

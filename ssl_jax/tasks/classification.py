@@ -127,7 +127,7 @@ class Classification:
     return self.backbone.num_blocks
 
   def layer_of(self, path: tuple[str, ...]) -> int:
-    """The layer of a parameter for layer-wise lr decay (BEiT, MAE): the
+    """The layer of a parameter for layer-wise lr decay (BEiT, He et al.): the
     backbone's own numbering (0 patch embedding, k block k), depth + 1 for
     the head and what follows the blocks."""
     return self.backbone.layer_of(path[1:]) if path[0] == 'backbone' else self.depth + 1

@@ -1,6 +1,6 @@
 """Mixup and CutMix on the device, from a PRNG key, with static shapes.
 
-The DeiT / MAE fine-tune recipe, as timm's `Mixup` in batch mode
+The DeiT / masked-autoencoder (He et al.) fine-tune recipe, as timm's `Mixup` in batch mode
 (`Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5,
 mode='batch', label_smoothing=0.1)`): one lambda and one choice of mixup or
 cutmix for the whole batch, each example mixed with its partner in the batch

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax.nn import colour as colour_lib
-from ssl_jax.nn.patches import gather, patchify, unpatchify
+from ssl_jax.nn.patches import gather, normalise_patches, patchify, unpatchify
 
 # (row, column) of the neighbour j relative to the anchor i; class k = OFFSETS[k].
 OFFSETS = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)],
@@ -280,7 +280,4 @@ def colour_targets(patches: jax.Array, target: str, resolution: int,
 def normalised_pixels(patches: jax.Array) -> jax.Array:
   """[b, k, p, p, 3] -> [b, k, p * p * 3], each patch to zero mean and unit
   variance (MAE's normalised-pixel target)."""
-  flat = patches.reshape(patches.shape[:2] + (-1,))
-  mean = flat.mean(-1, keepdims=True)
-  var = flat.var(-1, keepdims=True)
-  return (flat - mean) / jnp.sqrt(var + 1e-6)
+  return normalise_patches(patches.reshape(patches.shape[:2] + (-1,)))

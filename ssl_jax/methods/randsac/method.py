@@ -32,25 +32,9 @@ from ssl_jax.methods.base import LossAux, Method
 from ssl_jax.methods.randsac import segments as segments_lib
 from ssl_jax.methods.randsac.model import ARCHITECTURES, RandSACNet
 from ssl_jax.nn.losses import example_weights, weighted_mean
-from ssl_jax.nn.patches import gather, patchify, to_signed, token_image, unpatchify
+from ssl_jax.nn.patches import (denormalise_patches, gather, normalise_patches, patch_vectors,
+                                 token_image, unpatchify)
 from ssl_jax.nn.pooling import pool
-
-NORM_PIX_EPS = 1e-6
-
-
-def patch_vectors(images: jax.Array, patch: int) -> jax.Array:
-  """Images in [0, 1], [B, H, W, C] -> patches in [-1, 1], [B, n, p * p * C]."""
-  x = patchify(to_signed(images), patch)
-  return x.reshape(x.shape[:2] + (-1,))
-
-
-def normalise_patches(patches: jax.Array) -> jax.Array:
-  """Each patch's pixels minus their mean, over their standard deviation
-  (MAE's norm_pix_loss target: all pixels and channels of a patch)."""
-  mean = patches.mean(axis=-1, keepdims=True)
-  var = patches.var(axis=-1, keepdims=True)
-  return (patches - mean) / jnp.sqrt(var + NORM_PIX_EPS)
-
 
 class RandSAC(Method):
   """The method: init / loss / represent / pictures (see ssl_jax.methods.base)."""
@@ -271,9 +255,7 @@ class RandSAC(Method):
     ser = self.serialise(rng, b)
     pred, _, tgt_idx, tgt_rank = self.forward(params, patches, ser)
     if self.norm_pix_loss:  # back to pixels with each true patch's statistics
-      true = gather(patches, tgt_idx)
-      pred = pred * jnp.sqrt(true.var(-1, keepdims=True) + NORM_PIX_EPS) + true.mean(
-          -1, keepdims=True)
+      pred = denormalise_patches(pred, gather(patches, tgt_idx))
     rows = jnp.arange(b)[:, None]
     predicted = jnp.where((tgt_rank > 0)[..., None], pred,
                           gather(patches, tgt_idx))

@@ -1,0 +1,252 @@
+"""MAE: the masking's counts and draws, an encoder that reads the visible
+patches only, positions that follow the cell, the loss against numpy, the
+representations, config checks, ViT-B at full size, and an end-to-end run
+that resumes exactly and probes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import _override, small_method_config
+
+from ssl_jax.config.checks import ConfigError
+from ssl_jax.methods.mae.method import MAE, visible_count
+from ssl_jax.methods.mae.model import MAENet
+from ssl_jax.nn.patches import normalise_patches, patch_vectors
+
+
+def _config(**overrides):
+  """The tiny config with a smaller network (fast to compile)."""
+  from configs import mae
+  c = mae.get_config('tiny')
+  c.mae.model.update(dict(width=16, depth=2, heads=2, decoder_width=16, decoder_depth=1,
+                          decoder_heads=2))
+  return _override(c, overrides)
+
+
+def _batch(b=4, size=32, seed=0):
+  images = np.random.default_rng(seed).uniform(size=(b, size, size, 3))
+  return {'image': jnp.asarray(images, jnp.float32), 'label': jnp.zeros((b,), jnp.int32),
+          'valid': jnp.ones((b,), bool)}
+
+
+@pytest.fixture(scope='module')
+def method():
+  m = MAE(_config())
+  params = jax.jit(lambda k, b: m.init(k, b))(jax.random.key(0), _batch())
+  return m, params
+
+
+def test_visible_counts_round_as_maes_random_masking():
+  assert visible_count(196, 0.75) == 49 and visible_count(64, 0.75) == 16
+  assert visible_count(64, 0.9) == 6  # int(6.4)
+  m = MAE(_config())
+  cells = m.split(jax.random.key(0), 512)
+  vis, msk = np.asarray(cells.visible), np.asarray(cells.masked)
+  assert vis.shape == (512, 16) and msk.shape == (512, 48)
+  for v, k in zip(vis, msk):
+    assert sorted(v.tolist() + k.tolist()) == list(range(64))
+  # Every cell equally likely to be visible, and different per example.
+  counts = np.bincount(vis.ravel(), minlength=64) / 512
+  assert np.abs(counts - 0.25).max() < 0.08
+  assert len({tuple(v) for v in vis}) == 512
+  again = m.split(jax.random.key(0), 512)
+  np.testing.assert_array_equal(np.asarray(again.visible), vis)
+
+
+def test_the_encoder_reads_the_visible_patches_only(method):
+  m, params = method
+  batch = _batch()
+  patches = patch_vectors(batch['image'], m.patch)
+  cells = m.split(jax.random.key(3), 4)
+  rows = jnp.arange(4)[:, None]
+  noise = jax.random.uniform(jax.random.key(4), (4, 48, patches.shape[-1]), minval=-1.0)
+  changed = patches.at[rows, cells.masked].set(noise)
+  pred, tokens = m.forward(params, patches, cells, train=False)
+  pred2, tokens2 = m.forward(params, changed, cells, train=False)
+  np.testing.assert_array_equal(np.asarray(tokens), np.asarray(tokens2))
+  np.testing.assert_array_equal(np.asarray(pred), np.asarray(pred2))
+  # A visible patch changes what the decoder predicts.
+  pred3, _ = m.forward(params, patches.at[rows, cells.visible[:, :1]].set(0.3), cells,
+                       train=False)
+  assert np.abs(np.asarray(pred3) - np.asarray(pred)).max() > 1e-4
+
+
+def test_positions_follow_the_cell_not_the_slot(method):
+  """Visible cells given in another order give the same token per cell (the
+  position embedding is the cell's), and so the same predictions."""
+  m, params = method
+  patches = patch_vectors(_batch()['image'], m.patch)
+  cells = m.split(jax.random.key(5), 4)
+  perm = np.random.default_rng(0).permutation(16)
+  shuffled = cells._replace(visible=cells.visible[:, perm])
+  pred, tokens = m.forward(params, patches, cells, train=False)
+  pred2, tokens2 = m.forward(params, patches, shuffled, train=False)
+  np.testing.assert_allclose(np.asarray(tokens2[:, 1:]), np.asarray(tokens[:, 1:][:, perm]),
+                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(pred2), np.asarray(pred), atol=1e-5)
+  assert 'pos_embed' not in params['vit']  # fixed sine-cosine, not learned
+
+
+@pytest.mark.parametrize('norm_pix', [True, False])
+def test_the_loss_is_the_masked_patches_mse_against_numpy(norm_pix):
+  m = MAE(_config(**{'mae.norm_pix_loss': norm_pix}))
+  batch = _batch()
+  batch['valid'] = jnp.array([True, True, True, False])
+  params = m.init(jax.random.key(0), batch)
+  loss, aux = m.loss(params, batch, jax.random.key(7), train=False)
+  k_mask, _ = jax.random.split(jax.random.key(7))
+  cells = m.split(k_mask, 4)
+  patches = patch_vectors(batch['image'], m.patch)
+  pred, _ = m.forward(params, patches, cells, train=False)
+  p = np.asarray(patches, np.float64)
+  if norm_pix:
+    p = (p - p.mean(-1, keepdims=True)) / np.sqrt(p.var(-1, keepdims=True) + 1e-6)
+  target = np.take_along_axis(p, np.asarray(cells.masked)[..., None], axis=1)
+  per = ((np.asarray(pred, np.float64) - target) ** 2).mean(axis=(1, 2))
+  np.testing.assert_allclose(float(loss), per[:3].mean(), rtol=1e-5)
+  assert set(aux.features) == {'cls', 'tokens'}
+
+
+def test_normalised_patches_have_zero_mean_and_unit_variance():
+  x = patch_vectors(_batch()['image'], 4)
+  t = np.asarray(normalise_patches(x))
+  np.testing.assert_allclose(t.mean(-1), 0, atol=1e-5)
+  np.testing.assert_allclose(t.var(-1), 1, atol=1e-3)
+
+
+def test_representations_read_whole_images_and_layers_map_to_blocks(method):
+  m, _ = method
+  enc = m.init(jax.random.key(0), _batch(), decoder=False)
+  assert set(enc) == {'vit'}  # no decoder in a probe's backbone
+  out = m.represent(enc, _batch())
+  assert set(out) == set(m.representations()) == {'cls', 'tokens', 'layer_1', 'layer_2'}
+  assert all(v.shape == (4, 16) and v.dtype == jnp.float32 for v in out.values())
+  with pytest.raises(ValueError, match='mask_ratio'):
+    m.represent(enc, _batch(), mask_ratio=0.5)
+  layers = {}
+  for path, _ in jax.tree_util.tree_flatten_with_path(enc)[0]:
+    keys = tuple(k.key for k in path)
+    layers[keys] = m.layer_of(keys)
+  assert layers[('vit', 'embed', 'kernel')] == 0 and layers[('vit', 'cls_token')] == 0
+  assert layers[('vit', 'encoder', 'block2', 'LayerNorm_0', 'scale')] == 2
+  assert layers[('vit', 'encoder', 'final_norm', 'scale')] == 3
+
+
+def test_pictures_show_image_masked_input_and_reconstruction(method):
+  m, params = method
+  images = _batch()['image']
+  pics = np.asarray(m.pictures(params, images, jax.random.key(1)))
+  assert pics.dtype == np.uint8 and pics.shape[0] == 4
+  assert pics.shape[2] > 3 * 32  # three panels side by side
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('mae.mask_ratio', 1.0, 'mask_ratio'),
+    ('mae.mask_ratio', 0.99, 'mask_ratio'),  # int(64 x 0.01) = 0 visible
+    ('mae.model.width', 18, 'width'),
+    ('mae.model.heads', 3, 'heads'),
+    ('mae.model.decoder_width', 30, 'decoder_width'),
+    ('mae.model.decoder_heads', 5, 'decoder_heads'),
+    ('mae.patch_size', 5, 'patch_size'),
+    ('mae.model.decoder_depth', 0, 'decoder_depth'),
+    ('mae.model.drop_path', 1.0, 'drop_path'),
+    ('online_probe.representation', 'layer_1', 'online_probe'),
+])
+def test_bad_keys_are_refused_by_name(key, value, message):
+  from ssl_jax.core import validation
+  c = _override(_config(), {key: value})
+  with pytest.raises(ConfigError, match=message):
+    validation.validate(c, 1)
+
+
+def _param_count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def test_vit_b_at_full_size_has_maes_parameter_count():
+  """ViT-B/16's encoder and MAE's 8 x 512 decoder, counted by hand: the
+  encoder has timm's vit_base_patch16_224 parameters less its head and its
+  (here fixed) position embeddings; the decoder as models_mae.py's."""
+  from configs import mae
+  c = mae.get_config()
+  m = MAE(c)
+  batch = {'image': jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)}
+  params = jax.eval_shape(lambda: m.init(jax.random.key(0), {'image': jnp.zeros(
+      batch['image'].shape)}))
+
+  def block(d):  # attention (q, k, v, out with biases), MLP 4x, two norms
+    return 4 * (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d) + 4 * d
+
+  d, dd, pp = 768, 512, 16 * 16 * 3
+  encoder = (pp * d + d) + d + 12 * block(d) + 2 * d
+  decoder = (d * dd + dd) + dd + 8 * block(dd) + 2 * dd + (dd * pp + pp)
+  assert encoder == 85_647_360
+  assert _param_count(params['vit']) == encoder
+  assert _param_count(params) - encoder == decoder
+
+
+@pytest.mark.slow
+def test_paper_setting_steps_on_synthetic_data():
+  """The ImageNet config's abstract train step, then one real step at a
+  small batch on one device."""
+  from configs import mae
+  from ssl_jax.core import assembly
+  from ssl_jax.core import step as step_lib
+  config = mae.get_config()
+  trainer = assembly.Trainer(config)
+  abstract = trainer.abstract_state()
+  step = step_lib.make_train_step(trainer.task, trainer.tx, trainer.lr_schedule, 0)
+  _, metrics = jax.eval_shape(step, abstract, assembly.abstract_batch(config))
+  assert metrics['loss'].shape == ()
+  config.batch_size = 2
+  small = assembly.Trainer(config, devices=jax.devices()[:1])
+  state = small.init_state(small.abstract_state())
+  images = np.random.default_rng(0).uniform(size=(2, 224, 224, 3)).astype(np.float32)
+  real = {'image': jnp.asarray(images), 'label': jnp.zeros((2,), jnp.int32),
+          'valid': jnp.ones((2,), bool)}
+  compiled, _ = small.compile_step(small.abstract_state(), assembly.abstract_batch(config))
+  _, metrics = compiled(state, real)
+  assert np.isfinite(float(metrics['loss'])), metrics
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_mae_resumes_exactly_matches_one_device_and_probes(data_dir, tmp_path):
+  """A run stopped at a checkpoint and resumed ends with the very
+  parameters of an uninterrupted one; 1 device instead of 8 gives the same
+  losses; a linear probe and a fine-tune of the checkpoint train."""
+  import json
+
+  from configs import mae
+  from ssl_jax.core import train
+  config = small_method_config('mae', 'tiny', data_dir, batch_size=8,
+                               **{'mae.model.depth': 2, 'mae.model.decoder_depth': 1})
+  whole = train.run(config, str(tmp_path / 'whole'))
+  parts = str(tmp_path / 'parts')
+  assert train.run(config, parts, stop_after=2).last_step == 2
+  second = train.run(config, parts)
+  for a, b in zip(jax.tree.leaves(second.state.params), jax.tree.leaves(whole.state.params),
+                  strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  train.run(config, str(tmp_path / 'one'), devices=jax.devices()[:1])
+  losses = {}
+  for name in ('whole', 'one'):
+    with open(tmp_path / name / 'metrics.jsonl') as f:
+      losses[name] = [r['loss'] for r in map(json.loads, f) if 'loss' in r]
+  np.testing.assert_allclose(losses['one'], losses['whole'], rtol=1e-4)
+
+  for kind in ('linear_probe', 'finetune'):
+    probe = getattr(mae, f'{kind}_config')('tiny')
+    probe.backbone.mae = config.mae
+    probe.data.update(dict(name='ssl_jax_shapes/small', data_dir=data_dir,
+                           held_out_examples=48))
+    probe.init.workdir = str(tmp_path / 'whole')
+    probe.update(dict(total_steps=2, batch_size=16, log_every=1))
+    if kind == 'linear_probe':
+      probe.classifier.whiten_examples = 64
+    probe.optimizer.warmup_steps = 0
+    probe.checkpoint.every = 2
+    probe.eval.update(dict(split='test[:48]', batch_size=48))
+    out = train.run(probe, str(tmp_path / kind))
+    assert 0 <= out.evaluation['eval/top1'] <= 1
