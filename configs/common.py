@@ -136,11 +136,12 @@ def classification_config(pretrain: ml_collections.ConfigDict, *, mode: str
   # layer). layers: () = every representation; each layer's l2 from l2_grid
   # and the best layer are chosen on the held-out examples. Low-data:
   # `shots` labels per class x `seeds` draws, l2 = low_data_l2, on
-  # classifier.representation.
+  # classifier.representation. ridge_shots: the layer sweep also reports each
+  # layer's few-shot ridge top-1 on that many labels per class (0: none).
   c.feature_probe = ml_collections.ConfigDict(dict(
       train_examples=ml_collections.FieldReference(None, field_type=int), layers=(),
       l2_grid=(1e-4, 1e-3, 1e-2, 1e-1), steps=100, shots=(4, 25, 400), seeds=5,
-      low_data_l2=1e-2, features_dir=''))
+      low_data_l2=1e-2, features_dir='', ridge_shots=10))
   c.log_every = pretrain.log_every
   c.checkpoint = ml_collections.ConfigDict(pretrain.checkpoint.to_dict())
   return c

@@ -35,17 +35,36 @@ Choices where the paper is silent, or this house differs:
   from its embeddings).
 * Initialisation (models_mae.py): Xavier-uniform for every Dense kernel,
   the patch embedding included; normal(0.02) [CLS] and mask tokens; biases
-  0; LayerNorm 1 / 0 (eps 1e-6, flax's default and MAE's). One departure:
+  0; LayerNorm 1 / 0 (eps 1e-6, flax's default and MAE's). Two departures:
   flax initialises the query, key and value projections as three d x d
   matrices (Xavier bound sqrt(6 / 2d)), where timm's fused qkv layer is
-  one d x 3d matrix (bound sqrt(6 / 4d)).
+  one d x 3d matrix (bound sqrt(6 / 4d)); the patch embedding's bias
+  starts at 0 (MAE's convolution keeps PyTorch's uniform default).
 * Positions: fixed 2D sine-cosine encodings in the encoder and the decoder
-  (MAE's get_2d_sincos_pos_embed, ssl_jax.nn.posembed); the [CLS] token gets
-  none (MAE gives it a zero one).
+  (ssl_jax.nn.posembed; MAE's get_2d_sincos_pos_embed with its two halves
+  swapped: here the first half encodes the row, in MAE the column, a fixed
+  channel permutation that matters only when porting MAE's weights); the
+  [CLS] token gets none (MAE gives it a zero one). They stay fixed in the
+  fine-tune too (MAE's fine-tune makes them a trainable parameter
+  initialised to the same values).
 * Weight decay as the optimizer applies it to every method: matrices
-  only (MAE also exempts biases, norms and tokens: the same set here).
+  only. MAE's pretraining exempts biases and norms too, but decays its
+  [CLS] and mask tokens (stored as [1, 1, D] arrays); here they are vectors
+  and exempt.
+* Pixels: the network reads [-1, 1], as every method here; MAE
+  standardises each channel with ImageNet's mean and std first. With
+  norm_pix_loss each target patch is standardised on its own, so the two
+  differ only in per-channel offsets within a patch (a flat patch's target
+  is ~0 here, a fixed colour pattern in MAE's). The target's variance is
+  the biased one (MAE's torch.var is unbiased: a factor sqrt(d / (d - 1))
+  on the target, 1.0007 at p = 16, 1.01 at p = 4), shared with RandSAC's
+  normalised pixels.
 * Augmentation: random resized crop (area 0.2-1) and flip only, as MAE; no
-  colour jitter.
+  colour jitter. Resizing is the pipeline's antialiased bilinear (MAE's
+  is bicubic). tiny crops from 35% of the area, as randsac:tiny (a 32x32
+  shape image cropped to 20% often loses the shape).
+* GELU is flax's tanh approximation, as every transformer here (timm's is
+  the exact erf).
 * tiny: lr 1e-3 (the paper's 1.5e-4 x 64 / 256 = 3.75e-5 is for 1600
   epochs, not 1000 steps) with 50 warmup steps, as randsac:tiny; betas
   (0.9, 0.95) as MAE's; the decoder as deep as randsac:tiny's (2 blocks)
@@ -121,8 +140,11 @@ def linear_probe_config(variant: str) -> ml_collections.ConfigDict:
   """configs/linear_probe.py:mae[_tiny]: the [CLS] token's output. The
   ImageNet variant is MAE's probe (configs/common.py mae_linear_probe:
   LARS, base lr 0.1, batch 16384, 90 epochs, a BatchNorm without affine
-  parameters before the classifier); tiny is the shared AdamW probe on
-  whitened features (configs/linear_probe.py)."""
+  parameters before the classifier), with the house's zero-initialised
+  head where MAE's starts at normal(0.01): LARS scales each step by the
+  weight's norm, so a zero head grows from a smaller norm in its first
+  epochs. tiny is the shared AdamW probe on whitened features
+  (configs/linear_probe.py)."""
   p = get_config(variant or None)
   c = common.linear_probe_config(p, tiny=variant == 'tiny')
   c.classifier.representation = 'cls'
@@ -133,8 +155,10 @@ def linear_probe_config(variant: str) -> ml_collections.ConfigDict:
 
 def finetune_config(variant: str) -> ml_collections.ConfigDict:
   """configs/finetune.py:mae[_tiny|_tiny_scratch]: MAE's fine-tune
-  (FINETUNE.md, ViT-B): the patch tokens averaged ('tokens', its global
-  pool) into a linear classifier; AdamW (0.9, 0.999), weight decay 0.05,
+  (FINETUNE.md, ViT-B): the patch tokens averaged ('tokens') into a linear
+  classifier (MAE's global pool averages the last block's output and
+  normalises the average with a new LayerNorm, fc_norm; 'tokens' averages
+  the tokens after the pretrained final norm); AdamW (0.9, 0.999), weight decay 0.05,
   lr 5e-4 x batch / 256 at batch 1024, 5 warmup epochs then cosine, 100
   epochs, layer-wise decay 0.65, drop path 0.1, label smoothing 0.1, Mixup
   0.8, CutMix 1.0, RandAugment (2 ops, magnitude 9, std 0.5). Left out:

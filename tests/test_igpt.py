@@ -337,7 +337,7 @@ def test_tiny_pretraining_fits_the_palette_samples_and_finetunes(data_dir, tmp_p
   probe.eval.update(dict(split='test[:48]', batch_size=48))
   probe.data.held_out_examples = 50
   probe.feature_probe.update(dict(train_examples=96, steps=20, l2_grid=(1e-3, 1e-1),
-                                  shots=(2,), seeds=2))
+                                  shots=(2,), seeds=2, ridge_shots=2))
   layers_dir = str(tmp_path / 'layers')
   before = len(split_reads.reads)
   temporary = lambda: {p for p in os.listdir(tempfile.gettempdir())  # noqa: E731
@@ -351,6 +351,7 @@ def test_tiny_pretraining_fits_the_palette_samples_and_finetunes(data_dir, tmp_p
   assert [r['representation'] for r in rows] == ['layer_0', 'layer_1', 'layer_2']
   assert all(0 <= r['top1'] <= 1 and 0 <= r['val_top1'] <= 1 for r in rows)
   assert all(0 <= r['knn_top1'] <= 1 for r in rows)  # beside each probe, nothing chosen
+  assert all(0 <= r['ridge_2shot_top1'] <= 1 for r in rows)
   assert sum(r['chosen'] == '*' for r in rows) == 1
   assert os.path.getsize(os.path.join(layers_dir, 'layers.png')) > 1000
   probe.feature_probe.features_dir = str(tmp_path / 'features')

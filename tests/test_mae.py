@@ -11,7 +11,6 @@ from conftest import _override, small_method_config
 
 from ssl_jax.config.checks import ConfigError
 from ssl_jax.methods.mae.method import MAE, visible_count
-from ssl_jax.methods.mae.model import MAENet
 from ssl_jax.nn.patches import normalise_patches, patch_vectors
 
 
@@ -169,11 +168,9 @@ def test_vit_b_at_full_size_has_maes_parameter_count():
   encoder has timm's vit_base_patch16_224 parameters less its head and its
   (here fixed) position embeddings; the decoder as models_mae.py's."""
   from configs import mae
-  c = mae.get_config()
-  m = MAE(c)
-  batch = {'image': jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)}
-  params = jax.eval_shape(lambda: m.init(jax.random.key(0), {'image': jnp.zeros(
-      batch['image'].shape)}))
+  m = MAE(mae.get_config())
+  params = jax.eval_shape(lambda: m.init(jax.random.key(0),
+                                         {'image': jnp.zeros((2, 224, 224, 3))}))
 
   def block(d):  # attention (q, k, v, out with biases), MLP 4x, two norms
     return 4 * (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d) + 4 * d
@@ -181,9 +178,74 @@ def test_vit_b_at_full_size_has_maes_parameter_count():
   d, dd, pp = 768, 512, 16 * 16 * 3
   encoder = (pp * d + d) + d + 12 * block(d) + 2 * d
   decoder = (d * dd + dd) + dd + 8 * block(dd) + 2 * dd + (dd * pp + pp)
-  assert encoder == 85_647_360
-  assert _param_count(params['vit']) == encoder
+  assert _param_count(params['vit']) == encoder  # 85,647,360
   assert _param_count(params) - encoder == decoder
+
+
+def _maes_sincos(grid, width):
+  """MAE's get_2d_sincos_pos_embed, written out from its description: the
+  grid built as meshgrid(columns, rows), so its first half encodes the
+  column."""
+  def one(d, pos):
+    omega = 1.0 / 10000 ** (np.arange(d // 2) / (d / 2.0))
+    out = np.outer(pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+  cols, rows = np.meshgrid(np.arange(grid[1]), np.arange(grid[0]))
+  return np.concatenate([one(width // 2, cols), one(width // 2, rows)], axis=1)
+
+
+def test_sincos_positions_are_maes_with_the_halves_swapped():
+  from ssl_jax.nn.posembed import sincos_2d
+  ours, theirs = sincos_2d((3, 5), 16), _maes_sincos((3, 5), 16)
+  np.testing.assert_allclose(ours[:, :8], theirs[:, 8:], atol=1e-6)  # rows
+  np.testing.assert_allclose(ours[:, 8:], theirs[:, :8], atol=1e-6)  # columns
+  assert not np.allclose(ours, theirs)
+
+
+def test_initialisation_is_maes(method):
+  m, params = method
+  d = 16
+  bound = np.sqrt(6 / (d + 4 * d))  # Xavier-uniform of a d -> 4d kernel
+  k = np.asarray(params['vit']['encoder']['block1']['MlpBlock_0']['Dense_0']['kernel'])
+  assert np.abs(k).max() <= bound and np.abs(k).max() > 0.8 * bound
+  assert np.all(np.asarray(params['vit']['encoder']['block1']['MlpBlock_0']['Dense_0']['bias'])
+                == 0)
+  tokens = np.concatenate([np.asarray(params['vit']['cls_token']),
+                           np.asarray(params['mask_token']['token'])])
+  assert 0.005 < tokens.std() < 0.04  # normal(0.02), 32 draws
+
+
+def test_the_recipe_is_the_papers():
+  """configs/mae.py's ImageNet variants against the paper and its code
+  (PRETRAIN.md, FINETUNE.md)."""
+  from configs import finetune, linear_probe, mae
+  c = mae.get_config()
+  assert (c.batch_size, c.optimizer.b2, c.optimizer.weight_decay) == (4096, 0.95, 0.05)
+  assert c.optimizer.lr == pytest.approx(1.5e-4 * 4096 / 256)
+  assert c.total_steps == -(-1600 * 1_281_167 // 4096)
+  assert c.optimizer.warmup_steps == -(-40 * 1_281_167 // 4096)
+  assert (c.mae.mask_ratio, c.mae.norm_pix_loss, c.data.min_area) == (0.75, True, 0.2)
+  assert (c.mae.model.decoder_width, c.mae.model.decoder_depth, c.mae.model.decoder_heads) == (
+      512, 8, 16)
+  p = linear_probe.get_config('mae')
+  assert (p.batch_size, p.optimizer.name, p.classifier.representation) == (16384, 'lars', 'cls')
+  assert p.optimizer.lr == pytest.approx(0.1 * 16384 / 256)
+  f = finetune.get_config('mae')
+  assert f.optimizer.lr == pytest.approx(5e-4 * 1024 / 256) and f.batch_size == 1024
+  assert (f.classifier.layer_decay, f.backbone.mae.model.drop_path) == (0.65, 0.1)
+  assert (f.classifier.mixup, f.classifier.cutmix, f.classifier.label_smoothing) == (
+      0.8, 1.0, 0.1)
+  assert (f.optimizer.b1, f.optimizer.b2) == (0.9, 0.999)
+
+
+def test_fine_tuning_drops_paths_and_evaluation_does_not():
+  m = MAE(_config(**{'mae.model.drop_path': 0.5}))
+  enc = m.init(jax.random.key(0), _batch(), decoder=False)
+  a = m.represent(enc, _batch(), train=True, rng=jax.random.key(1))['tokens']
+  b = m.represent(enc, _batch(), train=True, rng=jax.random.key(2))['tokens']
+  c = m.represent(enc, _batch())['tokens']
+  assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-4
+  np.testing.assert_array_equal(np.asarray(c), np.asarray(m.represent(enc, _batch())['tokens']))
 
 
 @pytest.mark.slow

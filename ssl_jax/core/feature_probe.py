@@ -14,7 +14,10 @@ every choice is made, and read once.
   out of the training split (data.held_out_examples); the layer with the
   best held-out top-1 is marked as chosen. Each layer's kNN top-1 (the
   evaluator's cosine kNN, eval.knn_k neighbours, on the same training
-  features) is reported beside it. Writes layers.json, layers.md and
+  features) and its few-shot ridge top-1 (feature_probe.ridge_shots labels
+  per class drawn from them, the monitors' closed-form ridge: eval.fewshot_l2,
+  mean over eval.fewshot_seeds draws) are reported beside it; neither
+  chooses anything. Writes layers.json, layers.md and
   layers.png (accuracy by depth).
 * Low-data, `--low_data`: feature_probe.shots labelled
   examples per class (class-balanced, drawn from the training features) for
@@ -45,7 +48,7 @@ from ssl_jax.core import metrics as metrics_lib
 from ssl_jax.core import provenance as provenance_lib
 from ssl_jax.core import workdir as workdir_lib
 from ssl_jax.data import pipeline
-from ssl_jax.evaluate import knn, logistic
+from ssl_jax.evaluate import fewshot, knn, logistic
 
 MODES = ('layers', 'low_data')
 
@@ -145,6 +148,12 @@ def _layer_sweep(config, workdir: str, features: Features) -> list[dict[str, Any
   chosen = max(range(len(rows)), key=lambda i: rows[i]['val_top1'])
   # Every choice is made: eval.split is read now, once.
   test_x, test_y = features.of(features.evaluator.test)
+  shots = f.get('ridge_shots', 0)
+  fewest = int(np.bincount(train_y, minlength=classes).min())
+  if shots > fewest:
+    logging.warning('no %d-shot ridge column: a class has only %d training examples', shots,
+                    fewest)
+    shots = 0
   for row in rows:
     name = row['representation']
     row['top1'] = logistic.accuracy(fitted[name], test_x[name], test_y)
@@ -154,6 +163,11 @@ def _layer_sweep(config, workdir: str, features: Features) -> list[dict[str, Any
                                 k=min(config.eval.knn_k, len(train_y)),
                                 temperature=config.eval.knn_temperature)
     row['knn_top1'] = float(np.mean(predicted == test_y))
+    if shots:  # closed-form ridge on `shots` labels per class (nothing chosen)
+      row[f'ridge_{shots}shot_top1'] = fewshot.fewshot_accuracy(
+          train_x[name], train_y, test_x[name], test_y, classes, shots=(shots,),
+          seeds=tuple(range(config.eval.fewshot_seeds)),
+          l2=config.eval.fewshot_l2)[f'{shots}shot']
   logging.info('chosen on the held-out examples: %s; its %s top-1 %.4f',
                rows[chosen]['representation'], config.eval.split, rows[chosen]['top1'])
   _write(workdir, 'layers', rows, {
@@ -212,7 +226,8 @@ def _write(workdir: str, stem: str, rows: list[dict[str, Any]], meta: dict[str, 
            if stem == 'layers' else ('labels',))
   said = (f'\nl2 and layer chosen on {meta["selected_on"]} (val_top1); top1 reported on '
           f'{meta["reported_on"]}, read once after the choice; knn_top1: kNN on the same '
-          'training features, nothing chosen.\n' if 'selected_on' in meta else '')
+          'training features, ridge_Nshot_top1: closed-form ridge on N labels per class of '
+          'them; neither chooses anything.\n' if 'selected_on' in meta else '')
   metrics_lib.write_atomic(os.path.join(workdir, f'{stem}.md'),
                            metrics_lib.markdown_table(rows, first=first) + said
                            + provenance_lib.footer([made_by]))

@@ -249,6 +249,9 @@ def validate_feature_probe(config: ml_collections.ConfigDict) -> None:
            'a non-empty tuple of labels per class, e.g. (4, 25, 400)')
   positive_int(config, f + 'seeds')
   require(config, f + 'low_data_l2', lambda v: is_number(v) and v >= 0, 'a number >= 0')
+  if 'ridge_shots' in config.feature_probe:
+    require(config, f + 'ridge_shots', lambda v: is_int(v) and v >= 0,
+            "an integer >= 0 (labels per class of the layer sweep's ridge column; 0: none)")
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int,

@@ -33,8 +33,10 @@ def sincos_1d(width: int, positions: np.ndarray) -> np.ndarray:
 
 
 def sincos_2d(grid: tuple[int, int], width: int) -> np.ndarray:
-  """[gh * gw, width] fixed encodings, row-major: half the channels encode
-  the row, half the column (MAE's get_2d_sincos_pos_embed)."""
+  """[gh * gw, width] fixed encodings, row-major: the first half of the
+  channels encodes the row, the second the column (MAE's
+  get_2d_sincos_pos_embed with its halves swapped: its first half encodes
+  the column)."""
   if width % 4:
     raise ValueError(f'sine-cosine position encodings need a width divisible by 4, got {width}')
   rows, cols = np.meshgrid(np.arange(grid[0], dtype=np.float64),

@@ -1,0 +1,431 @@
+r"""One comparison of every method on the same data, budget and evaluations.
+
+Every method's `tiny` network (configs/METHOD.py:tiny: PatchFormer,
+RandSAC, iGPT AR and BERT, Selfie, DV2, the multi-task ViT, MAE) is
+pretrained on the built-in dataset's upright configuration
+(ssl_jax_shapes/upright: the multi-task ViT's rotation needs an upright;
+the other methods ignore orientation) for the same number of images seen
+(`--images`, 64,000 by default: 1000 steps of 64 images, the tiny budget of
+most methods; DV2's 16 images per step run 4000 steps, PatchFormer's and
+iGPT's 32 run 2000; warmup scaled alike). Each method keeps its own
+resolution, network, optimizer and augmentation (its tiny config), so a row
+measures the method as its config defines it. Everything is deterministic:
+the table reproduces.
+
+Equal tuning. Each method's pretraining learning rate is chosen from the
+same grid (`--lrs`, 3e-4, 1e-3 and 3e-3, which holds every tiny config's
+own) at seed 0, by the held-out top-1 of its linear probe (the chosen
+representation's, on 1000 training images held out; the test split is not
+read for any choice). The linear probe is a logistic regression solved to
+convergence (L-BFGS, ssl_jax.core.feature_probe), so it has no learning
+rate to tune: what every method gets swept alike is its regularisation
+(the same l2 grid) and the representation it is read from, both chosen on
+the held-out images. Then seeds 1.. --seeds-1 pretrain at the chosen rate.
+
+Per method and seed, on its pretrained network (reported: test top-1 on
+1000 test images, read once after every choice):
+  kNN          cosine kNN (the monitors' k and temperature) on the training
+               features of the probe's chosen representation
+  probe 100%   the layer sweep (--layer_sweep): every representation, its
+               l2 and the best one chosen on the held-out images, all the
+               19,000 other training labels
+  probe 10%    the same on the class-balanced 10% of those labels
+  fine-tune 10%  configs/finetune.py:METHOD_tiny on the 10% labels (the
+               short recipe every tiny fine-tune shares; its last step,
+               nothing chosen)
+  10-shot ridge  closed-form ridge on 10 labels per class of the training
+               features, on the probe's chosen representation (mean of the
+               monitors' 3 draws)
+References, over the same seeds: random init (the ViT of MAE's and
+RandSAC's tiny encoder, 4 blocks 64 wide, as each seed initialises it:
+probed the same way and fine-tuned from scratch on 10% of the labels), raw
+pixels (32x32x3, the probes only), and the upper one, the same ViT
+trained from scratch on all the labels (configs/finetune.py:mae_tiny_scratch).
+
+Beside each row: parameters (pretraining, decoder and heads included),
+ms/step and FLOPs per step (the compiled step timed back to back in one
+process after the runs, XLA's cost analysis), pretraining minutes (steps
+x that ms/step) and TFLOPs. The plot (compare.png) shows each method's
+linear-probe test top-1 on its chosen representation against pretraining
+minutes, from the seed-0 run's checkpoints (every fifth of the run).
+
+Every run resumes from its own workdir (WORKDIR/METHOD/lrLR/seedS/...) and
+a finished one is read back, so an interrupted comparison picks up where it
+stopped. --methods picks rows; --quick is a smoke run (the small upright
+dataset, every schedule 8x shorter, one learning rate), not a measurement.
+
+  python benchmarks/compare.py --workdir=/tmp/ssl_jax_compare
+
+Running time on 2 CPU cores: see the README's comparison section (measured
+there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from absl import app, flags, logging
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import ablation  # noqa: E402
+from configs import finetune, linear_probe  # noqa: E402
+
+DATA = 'ssl_jax_shapes/upright'
+QUICK_DATA = 'ssl_jax_shapes/upright_small'
+CURVE_POINTS = 5  # checkpoints along the seed-0 run that the plot probes
+REFERENCE_NETWORK = 'mae'  # the ViT of the reference rows (MAE's tiny encoder)
+PIXELS_SIZE = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  name: str
+  method: str   # configs/METHOD.py
+  variant: str  # its pretraining variant
+  key: str      # its directory and --methods name
+
+
+ENTRIES = (
+    Entry('PatchFormer', 'patchformer', 'tiny', 'patchformer'),
+    Entry('RandSAC', 'randsac', 'tiny', 'randsac'),
+    Entry('iGPT AR', 'igpt', 'tiny', 'igpt_ar'),
+    Entry('iGPT BERT', 'igpt', 'tiny,bert', 'igpt_bert'),
+    Entry('Selfie', 'selfie', 'tiny', 'selfie'),
+    Entry('DV2', 'dv2', 'tiny', 'dv2'),
+    Entry('multi-task ViT', 'multitask_vit', 'tiny', 'multitask_vit'),
+    Entry('MAE', 'mae', 'tiny', 'mae'),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  images: int
+  quick: bool
+  data_dir: str | None
+
+  @property
+  def data(self) -> str:
+    return QUICK_DATA if self.quick else DATA
+
+  def on_data(self, c, *, probe: bool):
+    """The config on this comparison's dataset and evaluation splits."""
+    c.data.name = self.data
+    if self.data_dir:
+      c.data.data_dir = self.data_dir
+    if self.quick:  # 2000 / 500 images
+      if probe:
+        c.data.held_out_examples = 200
+      c.eval.update(dict(split='test', train_split='train[:1000]'))
+    return c
+
+
+def pretrain_config(entry: Entry, lr: float, seed: int, s: Setting):
+  """configs/METHOD.py:VARIANT for `s.images` images seen at `lr`, with
+  CURVE_POINTS checkpoints kept for the plot."""
+  from ssl_jax.methods import registry
+  c = importlib.import_module(f'configs.{entry.method}').get_config(entry.variant)
+  per_step = registry.get(c.objective).images_per_step(c)
+  steps = max(CURVE_POINTS, s.images // per_step // (8 if s.quick else 1))
+  c.optimizer.warmup_steps = round(c.optimizer.warmup_steps * steps / c.total_steps)
+  c.total_steps = steps
+  c.optimizer.lr = lr
+  c.seed = seed
+  every = steps // CURVE_POINTS
+  c.checkpoint.update(dict(every=every, keep=CURVE_POINTS + 1))
+  c.eval.every = every
+  return s.on_data(c, probe=False)
+
+
+def _backbone(c, pretrain) -> None:
+  c.backbone[pretrain.objective] = pretrain[pretrain.objective]
+  c.backbone.data.image_size = pretrain.data.image_size
+
+
+def probe_config(entry: Entry, pretrain, seed: int, init: str | None, s: Setting,
+                 fraction: float = 1.0):
+  c = linear_probe.get_config(f'{entry.method}_tiny')
+  _backbone(c, pretrain)
+  c.data.image_size = pretrain.data.image_size
+  c.seed, c.init.workdir = seed, init
+  c.data.label_fraction = fraction
+  c.feature_probe.update(dict(train_examples=None, ridge_shots=10))
+  return s.on_data(c, probe=True)
+
+
+def finetune_config(entry: Entry, pretrain, seed: int, init: str | None, s: Setting,
+                    fraction: float):
+  c = finetune.get_config(f'{entry.method}_tiny' if init else f'{entry.method}_tiny_scratch')
+  _backbone(c, pretrain)
+  c.data.image_size = pretrain.data.image_size
+  c.seed, c.init.workdir, c.data.label_fraction = seed, init, fraction
+  if s.quick:
+    ablation.adjusted(c, True, None)
+  return s.on_data(c, probe=True)
+
+
+def sweep(config, workdir: str) -> list[dict]:
+  """The layer sweep's rows (run now, or read back)."""
+  from ssl_jax.core import feature_probe
+  done = os.path.join(workdir, 'layers.json')
+  if not os.path.exists(done):
+    feature_probe.run(config, workdir, 'layers')
+  with open(done) as f:
+    return json.load(f)['rows']
+
+
+def chosen(rows: list[dict]) -> dict:
+  return next(r for r in rows if r['chosen'])
+
+
+def pretrained(entry: Entry, lr: float, seed: int, root: str, s: Setting) -> tuple[Any, str]:
+  from ssl_jax.core import train
+  config = pretrain_config(entry, lr, seed, s)
+  workdir = os.path.join(root, entry.key, f'lr{lr:g}', f'seed{seed}')
+  t0 = time.perf_counter()
+  train.run_to_end(config, os.path.join(workdir, 'pretrain'))
+  logging.info('%s lr %g seed %d: pretrained (%.0f s)', entry.name, lr, seed,
+               time.perf_counter() - t0)
+  return config, workdir
+
+
+def evaluations(entry: Entry, config, seed: int, init: str | None, workdir: str,
+                s: Setting) -> dict[str, Any]:
+  """The table's measurements of one network (init: its pretraining
+  workdir; None: random init)."""
+  from ssl_jax.core import train
+  full = chosen(sweep(probe_config(entry, config, seed, init, s),
+                      os.path.join(workdir, 'probe100')))
+  tenth = chosen(sweep(probe_config(entry, config, seed, init, s, 0.1),
+                       os.path.join(workdir, 'probe10')))
+  tune = finetune_config(entry, config, seed, init, s, 0.1)
+  ft = train.run_to_end(tune, os.path.join(workdir, 'finetune10'))['eval/top1']
+  return {'probe100': full['top1'], 'val100': full['val_top1'], 'knn': full['knn_top1'],
+          'ridge10': full.get('ridge_10shot_top1'), 'representation': full['representation'],
+          'probe10': tenth['top1'], 'finetune10': ft}
+
+
+def curve(entry: Entry, config, workdir: str, representation: str, s: Setting) -> list[dict]:
+  """Test top-1 of the probe of `representation` at each kept checkpoint
+  of the seed-0 run (its l2 chosen on the held-out images)."""
+  out = []
+  every = config.checkpoint.every
+  for k in range(1, CURVE_POINTS + 1):
+    step = min(k * every, config.total_steps)
+    if k == CURVE_POINTS:
+      step = config.total_steps
+    probe = probe_config(entry, config, 0, os.path.join(workdir, 'pretrain'), s)
+    probe.init.step = step
+    probe.feature_probe.update(dict(layers=(representation,), ridge_shots=0))
+    row = chosen(sweep(probe, os.path.join(workdir, 'curve', f'step{step}')))
+    out.append({'step': step, 'top1': row['top1']})
+  return out
+
+
+def run_entry(entry: Entry, root: str, s: Setting, lrs: tuple[float, ...],
+              seeds: int) -> dict[str, Any]:
+  """Pretrains `entry` at every lr (seed 0), chooses the lr on the held-out
+  probe, then the other seeds; evaluates each seed; probes the curve."""
+  held_out = {}
+  for lr in lrs:
+    config, workdir = pretrained(entry, lr, 0, root, s)
+    rows = sweep(probe_config(entry, config, 0, os.path.join(workdir, 'pretrain'), s),
+                 os.path.join(workdir, 'probe100'))
+    held_out[lr] = chosen(rows)['val_top1']
+  best = max(lrs, key=lambda lr: (held_out[lr], -abs(math.log(lr / 1e-3))))
+  logging.info('%s: lr %g chosen (held-out top-1 by lr: %s)', entry.name, best, held_out)
+  per_seed, first = [], None
+  for seed in range(seeds):
+    config, workdir = pretrained(entry, best, seed, root, s)
+    per_seed.append(evaluations(entry, config, seed, os.path.join(workdir, 'pretrain'),
+                                workdir, s))
+    if seed == 0:
+      first = (config, workdir)
+  points = curve(entry, first[0], first[1], per_seed[0]['representation'], s)
+  return {'lr': best, 'held_out_by_lr': {f'{k:g}': v for k, v in held_out.items()},
+          'seeds': per_seed, 'curve': points, 'steps': first[0].total_steps}
+
+
+def run_references(root: str, s: Setting, seeds: int) -> dict[str, Any]:
+  """Random init of the reference ViT, raw pixels, and the ViT trained from
+  scratch on all the labels."""
+  from ssl_jax.core import train
+  vit = next(e for e in ENTRIES if e.method == REFERENCE_NETWORK)
+  random_rows, pixel_rows, supervised = [], [], []
+  for seed in range(seeds):
+    config = pretrain_config(vit, 1e-3, seed, s)
+    workdir = os.path.join(root, 'references', f'seed{seed}')
+    random_rows.append(evaluations(vit, config, seed, None, os.path.join(workdir, 'random'), s))
+    pixels = []
+    for fraction, name in ((1.0, 'probe100'), (0.1, 'probe10')):
+      c = linear_probe.get_config('pixels_tiny')
+      c.data.image_size = PIXELS_SIZE
+      c.seed = seed
+      c.data.label_fraction = fraction
+      c.feature_probe.update(dict(train_examples=None, ridge_shots=10))
+      pixels.append(chosen(sweep(s.on_data(c, probe=True),
+                                 os.path.join(workdir, 'pixels', name))))
+    pixel_rows.append({'probe100': pixels[0]['top1'], 'knn': pixels[0]['knn_top1'],
+                       'ridge10': pixels[0].get('ridge_10shot_top1'),
+                       'probe10': pixels[1]['top1'], 'representation': 'pixels'})
+    tune = finetune_config(vit, config, seed, None, s, 1.0)
+    supervised.append(train.run_to_end(tune, os.path.join(workdir, 'supervised'))['eval/top1'])
+  return {'random': random_rows, 'pixels': pixel_rows, 'supervised': supervised}
+
+
+def cost(entry: Entry, lr: float, s: Setting, timing_steps: int) -> dict[str, float]:
+  """Parameters, seconds and FLOPs per pretraining step (one process)."""
+  import jax
+  import numpy as np
+  from benchmarks.patchformer_step import time_compiled_step
+  from ssl_jax.core import assembly
+  config = pretrain_config(entry, lr, 0, s)
+  dt, flops, _ = time_compiled_step(config, timing_steps)
+  abstract = assembly.assemble(config, data=False).trainer.abstract_state()
+  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+  return {'params': params, 'seconds_per_step': dt, 'flops_per_step': flops or float('nan')}
+
+
+# -- the table and the plot ------------------------------------------------------------
+
+
+def _spread(values: list[float | None]) -> str:
+  from ssl_jax.core import seeds as seeds_lib
+  values = [v for v in values if v is not None]
+  if not values:
+    return '-'
+  return seeds_lib.format_spread(seeds_lib.spread(values), percent=True)
+
+
+def table(results: dict[str, Any]) -> str:
+  cols = ['kNN', 'probe 100%', 'probe 10%', 'fine-tune 10%', '10-shot ridge']
+  keys = ['knn', 'probe100', 'probe10', 'finetune10', 'ridge10']
+  head = (['method', 'lr (chosen)', 'parameters', 'ms/step', 'pretraining min',
+           'pretraining TFLOPs'] + [f'{c} top-1 %' for c in cols]
+          + ['representation (x seeds)'])
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for entry in ENTRIES:
+    r = results.get(entry.key)
+    if r is None:
+      continue
+    c = r['cost']
+    minutes = r['steps'] * c['seconds_per_step'] / 60
+    tflops = r['steps'] * c['flops_per_step'] / 1e12
+    reps = {}
+    for s in r['seeds']:
+      reps[s['representation']] = reps.get(s['representation'], 0) + 1
+    lines.append('| ' + ' | '.join(
+        [entry.name, f'{r["lr"]:g}', f'{c["params"] / 1e6:.2f}M',
+         f'{1e3 * c["seconds_per_step"]:.0f}', f'{minutes:.1f}', f'{tflops:.1f}']
+        + [_spread([s.get(k) for s in r['seeds']]) for k in keys]
+        + [', '.join(f'{k} x{n}' for k, n in sorted(reps.items()))]) + ' |')
+  refs = results.get('references')
+  if refs:
+    for name, rows in (('random init (reference ViT)', refs['random']),
+                       (f'raw pixels ({PIXELS_SIZE}x{PIXELS_SIZE}x3)', refs['pixels'])):
+      lines.append('| ' + ' | '.join(
+          [name, '-', '-', '-', '-', '-'] + [_spread([s.get(k) for s in rows]) for k in keys]
+          + [rows[0]['representation'] if name.startswith('raw') else
+             ', '.join(sorted({s['representation'] for s in rows}))]) + ' |')
+  text = '\n'.join(lines)
+  if refs:
+    text += (f'\n\nUpper reference: the reference ViT trained from scratch on all the labels '
+             f'(configs/finetune.py:mae_tiny_scratch): {_spread(refs["supervised"])} test top-1.')
+  return text
+
+
+def plot(results: dict[str, Any], path: str, data: str) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+  for entry in ENTRIES:
+    r = results.get(entry.key)
+    if r is None:
+      continue
+    per_step = r['cost']['seconds_per_step'] / 60
+    ax.plot([p['step'] * per_step for p in r['curve']], [100 * p['top1'] for p in r['curve']],
+            'o-', label=entry.name)
+  refs = results.get('references')
+  if refs:
+    for rows, name, style in ((refs['random'], 'random init', ':'),
+                              (refs['pixels'], 'raw pixels', '--')):
+      ax.axhline(100 * sum(s['probe100'] for s in rows) / len(rows), color='grey',
+                 linestyle=style, label=name)
+  ax.set_xlabel('pretraining minutes on this machine (steps x measured ms/step)')
+  ax.set_ylabel('linear probe top-1 (%), seed 0')
+  ax.set_title(f'Linear probe against pretraining time ({data})')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc='lower right')
+  fig.tight_layout()
+  tmp = f'{path}.tmp{os.getpid()}.png'
+  fig.savefig(tmp)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+# -- the script --------------------------------------------------------------------------
+
+_WORKDIR = flags.DEFINE_string('workdir', '/tmp/ssl_jax_compare', 'Where every run goes.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: tfds default).')
+_QUICK = flags.DEFINE_bool('quick', False, 'A smoke run: the small upright dataset, every '
+                           'schedule 8x shorter, one learning rate (not a measurement).')
+_SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per method (mean ± std over them).')
+_IMAGES = flags.DEFINE_integer('images', 64_000, 'Images seen by every pretraining.')
+_LRS = flags.DEFINE_list('lrs', ['3e-4', '1e-3', '3e-3'], 'The pretraining lr grid.')
+_METHODS = flags.DEFINE_list('methods', [], 'Rows to run (default: all): ' + ', '.join(
+    e.key for e in ENTRIES) + ', references.')
+_TIMING = flags.DEFINE_integer('timing_steps', 20, 'Steps timed per method.')
+
+
+def main(argv):
+  del argv
+  from ssl_jax.core import provenance, train
+  known = [e.key for e in ENTRIES] + ['references']
+  picked = _METHODS.value or known
+  bad = [m for m in picked if m not in known]
+  if bad:
+    raise app.UsageError(f'--methods: {", ".join(bad)} unknown; choose from {", ".join(known)}')
+  try:
+    lrs = tuple(float(v) for v in _LRS.value)
+  except ValueError:
+    raise app.UsageError(f'--lrs={",".join(_LRS.value)}: numbers, e.g. 3e-4,1e-3') from None
+  if _QUICK.value:
+    lrs = lrs[len(lrs) // 2:][:1]
+  s = Setting(images=_IMAGES.value, quick=_QUICK.value, data_dir=_DATA_DIR.value)
+  root = _WORKDIR.value
+  print('produced by:', provenance.line(), flush=True)
+  train.quiet_library_logs()
+  t0 = time.perf_counter()
+  results = {}
+  for entry in ENTRIES:
+    if entry.key in picked:
+      results[entry.key] = run_entry(entry, root, s, lrs, _SEEDS.value)
+  if 'references' in picked:
+    results['references'] = run_references(root, s, _SEEDS.value)
+  for entry in ENTRIES:  # timed back to back, in this one process
+    if entry.key in results:
+      results[entry.key]['cost'] = cost(entry, results[entry.key]['lr'], s, _TIMING.value)
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, 'compare.json'), 'w', encoding='utf-8') as f:
+    json.dump(results, f, indent=1)
+  text = table(results)
+  title = (f'Every method on {s.data}, {s.images // (8 if s.quick else 1)} images seen each; '
+           f'mean ± std over {_SEEDS.value} seeds; lr chosen from {", ".join(map(str, lrs))} '
+           f'on held-out images; {time.perf_counter() - t0:.0f} s in this invocation')
+  with open(os.path.join(root, 'compare.md'), 'w', encoding='utf-8') as f:
+    f.write(f'{title}\n\n{text}\n')
+  plot(results, os.path.join(root, 'compare.png'), s.data)
+  print(f'\n{title}\n\n{text}\n\nplot: {os.path.join(root, "compare.png")}')
+
+
+if __name__ == '__main__':
+  app.run(main)
