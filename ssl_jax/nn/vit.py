@@ -105,3 +105,15 @@ class ViT(nn.Module):
     return Encoder(self.depth, self.heads, self.mlp_ratio, self.dropout, self.remat,
                    self.dtype, kernel_init=self.kernel_init, drop_path=self.drop_path,
                    name='encoder')(x, train=train)
+
+
+def layer_of(path: tuple[str, ...], depth: int, root: str = 'vit') -> int:
+  """The layer of a parameter of a network holding a `ViT` as `root`, for
+  layer-wise lr decay: 0 the embeddings (patch, position, prefix and other
+  tokens), k encoder block k, depth + 1 the final norm and anything outside
+  the ViT (heads)."""
+  if path[0] != root:
+    return depth + 1
+  if path[1] == 'encoder':
+    return int(path[2][len('block'):]) if path[2].startswith('block') else depth + 1
+  return 0

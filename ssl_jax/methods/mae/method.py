@@ -33,6 +33,7 @@ from ssl_jax.methods.base import LossAux, Method
 from ssl_jax.methods.mae.model import MAENet
 from ssl_jax.nn import masks
 from ssl_jax.nn.losses import example_weights, weighted_mean
+from ssl_jax.nn import vit
 from ssl_jax.nn.patches import (denormalise_patches, gather, normalise_patches, patch_vectors,
                                 unpatchify)
 
@@ -170,11 +171,7 @@ class MAE(Method):
   def layer_of(self, path: tuple[str, ...]) -> int:
     """0: the patch embedding and the [CLS] token; k: encoder block k;
     depth + 1: the final norm (and anything outside the encoder)."""
-    if path[0] != 'vit':
-      return self.depth + 1
-    if path[1] == 'encoder':
-      return int(path[2][len('block'):]) if path[2].startswith('block') else self.depth + 1
-    return 0
+    return vit.layer_of(path, self.depth)
 
   def pictures(self, params: Any, images: jax.Array, rng: jax.Array, *,
                state: Any = None) -> jax.Array:

@@ -42,7 +42,7 @@ from ssl_jax.methods.base import LossAux, Method
 from ssl_jax.methods.multitask_vit import tasks as tasks_lib
 from ssl_jax.methods.multitask_vit.model import CLS, CT, PREFIX, ROT, MultiTaskViT
 from ssl_jax.nn import colour as colour_lib
-from ssl_jax.nn import contrastive
+from ssl_jax.nn import contrastive, vit
 from ssl_jax.nn.losses import example_weights, weighted_mean
 from ssl_jax.nn.patch_context import first_view, flat_views
 from ssl_jax.nn.patches import filled_image, gather, to_signed, unpatchify
@@ -386,11 +386,7 @@ class MultiTaskViTMethod(Method):
   def layer_of(self, path: tuple[str, ...]) -> int:
     """0: the embeddings (patch, position, prefix, mask and no-position
     tokens); k: encoder block k; depth + 1: the final norm."""
-    if path[0] != 'vit':
-      return self.depth + 1
-    if path[1] == 'encoder':
-      return int(path[2][len('block'):]) if path[2].startswith('block') else self.depth + 1
-    return 0
+    return vit.layer_of(path, self.depth)
 
   def pictures(self, params: Any, images: jax.Array, rng: jax.Array, *,
                state: Any = None) -> jax.Array:
