@@ -15,7 +15,8 @@ r"""Pretrain, probe and fine-tune self-supervised image models.
 Overrides: --config.KEY=VALUE (e.g. --config.total_steps=500). Running the
 same command again with the same --workdir resumes from its latest checkpoint.
 Exit status: 0 finished; 75 preempted after a checkpoint (or the workdir is
-held by another live run): run the same command again; 2 a bad flag, config,
+held by another live run, or another process of a multi-process run
+stopped: --peer_timeout): run the same command again; 2 a bad flag, config,
 dataset or --workdir (one line on stderr); 1 any other failure.
 """
 
@@ -64,6 +65,13 @@ _SEEDS = flags.DEFINE_integer(
     'seeds.json. A probe whose --config.init.workdir holds {seed} reads the pretraining '
     'run of the same seed.')
 
+_STOP_AFTER = flags.DEFINE_integer(
+    'stop_after', None, 'Stop after this many steps of this invocation, with a checkpoint '
+    '(exit status 0; the same command continues the run): a time slice of a long run.')
+_PEER_TIMEOUT = flags.DEFINE_float(
+    'peer_timeout', 60.0, 'Multi-process runs: seconds without a heartbeat from another '
+    'process after which this one stops too, with one line and status 75 (JAX\'s own '
+    'check, twice as long, is the backstop).')
 _LOCK_TIMEOUT = flags.DEFINE_float(
     'lock_timeout', None, 'Seconds after which the heartbeat of a run holding --workdir is '
     'stale, so that its workdir is taken over (default: $SSL_JAX_LOCK_TIMEOUT or 60).')
@@ -141,11 +149,13 @@ def parse_flags(argv: list[str]) -> list[str]:
   return []  # not reached
 
 
-def execute(config, workdir: str, mode: str = 'train', num_seeds: int | None = None) -> None:
+def execute(config, workdir: str, mode: str = 'train', num_seeds: int | None = None,
+            stop_after: int | None = None) -> None:
   """Runs `mode` ('train', 'sweep', 'layers', 'low_data', 'seeds' with
-  `num_seeds`) and exits with the status of the outcome (returns only when
-  it finished)."""
-  from ssl_jax import locking
+  `num_seeds`; 'train' with `stop_after`, see --stop_after) and exits with
+  the status of the outcome (returns only when it finished or stopped as
+  asked)."""
+  from ssl_jax import locking, peers
   from ssl_jax.config import ConfigError
   from ssl_jax.core import checkpoint, feature_probe, seeds, sweep, train
   try:
@@ -156,9 +166,13 @@ def execute(config, workdir: str, mode: str = 'train', num_seeds: int | None = N
     elif mode in ('layers', 'low_data'):
       feature_probe.run(config, workdir, mode)
     else:
-      result = train.run(config, workdir)
+      result = train.run(config, workdir, stop_after=stop_after)
       if result.preempted:
         raise train.Preempted(result.last_step)
+      if result.last_step < config.total_steps:
+        print(f'stopped at step {result.last_step} of {config.total_steps} '
+              f'(--stop_after={stop_after}): the same command continues the run',
+              file=sys.stderr, flush=True)
   except train.Preempted as e:
     fail(str(e), EXIT_TEMPORARY)
   except locking.Busy as e:
@@ -167,6 +181,15 @@ def execute(config, workdir: str, mode: str = 'train', num_seeds: int | None = N
     fail(f'error: {e}', EXIT_USER_ERROR)
   except (checkpoint.CheckpointError, train.NonFiniteLossError, locking.Lost) as e:
     fail(f'error: {e}', EXIT_FAILED)
+  except Exception as e:  # noqa: BLE001
+    if peers.is_peer_failure(e):  # exits with EXIT_TEMPORARY
+      peers.stop_for_peer_failure(e)
+    raise
+
+
+def mode_flags() -> int:
+  """How many of --sweep, --layer_sweep, --low_data, --seeds were given."""
+  return sum([_SWEEP.value, _LAYER_SWEEP.value, _LOW_DATA.value, _SEEDS.value is not None])
 
 
 def main(argv):
@@ -176,18 +199,26 @@ def main(argv):
   if not _WORKDIR.value:
     fail('error: --workdir is empty: give the folder where checkpoints and metrics go',
          EXIT_USER_ERROR)
-  if sum([_SWEEP.value, _LAYER_SWEEP.value, _LOW_DATA.value, _SEEDS.value is not None]) > 1:
+  if mode_flags() > 1:
     fail('error: pass at most one of --sweep, --layer_sweep, --low_data, --seeds',
+         EXIT_USER_ERROR)
+  if _STOP_AFTER.value is not None and (_STOP_AFTER.value < 1 or mode_flags()):
+    fail(f'error: --stop_after={_STOP_AFTER.value}: must be an integer >= 1, for a '
+         'training run (not with --sweep, --layer_sweep, --low_data or --seeds)',
          EXIT_USER_ERROR)
   if _SEEDS.value is not None and _SEEDS.value < 1:
     fail(f'error: --seeds={_SEEDS.value}: must be an integer >= 1', EXIT_USER_ERROR)
   if _LOCK_TIMEOUT.value is not None and not _LOCK_TIMEOUT.value > 0:
     fail(f'error: --lock_timeout={_LOCK_TIMEOUT.value}: must be > 0 seconds', EXIT_USER_ERROR)
-  import jax  # after flag parsing, so that --help stays fast
+  if not _PEER_TIMEOUT.value > 0:
+    fail(f'error: --peer_timeout={_PEER_TIMEOUT.value}: must be > 0 seconds', EXIT_USER_ERROR)
+  from ssl_jax import peers  # after flag parsing, so that --help stays fast
   if _COORDINATOR.value is not None:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    peers.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                     timeout_s=_PEER_TIMEOUT.value)
   elif _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    peers.initialize(timeout_s=_PEER_TIMEOUT.value)
+  watch = peers.Watch(_PEER_TIMEOUT.value).start()
 
   from ssl_jax import locking
   from ssl_jax.core import train
@@ -197,7 +228,10 @@ def main(argv):
     locking.DEFAULT_TIMEOUT_S = _LOCK_TIMEOUT.value
   mode = ('sweep' if _SWEEP.value else 'layers' if _LAYER_SWEEP.value else
           'low_data' if _LOW_DATA.value else 'seeds' if _SEEDS.value else 'train')
-  execute(_CONFIG.value, _WORKDIR.value, mode, _SEEDS.value)
+  try:
+    execute(_CONFIG.value, _WORKDIR.value, mode, _SEEDS.value, _STOP_AFTER.value)
+  finally:
+    watch.finish()
 
 
 if __name__ == '__main__':

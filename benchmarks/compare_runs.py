@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-TIMINGS = ('step_time', 'examples_per_sec', 'tflops_per_sec')
+TIMINGS = ('step_time', 'examples_per_sec', 'model_tflops_per_sec', 'hardware_tflops_per_sec', 'mfu', 'hfu')
 RESULTS = ('layers.json', 'low_data.json', 'eval.json')
 
 

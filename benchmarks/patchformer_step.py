@@ -25,25 +25,16 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import patchformer  # noqa: E402
-from ssl_jax.core import assembly  # noqa: E402
+from ssl_jax.core import assembly, flops  # noqa: E402
 from ssl_jax.data import pipeline  # noqa: E402
 
 
 TARGET_FRACTION = 0.40
 
 
-def matmul_peak(sizes=(1024, 2048, 3072), repeats=5) -> float:
-  """Best float32 matmul FLOP/s over a few square sizes."""
-  best = 0.0
-  for n in sizes:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    for _ in range(repeats):
-      t = time.perf_counter()
-      f(a).block_until_ready()
-      best = max(best, 2 * n**3 / (time.perf_counter() - t))
-  return best
+def matmul_peak() -> float:
+  """Best float32 matmul FLOP/s over a few square sizes (measured now, not cached)."""
+  return flops.measure_matmul_peak('float32', sizes=(1024, 2048, 3072))
 
 
 def config_for(size: str, data_dir: str):
@@ -77,12 +68,7 @@ def time_compiled_step(config, steps: int):
   abstract = trainer.abstract_state()
   state = trainer.init_state(abstract)
   compiled, flops = trainer.compile_step(abstract, assembly.abstract_batch(config))
-  shapes = assembly.abstract_batch(config)  # [b, S, S, 3], or [b, V, S, S, 3] with views
-  b = shapes['image'].shape[0]  # images, which batch_size counts only without views
-  batch = jax.device_put({
-      'image': jnp.asarray(np.random.RandomState(0).rand(*shapes['image'].shape), jnp.float32),
-      'label': jnp.zeros((b,), jnp.int32), 'valid': jnp.ones((b,), bool)},
-      trainer.batch_sharding)
+  batch = random_batch(config, trainer)
   for _ in range(2):
     state, m = compiled(state, batch)
   jax.block_until_ready(m)
@@ -91,6 +77,17 @@ def time_compiled_step(config, steps: int):
     state, m = compiled(state, batch)
   jax.block_until_ready(m)
   return (time.perf_counter() - t) / steps, flops, compiled
+
+
+def random_batch(config, trainer):
+  """A random global batch of config's shapes ([b, S, S, 3], or [b, V, S, S, 3]
+  with views; b counts images), placed as the step takes it."""
+  shapes = assembly.abstract_batch(config)
+  b = shapes['image'].shape[0]
+  return jax.device_put({
+      'image': jnp.asarray(np.random.RandomState(0).rand(*shapes['image'].shape), jnp.float32),
+      'label': jnp.zeros((b,), jnp.int32), 'valid': jnp.ones((b,), bool)},
+      trainer.batch_sharding)
 
 
 def time_pipeline(config, batches: int) -> float:

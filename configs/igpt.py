@@ -119,6 +119,12 @@ paper where they say; otherwise ours):
   monitors read the middle layer.
 * tiny at 16x16: 32x32 means 1024 tokens, and attention over 1024 positions
   does not fit a 2-core CPU's budget; the palette still has 512 colours.
+
+Attention kernel: the training pass's attention (igpt.model.attention;
+sampling keeps the reference) is 'xla', the reference, by default; 'cudnn'
+(NVIDIA GPUs, bfloat16) and 'splash' (TPU) compute the same function with the
+platform's fused kernel (ssl_jax/nn/attention.py). Not a hyper-parameter of
+the paper: a run may resume under another kernel.
 """
 
 from __future__ import annotations
@@ -182,7 +188,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       path='', fit_if_missing=False, fit_images=10_000, fit_pixels=1_000_000,
       fit_iterations=30, fit_seed=0))
   g.model = ml_collections.ConfigDict(dict(context=1024, mlp_ratio=4, remat=False,
-                                           token_init='normal',
+                                           attention='xla', token_init='normal',
                                            **SIZES['l']))
 
   c.optimizer = ml_collections.ConfigDict(dict(

@@ -75,6 +75,12 @@ Choices where the paper is silent, or this house differs:
   layer_k on the held-out images.
 * No CIFAR variant: the paper has no CIFAR recipe, and an invented one
   would not be MAE's.
+
+Attention kernel: the model's attention (mae.model.attention) is 'xla', the
+reference, by default; 'cudnn' (NVIDIA GPUs, bfloat16) and 'splash' (TPU)
+compute the same function with the platform's fused kernel
+(ssl_jax/nn/attention.py). Not a hyper-parameter of the paper: a run may
+resume under another kernel.
 """
 
 from __future__ import annotations
@@ -102,7 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.norm_pix_loss = True
   m.model = ml_collections.ConfigDict(dict(
       width=768, depth=12, heads=12, mlp_ratio=4, decoder_width=512, decoder_depth=8,
-      decoder_heads=16, drop_path=0.0, remat=False))
+      decoder_heads=16, drop_path=0.0, remat=False, attention='xla'))
   c.optimizer = ml_collections.ConfigDict(dict(
       name='adamw', lr=1.0, weight_decay=0.05, b1=0.9, b2=0.95, eps=1e-8, warmup_steps=0,
       schedule='cosine', grad_clip_norm=None))

@@ -106,6 +106,12 @@ from):
   tokens (patch tokens averaged) and layer_k; the online probe and the
   monitors read contrastive_token (`--layer_sweep` chooses on held-out
   images).
+
+Attention kernel: the ViT's attention (multitask_vit.model.attention; the
+fused kernels need model.dropout=0) is 'xla', the reference, by default;
+'cudnn' (NVIDIA GPUs, bfloat16) and 'splash' (TPU) compute the same function
+with the platform's fused kernel (ssl_jax/nn/attention.py). Not a hyper-
+parameter of the paper: a run may resume under another kernel.
 """
 
 from __future__ import annotations
@@ -164,7 +170,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   width, heads = SIZES['B']
   m.model = ml_collections.ConfigDict(dict(
       width=width, depth=12, heads=heads, mlp_ratio=4, head_width=2048, dropout=0.0,
-      drop_path=0.1, remat=False))
+      drop_path=0.1, remat=False, attention='xla'))
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name='adamw', lr=1.0, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8, warmup_steps=0,

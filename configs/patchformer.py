@@ -83,6 +83,12 @@ Choices where the paper is silent or inconsistent (each is a key below):
   --config.optimizer.name=bert_adamw gives the paper's optimizer there too.
 * Image-level augmentation before patching (unstated): Inception random
   resized crop (area 0.08-1) and horizontal flip.
+
+Attention kernel: the context transformer's attention
+(patchformer.model.attention) is 'xla', the reference, by default; 'cudnn'
+(NVIDIA GPUs, bfloat16) and 'splash' (TPU) compute the same function with the
+platform's fused kernel (ssl_jax/nn/attention.py). Not a hyper-parameter of
+the paper: a run may resume under another kernel.
 """
 
 from __future__ import annotations
@@ -125,7 +131,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   pf.model = ml_collections.ConfigDict(dict(
       stage_sizes=(3, 4, 6), resnet_width=64, stem_width=64, resnet_norm='layer', width=1024,
       num_layers=10, heads=16, mlp_ratio=4, pool_heads=16, decoder_width=256,
-      decoder_blocks=1, remat=False))
+      decoder_blocks=1, remat=False, attention='xla'))
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name='bert_adamw', lr=2e-4, weight_decay=1e-3, b1=0.9, b2=0.999, eps=1e-6,

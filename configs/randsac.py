@@ -105,6 +105,13 @@ Choices where the paper is silent or its numbers were lost:
   where it cites DETR (C.1.1, D.1). Weight decay 0.05 on matrices only; no
   gradient clipping ("we do not use ... gradient clip").
 * Augmentation: random resized crop, area (0.2, 1) (MAE's), flip 0.5.
+
+Attention kernel: the encoder's and decoder's attention
+(randsac.model.attention; its segment masks are per example, so 'splash' is
+refused) is 'xla', the reference, by default; 'cudnn' (NVIDIA GPUs, bfloat16)
+and 'splash' (TPU) compute the same function with the platform's fused kernel
+(ssl_jax/nn/attention.py). Not a hyper-parameter of the paper: a run may
+resume under another kernel.
 """
 
 from __future__ import annotations
@@ -157,7 +164,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   r.model = ml_collections.ConfigDict(dict(
       architecture='masked_skip',  # 'masked' | 'masked_skip' | 'two_stream'
       width=768, num_layers=12, heads=12, mlp_ratio=4, decoder_layers=8,
-      decoder_heads=12, drop_path=0.0, remat=False))
+      decoder_heads=12, drop_path=0.0, remat=False, attention='xla'))
 
   c.optimizer = ml_collections.ConfigDict(dict(
       lr=1.0, weight_decay=0.05, b1=0.9, b2=0.95, eps=1e-8, warmup_steps=0,

@@ -106,6 +106,9 @@ def test_cli_rejects_unknown_key_wrong_type_and_bad_value(tmp_path):
                  marks=[pytest.mark.slow, pytest.mark.e2e]),
     (['stray'], 'error: unexpected arguments: stray (overrides are --config.KEY=VALUE)'),
     (['--seeds=0'], 'error: --seeds=0: must be an integer >= 1'),
+    (['--stop_after=0'], 'error: --stop_after=0: must be an integer >= 1, for a training run'),
+    (['--stop_after=5', '--sweep'], 'error: --stop_after=5: must be an integer >= 1, for a'),
+    (['--peer_timeout=0'], 'error: --peer_timeout=0.0: must be > 0 seconds'),
     (['--seeds=2', '--sweep'],
      'error: pass at most one of --sweep, --layer_sweep, --low_data, --seeds'),
 ])

@@ -36,7 +36,8 @@ def test_run_writes_metrics_events_and_checkpoints(reference):
   records = read_metrics(workdir)
   assert [r['step'] for r in records] == list(range(1, STEPS + 1))
   for key in ('loss', 'learning_rate', 'grad_norm', 'examples_per_sec', 'step_time',
-              'tflops_per_sec', 'pixel_accuracy', 'online_probe/loss', 'online_probe/top1'):
+              'model_tflops_per_sec', 'hardware_tflops_per_sec', 'mfu', 'hfu',
+              'pixel_accuracy', 'online_probe/loss', 'online_probe/top1'):
     assert np.isfinite(records[-1][key]), key
   # The monitors ran every 15 steps (eval.every) and at the end.
   evaluated = {r['step']: r for r in records if 'knn/top1' in r}

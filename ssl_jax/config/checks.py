@@ -104,6 +104,9 @@ RESUMABLE_KEYS = ('total_steps', 'log_every', 'checkpoint.every', 'checkpoint.ke
                   'init.step')
 # Evaluation reads the state and never changes it.
 RESUMABLE_PREFIXES = ('eval.', 'sweep.', 'feature_probe.')
+# The attention kernel (ssl_jax.nn.attention) computes the same function: a
+# run started on one platform may resume on another.
+RESUMABLE_SUFFIXES = ('.model.attention',)
 
 
 def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
@@ -141,11 +144,12 @@ def with_added_keys(saved: dict, added: dict | None = None) -> dict:
 
 def incompatible_keys(saved: dict, current: dict, added: dict | None = None) -> list[str]:
   """Keys whose values differ between a checkpoint's config and this run's,
-  other than RESUMABLE_KEYS and RESUMABLE_PREFIXES; a key missing from one
+  other than RESUMABLE_KEYS, RESUMABLE_PREFIXES and RESUMABLE_SUFFIXES; a key missing from one
   side reads as its ADDED_KEYS (or `added`: a method's) value."""
   a, b = flatten(saved), flatten(current)
   keys = sorted(set(a) | set(b))
   defaults = {**ADDED_KEYS, **(added or {})}
   old = lambda d, k: d.get(k, defaults.get(k, '<missing>'))
   return [k for k in keys if old(a, k) != old(b, k)
-          and k not in RESUMABLE_KEYS and not k.startswith(RESUMABLE_PREFIXES)]
+          and k not in RESUMABLE_KEYS and not k.startswith(RESUMABLE_PREFIXES)
+          and not k.endswith(RESUMABLE_SUFFIXES)]

@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 
 from ssl_jax.config.checks import ConfigError, flatten, to_json
 from ssl_jax.core import checkpoint as ckpt_lib
+from ssl_jax.core import flops as flops_lib
 from ssl_jax.core import optim
 from ssl_jax import sharding as sharding_lib
 from ssl_jax.core import step as step_lib
@@ -140,6 +141,7 @@ class Trainer:
       raise DataError(f'config.data.name={config.data.name!r} (split {config.data.split!r}) '
                       'has no labels: a classification run needs a labelled dataset')
     self.config = config
+    self.num_classes = num_classes
     self.mesh = sharding_lib.make_mesh(config.sharding.fsdp_axis_size, devices)
     self.task = tasks.build(config, num_classes, dtype_of(config))
     validation.validate_representations(config, self.task.representations())
@@ -173,8 +175,27 @@ class Trainer:
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
     return jax.jit(self._init_fn(), out_shardings=shardings)()
 
+  def model_flops(self) -> float:
+    """Model FLOPs of one step for the global batch (ssl_jax.core.flops):
+    the matmuls of the loss's forward pass and gradient, traced (not
+    compiled) on the reference program of this config."""
+    config = flops_lib.reference_config(self.config)
+    task = (self.task if config.to_dict() == self.config.to_dict()
+            else tasks.build(config, self.num_classes, dtype_of(config)))
+    batch = abstract_batch(config)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    one = {'image': jax.ShapeDtypeStruct((1,) + batch['image'].shape[1:], jnp.float32)}
+    params = jax.eval_shape(task.init, key, one)
+    state = jax.eval_shape(task.init_state, key, one, params)
+
+    def gradient(params, state, batch, rng):
+      return jax.value_and_grad(task.loss, has_aux=True)(params, batch, rng, train=True,
+                                                          state=state)
+    return flops_lib.jaxpr_flops(jax.make_jaxpr(gradient)(params, state, batch, key))
+
   def compile_step(self, abstract, batch_shapes):
-    """The compiled train step and its FLOPs per step (from XLA's cost analysis)."""
+    """The compiled train step and its hardware FLOPs per step for all
+    devices (XLA's cost analysis; None where the backend has none)."""
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
     jitted = step_lib.jit_train_step(
         step_lib.make_train_step(self.task, self.tx, self.lr_schedule, self.config.seed),
@@ -186,7 +207,8 @@ class Trainer:
 
 
 def step_flops(compiled, num_devices: int) -> float | None:
-  """Model FLOPs of one step for all devices, from the compiled computation."""
+  """Hardware FLOPs of one step for all devices: XLA's cost analysis of the
+  compiled computation (recomputation and elementwise work included)."""
   try:
     analysis = compiled.cost_analysis()
   except Exception:  # some backends do not implement it

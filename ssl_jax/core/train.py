@@ -29,6 +29,7 @@ from ssl_jax import drawing, tasks
 from ssl_jax.config.checks import flatten, incompatible_keys, to_json
 from ssl_jax.core import assembly, validation
 from ssl_jax.core import checkpoint as ckpt_lib
+from ssl_jax.core import flops as flops_lib
 from ssl_jax.core import metrics as metrics_lib
 from ssl_jax.core import provenance as provenance_lib
 from ssl_jax.core import workdir as workdir_lib
@@ -322,12 +323,24 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemptio
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
     logging.info('%s: %.2fM parameters, mesh %s', config.objective, num_params / 1e6,
                  dict(trainer.mesh.shape))
-    compiled, flops = trainer.compile_step(abstract, assembly.abstract_batch(config))
+    compiled, hardware_flops = trainer.compile_step(abstract, assembly.abstract_batch(config))
+    try:
+      model_flops = trainer.model_flops()
+    except Exception as e:  # noqa: BLE001 (a diagnostic: never the reason a run fails)
+      logging.warning('model FLOPs not counted (%s: %s): no MFU in this run\'s logs',
+                      type(e).__name__, e)
+      model_flops = None
+    peak, peak_source = flops_lib.peak_flops(list(trainer.mesh.devices.flat),
+                                             config.compute_dtype)
+    logging.info(flops_lib.describe(model_flops, hardware_flops, peak, peak_source))
     writer = metrics_lib.make_writer(workdir, resume_step=start)
     results = metrics_lib.EvalResults(workdir, resume_step=start, provenance=made_by,
                                       augmentation=augmentation_summary(config))
     if start == 0:
-      writer.write_hparams({'num_params': num_params})
+      writer.write_hparams({'num_params': num_params,
+                            **({'model_flops_per_step': model_flops} if model_flops else {}),
+                            **({'hardware_flops_per_step': hardware_flops}
+                               if hardware_flops else {})})
 
     if selects_best(config):
       # Those of an interrupted run's later steps are recomputed identically.
@@ -413,15 +426,15 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemptio
       now = time.perf_counter()
       dt = (now - last_log_time) / max(step - last_log_step, 1)
       last_log_time, last_log_step = now, step
-      scalars = dict(host, step_time=dt, examples_per_sec=config.batch_size / dt)
-      if flops:
-        scalars['tflops_per_sec'] = flops / dt / 1e12
+      scalars = dict(host, step_time=dt, examples_per_sec=config.batch_size / dt,
+                     **flops_lib.utilisation(model_flops, hardware_flops, dt, peak))
       writer.write_scalars(step, scalars)
       if flush:  # metrics.jsonl and TensorBoard are current at every log
         writer.flush()
-      logging.info('step %d/%d | loss %.4f | lr %.2e | %.1f ex/s | %.0f ms/step | ETA %s',
+      mfu = f' | MFU {100 * scalars["mfu"]:.1f}%' if 'mfu' in scalars else ''
+      logging.info('step %d/%d | loss %.4f | lr %.2e | %.1f ex/s | %.0f ms/step%s | ETA %s',
                    step, total, host['loss'], host['learning_rate'],
-                   config.batch_size / dt, dt * 1e3, _format_eta(dt * (total - step)))
+                   config.batch_size / dt, dt * 1e3, mfu, _format_eta(dt * (total - step)))
 
     try:
       for step in range(start + 1, total + 1):

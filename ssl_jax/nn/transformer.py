@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.nn.attention import attention_fn
+
 Dtype = Any
 
 
@@ -41,6 +43,7 @@ class EncoderBlock(nn.Module):
   dtype: Dtype = jnp.float32
   kernel_init: Any = None
   drop_path: float = 0.0
+  attention: str = 'xla'  # ssl_jax.nn.attention.IMPLEMENTATIONS
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None,
@@ -48,7 +51,8 @@ class EncoderBlock(nn.Module):
     y = nn.LayerNorm(dtype=self.dtype)(x)
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.heads, dtype=self.dtype, dropout_rate=self.dropout,
-        deterministic=not train, **_init(self.kernel_init))(y, y, mask=mask)
+        deterministic=not train, attention_fn=attention_fn(self.attention),
+        **_init(self.kernel_init))(y, y, mask=mask)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
     x = x + DropPath(self.drop_path)(y, train=train)
     y = MlpBlock(self.mlp_ratio, self.dropout, self.dtype, self.kernel_init)(
@@ -71,6 +75,7 @@ class Encoder(nn.Module):
   dtype: Dtype = jnp.float32
   kernel_init: Any = None  # None: flax's default (lecun normal)
   drop_path: float = 0.0  # the last block's rate; block k of L: drop_path * (k-1) / (L-1)
+  attention: str = 'xla'  # ssl_jax.nn.attention.IMPLEMENTATIONS
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
@@ -80,7 +85,7 @@ class Encoder(nn.Module):
     for i in range(self.num_layers):
       rate = self.drop_path * i / max(self.num_layers - 1, 1)  # DeiT / timm's linear rule
       x = block_cls(self.heads, self.mlp_ratio, self.dropout, self.dtype, self.kernel_init,
-                    rate, name=f'block{i + 1}')(x, mask, train)
+                    rate, self.attention, name=f'block{i + 1}')(x, mask, train)
       layers[f'layer_{i + 1}'] = x
     return nn.LayerNorm(dtype=self.dtype, name='final_norm')(x), layers
 

@@ -62,6 +62,7 @@ class ViT(nn.Module):
   dtype: Any = jnp.float32
   position: str = 'learned'  # or 'sincos' (fixed, on a square grid)
   kernel_init: Any = None  # None: flax's default (LeCun normal)
+  attention: str = 'xla'  # ssl_jax.nn.attention.IMPLEMENTATIONS
 
   @nn.compact
   def __call__(self, patches: jax.Array, *, masked: jax.Array | None = None,
@@ -104,7 +105,7 @@ class ViT(nn.Module):
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return Encoder(self.depth, self.heads, self.mlp_ratio, self.dropout, self.remat,
                    self.dtype, kernel_init=self.kernel_init, drop_path=self.drop_path,
-                   name='encoder')(x, train=train)
+                   attention=self.attention, name='encoder')(x, train=train)
 
 
 def layer_of(path: tuple[str, ...], depth: int, root: str = 'vit') -> int:

@@ -46,6 +46,7 @@ from ssl_jax.config.checks import (ConfigError, boolean, is_int, one_of, positiv
 from ssl_jax.methods.base import LossAux, Method
 from ssl_jax.methods.igpt import palette as palette_lib
 from ssl_jax.methods.igpt.model import GPT, SOS, shift_right
+from ssl_jax.nn import attention
 from ssl_jax.nn.losses import example_weights, weighted_mean
 from ssl_jax.nn.pooling import pool
 
@@ -72,7 +73,7 @@ class IGPT(Method):
                        'igpt.model.heads', 'igpt.model.mlp_ratio', 'igpt.model.context')
   # Checkpoints written before igpt.model.token_init existed used the
   # released model's normal initialisation.
-  added_keys = {'igpt.model.token_init': 'normal'}
+  added_keys = {'igpt.model.token_init': 'normal', 'igpt.model.attention': 'xla'}
   frozen_params = ('palette',)
   generative_finetune = True   # Step 3: L_CLF + L_GEN
   draws_pictures = True
@@ -94,7 +95,7 @@ class IGPT(Method):
     self.token_init = m.token_init
     self.net = GPT(vocab=self.vocab, context=m.context, width=m.width,
                    num_layers=m.num_layers, heads=m.heads, causal=not self.bert,
-                   mlp_ratio=m.mlp_ratio, remat=m.remat, dtype=dtype)
+                   mlp_ratio=m.mlp_ratio, remat=m.remat, dtype=dtype, attention=m.attention)
     # A pretraining config names its data: the palette is read (and must
     # exist) now; so does the backbone block of a from-scratch variant
     # (configs/igpt.py, finetune_config), for its dataset's default palette.
@@ -144,6 +145,7 @@ class IGPT(Method):
           f'{size}x{size} = {size * size} tokens do not fit; use data.image_size <= {fits} or '
           f'model.context >= {size * size} (the paper: 32 -> 1024, 48 -> 2304, 64 -> 4096)')
     boolean(config, m + 'remat')
+    attention.validate(config, m + 'attention')
     del objective
 
   @classmethod

@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.nn.attention import fused
+
 Dtype = Any
 SOS = -1  # the input token that stands for the start-of-sequence vector
 
@@ -43,6 +45,7 @@ class Attention(nn.Module):
   num_layers: int
   causal: bool
   dtype: Dtype = jnp.float32
+  attention: str = 'xla'  # ssl_jax.nn.attention.IMPLEMENTATIONS (training passes)
 
   @nn.compact
   def __call__(self, x: jax.Array, cache=None, index=None):
@@ -55,7 +58,7 @@ class Attention(nn.Module):
 
     q, k, v = project('query'), project('key'), project('value')  # [b, t, h, dh]
     if cache is None:
-      out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
+      out = fused(q, k, v, self.attention, is_causal=self.causal)
     else:
       ck, cv = cache
       ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
@@ -78,13 +81,15 @@ class Block(nn.Module):
   causal: bool
   mlp_ratio: int = 4
   dtype: Dtype = jnp.float32
+  attention: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array, cache=None, index=None):
     d = x.shape[-1]
     norm = lambda name: nn.RMSNorm(epsilon=1e-5, dtype=self.dtype, name=name)  # noqa: E731
     h = norm('ln_1')(x)
-    a, cache = Attention(self.heads, self.num_layers, self.causal, self.dtype, name='attn')(
+    a, cache = Attention(self.heads, self.num_layers, self.causal, self.dtype, self.attention,
+                         name='attn')(
         h, cache, index)
     x = x + a
     dense = lambda f, name: nn.Dense(f, use_bias=False, dtype=self.dtype, name=name,  # noqa: E731
@@ -115,6 +120,7 @@ class GPT(nn.Module):
   mlp_ratio: int = 4
   remat: bool = False
   dtype: Dtype = jnp.float32
+  attention: str = 'xla'
 
   @nn.compact
   def __call__(self, inputs: jax.Array, keep: jax.Array | None = None, *, cache=None,
@@ -135,7 +141,7 @@ class GPT(nn.Module):
     for i in range(self.num_layers):
       h, normed, layer_cache = block(
           self.heads, self.num_layers, self.causal, self.mlp_ratio, self.dtype,
-          name=f'block{i + 1}')(h, None if cache is None else cache[i], index)
+          self.attention, name=f'block{i + 1}')(h, None if cache is None else cache[i], index)
       intermediates[f'layer_{i}'] = normed
       new_cache.append(layer_cache)
     h = nn.RMSNorm(epsilon=1e-5, dtype=self.dtype, name='ln_f')(h)

@@ -31,7 +31,7 @@ from ssl_jax import drawing
 from ssl_jax.config.checks import boolean, is_int, is_number, require
 from ssl_jax.methods.base import LossAux, Method
 from ssl_jax.methods.mae.model import MAENet
-from ssl_jax.nn import masks
+from ssl_jax.nn import attention, masks
 from ssl_jax.nn.losses import example_weights, weighted_mean
 from ssl_jax.nn import vit
 from ssl_jax.nn.patches import (denormalise_patches, gather, normalise_patches, patch_vectors,
@@ -47,6 +47,7 @@ def visible_count(num_patches: int, mask_ratio: float) -> int:
 
 class MAE(Method):
   name = 'mae'
+  added_keys = {'mae.model.attention': 'xla'}  # the kernel, not the network
   # The encoder's shapes only: a probe or fine-tune reads the encoder (no
   # decoder), whatever masking, loss or decoder trained it.
   architecture_keys = ('data.image_size', 'mae.patch_size', 'mae.model.width', 'mae.model.depth',
@@ -68,7 +69,8 @@ class MAE(Method):
         grid=self.grid, patch_dim=self.patch * self.patch * 3, width=md.width, depth=md.depth,
         heads=md.heads, mlp_ratio=md.mlp_ratio, decoder_width=md.get('decoder_width', 512),
         decoder_depth=md.get('decoder_depth', 8), decoder_heads=md.get('decoder_heads', 16),
-        drop_path=md.drop_path, remat=md.get('remat', False), dtype=dtype)
+        drop_path=md.drop_path, remat=md.get('remat', False), dtype=dtype,
+        attention=md.attention)
 
   # -- configuration --------------------------------------------------------
 
@@ -88,6 +90,7 @@ class MAE(Method):
       require(config, m + key, lambda v: is_int(v) and v > 0, 'a positive integer')
     require(config, m + 'drop_path', lambda v: is_number(v) and 0 <= v < 1, 'a number in [0, 1)')
     boolean(config, m + 'remat')
+    attention.validate(config, m + 'attention')
 
   @classmethod
   def validate(cls, config: ml_collections.ConfigDict) -> None:

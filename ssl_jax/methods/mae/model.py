@@ -50,16 +50,18 @@ class MAENet(nn.Module):
   drop_path: float = 0.0
   remat: bool = False
   dtype: Any = jnp.float32
+  attention: str = 'xla'
 
   def setup(self):
     n = self.grid[0] * self.grid[1]
     self.vit = ViT(n, self.width, self.depth, self.heads, self.mlp_ratio, 0.0, self.drop_path,
                    prefix=('cls',), remat=self.remat, dtype=self.dtype, position='sincos',
-                   kernel_init=XAVIER)
+                   kernel_init=XAVIER, attention=self.attention)
     self.decoder_embed = nn.Dense(self.decoder_width, dtype=self.dtype, kernel_init=XAVIER)
     self.mask_token = MaskToken(self.decoder_width)
     self.decoder = Encoder(self.decoder_depth, self.decoder_heads, self.mlp_ratio, 0.0,
-                           self.remat, self.dtype, kernel_init=XAVIER)
+                           self.remat, self.dtype, kernel_init=XAVIER,
+                           attention=self.attention)
     self.predict = nn.Dense(self.patch_dim, dtype=self.dtype, kernel_init=XAVIER)
 
   def encode(self, patches: jax.Array, *, keep: jax.Array | None = None,

@@ -42,7 +42,7 @@ from ssl_jax.methods.base import LossAux, Method
 from ssl_jax.methods.multitask_vit import tasks as tasks_lib
 from ssl_jax.methods.multitask_vit.model import CLS, CT, PREFIX, ROT, MultiTaskViT
 from ssl_jax.nn import colour as colour_lib
-from ssl_jax.nn import contrastive, vit
+from ssl_jax.nn import attention, contrastive, vit
 from ssl_jax.nn.losses import example_weights, weighted_mean
 from ssl_jax.nn.patch_context import first_view, flat_views
 from ssl_jax.nn.patches import filled_image, gather, to_signed, unpatchify
@@ -81,6 +81,7 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 class MultiTaskViTMethod(Method):
   name = 'multitask_vit'
+  added_keys = {'multitask_vit.model.attention': 'xla'}  # the kernel, not the network
   # The ViT's shapes only: a probe or fine-tune reads the ViT (no head, no
   # mask or no-position token), whatever tasks, weighting or regularisation
   # trained it; the learned position embeddings fix the grid.
@@ -125,7 +126,7 @@ class MultiTaskViTMethod(Method):
         mlp_ratio=md.mlp_ratio, dropout=md.dropout, drop_path=md.drop_path,
         withhold_positions=self.spec.withhold_positions,
         num_log_vars=len(self.tasks) if self.weighting == 'uncertainty' else 0,
-        remat=md.get('remat', False), dtype=dtype)
+        remat=md.get('remat', False), dtype=dtype, attention=md.attention)
 
   # -- configuration --------------------------------------------------------
 
@@ -145,6 +146,11 @@ class MultiTaskViTMethod(Method):
       require(config, m + key, lambda v: is_int(v) and v > 0, 'a positive integer')
     for key in ('dropout', 'drop_path'):
       require(config, m + key, lambda v: is_number(v) and 0 <= v < 1, 'a number in [0, 1)')
+    if attention.validate(config, m + 'attention') != 'xla' and config.multitask_vit.model.dropout:
+      raise ConfigError(f'config.{m}attention={config.multitask_vit.model.attention!r} is not '
+                        f'allowed with {m}dropout={config.multitask_vit.model.dropout}: the '
+                        "fused kernels have no attention dropout; use attention='xla' or "
+                        'dropout=0')
     try:
       parse_tasks(config.multitask_vit.tasks)
     except ValueError as e:

@@ -66,6 +66,7 @@ class MultiTaskViT(nn.Module):
   num_log_vars: int = 0  # > 0: the learned uncertainty weighting's s_t, one per task
   remat: bool = False
   dtype: Any = jnp.float32
+  attention: str = 'xla'
 
   def setup(self):
     outs = dict(self.heads_out)
@@ -73,7 +74,7 @@ class MultiTaskViT(nn.Module):
                    self.dropout, self.drop_path, prefix=PREFIX,
                    mask_token='inpainting' in outs,
                    no_position_token=self.withhold_positions and 'relative_position' in outs,
-                   remat=self.remat, dtype=self.dtype)
+                   remat=self.remat, dtype=self.dtype, attention=self.attention)
     self.task_heads = {
         task: (nn.Dense(out, dtype=self.dtype, name=f'{task}_head') if task == 'rotation'
                else Mlp(self.head_width, out, self.dtype, name=f'{task}_head'))

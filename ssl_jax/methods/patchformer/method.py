@@ -21,6 +21,7 @@ from ssl_jax.config.checks import (ConfigError, boolean, is_int, is_number, posi
 from ssl_jax.methods.base import LossAux, Method
 from ssl_jax.methods.patchformer import augment
 from ssl_jax.methods.patchformer.model import PatchFormerNet
+from ssl_jax.nn import attention
 from ssl_jax.nn import masks as masking
 from ssl_jax.nn.losses import example_weights, soft_cross_entropy, weighted_mean
 from ssl_jax.nn.patches import gather, patchify, to_signed
@@ -54,7 +55,7 @@ class PatchFormer(Method):
   architecture_keys = ('patchformer.model', 'patchformer.patch_size',
                        'patchformer.jitter_crop', 'data.image_size')
   # Checkpoints written before resnet_norm existed used LayerNorm.
-  added_keys = {'patchformer.model.resnet_norm': 'layer'}
+  added_keys = {'patchformer.model.resnet_norm': 'layer', 'patchformer.model.attention': 'xla'}
   # Section 2.2: 10% of the patches masked while fine-tuning.
   finetune_masking = True
 
@@ -82,7 +83,7 @@ class PatchFormer(Method):
         num_layers=m.num_layers, heads=m.heads, mlp_ratio=m.mlp_ratio,
         pool_heads=m.pool_heads, decoder_width=m.decoder_width,
         decoder_blocks=m.decoder_blocks, target_size=self.target.size,
-        levels=2 ** self.target.bits, remat=m.remat, dtype=dtype)
+        levels=2 ** self.target.bits, remat=m.remat, dtype=dtype, attention=m.attention)
 
   @classmethod
   def validate(cls, config: ml_collections.ConfigDict) -> None:
@@ -137,6 +138,7 @@ class PatchFormer(Method):
       require(config, m + k, lambda v: is_int(v) and v > 0 and width % v == 0,
               f'a positive integer that divides model.width={width}')
     boolean(config, m + 'remat')
+    attention.validate(config, m + 'attention')
     require(config, m + 'resnet_norm', lambda v: v in NORMS, f'one of {NORMS}')
 
   # -- pieces -----------------------------------------------------------------

@@ -48,6 +48,7 @@ class PatchFormerNet(nn.Module):
   levels: int = 4
   remat: bool = False
   dtype: Dtype = jnp.float32
+  attention: str = 'xla'
 
   @nn.compact
   def __call__(self, patches: jax.Array, visible_idx: jax.Array,
@@ -60,7 +61,7 @@ class PatchFormerNet(nn.Module):
     out = {'patch_embed': x}
     x = x + FactorizedPosEmbed(self.grid, self.width, name='pos_embed')(visible_idx)
     x, layers = Encoder(self.num_layers, self.heads, self.mlp_ratio,
-                        remat=self.remat, dtype=self.dtype,
+                        remat=self.remat, dtype=self.dtype, attention=self.attention,
                         name='transformer')(x, train=train)
     queries = FactorizedPosEmbed(self.grid, self.width, name='query_embed')(query_idx)
     pooled = AttentionPool(self.pool_heads, self.mlp_ratio, self.dtype,

@@ -31,6 +31,7 @@ from ssl_jax.config.checks import (ConfigError, boolean, is_int, is_number, one_
 from ssl_jax.methods.base import LossAux, Method
 from ssl_jax.methods.randsac import segments as segments_lib
 from ssl_jax.methods.randsac.model import ARCHITECTURES, RandSACNet
+from ssl_jax.nn import attention
 from ssl_jax.nn.losses import example_weights, weighted_mean
 from ssl_jax.nn.patches import (denormalise_patches, gather, normalise_patches, patch_vectors,
                                  token_image, unpatchify)
@@ -40,6 +41,7 @@ class RandSAC(Method):
   """The method: init / loss / represent / pictures (see ssl_jax.methods.base)."""
 
   name = 'randsac'
+  added_keys = {'randsac.model.attention': 'xla'}  # the kernel, not the network
   self_supervised = True
   # What fixes the encoder's parameters (the decoder is dropped for probes
   # and fine-tunes; two-stream's depth counts the decoder's layers).
@@ -71,7 +73,7 @@ class RandSAC(Method):
         grid=self.grid, patch_dim=self.patch * self.patch * 3, architecture=m.architecture,
         width=m.width, num_layers=m.num_layers, heads=m.heads, mlp_ratio=m.mlp_ratio,
         decoder_layers=m.decoder_layers, decoder_heads=m.decoder_heads,
-        drop_path=m.drop_path, remat=m.remat, dtype=dtype)
+        drop_path=m.drop_path, remat=m.remat, dtype=dtype, attention=m.attention)
 
   @property
   def static_size(self) -> int | None:
@@ -108,6 +110,7 @@ class RandSAC(Method):
     require(config, m + 'drop_path', lambda v: is_number(v) and 0 <= v < 1,
             'a number in [0, 1)')
     boolean(config, m + 'remat')
+    attention.validate(config, m + 'attention')
 
   @classmethod
   def validate(cls, config: ml_collections.ConfigDict) -> None:

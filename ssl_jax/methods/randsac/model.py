@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.nn.attention import attention_fn
 from ssl_jax.nn.posembed import sincos_2d
 from ssl_jax.nn.transformer import DropPath, MlpBlock
 
@@ -35,8 +36,10 @@ Dtype = Any
 ARCHITECTURES = ('masked', 'masked_skip', 'two_stream')
 
 
-def _attention(heads: int, dtype: Dtype, name: str) -> nn.MultiHeadDotProductAttention:
-  return nn.MultiHeadDotProductAttention(num_heads=heads, dtype=dtype, name=name)
+def _attention(heads: int, dtype: Dtype, name: str,
+               implementation: str = 'xla') -> nn.MultiHeadDotProductAttention:
+  return nn.MultiHeadDotProductAttention(num_heads=heads, dtype=dtype, name=name,
+                                         attention_fn=attention_fn(implementation))
 
 
 class Block(nn.Module):
@@ -46,13 +49,14 @@ class Block(nn.Module):
   mlp_ratio: int = 4
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
+  attention: str = 'xla'
 
   @nn.compact
   def __call__(self, h: jax.Array, mask: jax.Array | None, g: jax.Array | None = None,
                query_mask: jax.Array | None = None, train: bool = False):
     norm1 = nn.LayerNorm(dtype=self.dtype, name='norm1')
     norm2 = nn.LayerNorm(dtype=self.dtype, name='norm2')
-    attention = _attention(self.heads, self.dtype, 'attention')
+    attention = _attention(self.heads, self.dtype, 'attention', self.attention)
     mlp = MlpBlock(self.mlp_ratio, 0.0, self.dtype, name='mlp')
     drop = DropPath(self.drop_path)
 
@@ -72,13 +76,16 @@ class DecoderBlock(nn.Module):
   heads: int
   mlp_ratio: int = 4
   dtype: Dtype = jnp.float32
+  attention: str = 'xla'
 
   @nn.compact
   def __call__(self, x, memory, self_mask, memory_mask):
     y = nn.LayerNorm(dtype=self.dtype, name='norm1')(x)
-    x = x + _attention(self.heads, self.dtype, 'self_attention')(y, y, mask=self_mask)
+    x = x + _attention(self.heads, self.dtype, 'self_attention', self.attention)(
+        y, y, mask=self_mask)
     y = nn.LayerNorm(dtype=self.dtype, name='norm2')(x)
-    x = x + _attention(self.heads, self.dtype, 'cross_attention')(y, memory, mask=memory_mask)
+    x = x + _attention(self.heads, self.dtype, 'cross_attention', self.attention)(
+        y, memory, mask=memory_mask)
     y = nn.LayerNorm(dtype=self.dtype, name='norm3')(x)
     return x + MlpBlock(self.mlp_ratio, 0.0, self.dtype, name='mlp')(y, train=False)
 
@@ -115,6 +122,7 @@ class RandSACNet(nn.Module):
   drop_path: float = 0.0
   remat: bool = False
   dtype: Dtype = jnp.float32
+  attention: str = 'xla'
 
   @property
   def encoder_layers(self) -> int:
@@ -134,11 +142,11 @@ class RandSACNet(nn.Module):
     block = nn.remat(Block, static_argnums=(5,)) if self.remat else Block
     n = self.encoder_layers
     self.blocks = [block(self.heads, self.mlp_ratio, self.drop_path * i / max(n - 1, 1),
-                         self.dtype, name=f'block{i + 1}') for i in range(n)]
+                         self.dtype, self.attention, name=f'block{i + 1}') for i in range(n)]
     self.final_norm = nn.LayerNorm(dtype=self.dtype, name='final_norm')
     if self.architecture != 'two_stream':
       self.decoder = [DecoderBlock(self.decoder_heads, self.mlp_ratio, self.dtype,
-                                   name=f'decoder{i + 1}') for i in range(self.decoder_layers)]
+                                   self.attention, name=f'decoder{i + 1}') for i in range(self.decoder_layers)]
       self.decoder_norm = nn.LayerNorm(dtype=self.dtype, name='decoder_norm')
     if self.architecture == 'masked_skip':
       self.skip = SkipMemory(self.decoder_layers, self.dtype, name='skip')

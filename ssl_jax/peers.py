@@ -1,0 +1,143 @@
+"""Watching the other processes of a multi-process run.
+
+When one process of a jax.distributed run dies (a preempted VM, kill -9,
+an out-of-memory kill), the others block inside the step's collectives
+until JAX's own heartbeat check aborts them (after
+`heartbeat_timeout_seconds`, with a C++ stack trace and SIGABRT). This
+module ends them sooner and in one line: each process publishes a counter
+in the coordination service's key-value store every `interval_s` and reads
+everyone's; a process whose counter has not moved for `timeout_s` (or a
+coordination service that no longer answers: process 0 died) makes this
+process print
+
+  error: process 1 of 2 stopped (no heartbeat for 10 s: preempted or
+  crashed); stopping this one too: rerun the same command on every process
+  to resume from the last checkpoint
+
+and exit with status 75 (EXIT_TEMPORARY, what launch/supervise.py reruns).
+A process that finished its work says so first (`finish`), so that the
+others' tail work (a last evaluation, writing tables) is not mistaken for
+a death. Everything written stays consistent: checkpoints are committed
+atomically, and the workdir's claim is taken over by the rerun.
+
+JAX's own check is kept as the backstop: `initialize` sets its heartbeat
+timeout to twice ours, so ours fires first.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+import jax
+from absl import logging
+
+EXIT_TEMPORARY = 75
+_PREFIX = 'ssl_jax/peers'
+
+
+def initialize(coordinator_address=None, num_processes=None, process_id=None, *,
+               timeout_s: float) -> None:
+  """jax.distributed.initialize (arguments None: detected, as on a TPU pod)
+  with JAX's heartbeat timeout at 2 x timeout_s."""
+  jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                             heartbeat_timeout_seconds=max(int(2 * timeout_s), 10))
+
+
+def _client():
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return distributed.global_state.client
+
+
+class Watch:
+  """A daemon thread that ends this process when another one stops (see the
+  module docstring). `on_lost(message)` replaces the exit (tests)."""
+
+  def __init__(self, timeout_s: float, interval_s: float = 1.0, on_lost=None):
+    if not timeout_s > 0:
+      raise ValueError(f'timeout_s={timeout_s}: must be > 0 seconds')
+    self.timeout_s, self.interval_s = timeout_s, min(interval_s, timeout_s / 4)
+    self.me, self.count = jax.process_index(), jax.process_count()
+    self._on_lost = on_lost or _exit
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, name='ssl_jax-peers', daemon=True)
+
+  def start(self) -> 'Watch':
+    if self.count > 1:
+      self._thread.start()
+    return self
+
+  def finish(self) -> None:
+    """This process's work is done: the others stop watching it."""
+    if self.count > 1 and not self._stop.is_set():
+      self._stop.set()
+      self._thread.join()
+      try:
+        _client().key_value_set(f'{_PREFIX}/done/{self.me}', '1', allow_overwrite=True)
+      except Exception:  # noqa: BLE001 (the service is gone: nobody is watching)
+        pass
+
+  def _lost(self, message: str) -> None:
+    self._stop.set()
+    self._on_lost(message)
+
+  def _run(self) -> None:
+    client = _client()
+    beat = 0
+    seen = {}  # process -> (its last counter, when it last moved)
+    while not self._stop.is_set():
+      beat += 1
+      now = time.monotonic()
+      try:
+        client.key_value_set(f'{_PREFIX}/beat/{self.me}', str(beat), allow_overwrite=True)
+        entries = dict(client.key_value_dir_get(f'{_PREFIX}/'))
+      except Exception as e:  # noqa: BLE001
+        if self._stop.is_set():
+          return
+        self._lost(f'the coordination service (process 0 of {self.count}) stopped '
+                   f'answering ({type(e).__name__}: preempted or crashed)')
+        return
+      for p in range(self.count):
+        if p == self.me or f'{_PREFIX}/done/{p}' in entries:
+          continue
+        value = entries.get(f'{_PREFIX}/beat/{p}')
+        if p not in seen or seen[p][0] != value:
+          seen[p] = (value, now)
+        elif now - seen[p][1] > self.timeout_s:
+          self._lost(f'process {p} of {self.count} stopped (no heartbeat for '
+                     f'{self.timeout_s:g} s: preempted or crashed)')
+          return
+      self._stop.wait(self.interval_s)
+
+
+_PEER_FAILURES = ('gloo', 'connection reset', 'connection refused', 'heartbeat',
+                  'unavailable', 'deadline_exceeded', 'socket closed', 'broken pipe')
+
+
+def is_peer_failure(error: BaseException) -> bool:
+  """True for an error of a multi-process run's collectives or coordination
+  that means another process is gone (on CPU, gloo fails at once when its
+  peer's socket closes; TPUs block instead, which `Watch` ends)."""
+  text = str(error).lower()
+  return (jax.process_count() > 1 and isinstance(error, jax.errors.JaxRuntimeError)
+          and any(s in text for s in _PEER_FAILURES))
+
+
+def stop_for_peer_failure(error: BaseException) -> None:
+  """Ends this process as `Watch` does, for an error `is_peer_failure`
+  recognised (without waiting for JAX's shutdown barrier, which would wait
+  for the dead process and then abort)."""
+  first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  _exit(f'another process of this {jax.process_count()}-process run stopped (a '
+        f'collective failed: {first[:200]})')
+
+
+def _exit(message: str) -> None:
+  line = (f'error: {message}; stopping this one too: rerun the same command on every '
+          'process to resume from the last checkpoint')
+  logging.error(line)
+  sys.stdout.flush()
+  print(line, file=sys.stderr, flush=True)
+  os._exit(EXIT_TEMPORARY)  # the main thread may be blocked in a collective

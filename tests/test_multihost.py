@@ -1,0 +1,150 @@
+"""Every method across two processes, through main.py: two jax.distributed
+processes on 127.0.0.1 (4 fake CPU devices each, collectives through gloo)
+run the method's `tiny` config; one process is killed with SIGKILL after a
+checkpoint, and the other must stop on its own within a bounded time (not
+a hang: one line and status 75, or JAX's own abort); then both are rerun with the same command and
+resume. Steps 1-20 must give the golden losses of one process of 8 devices
+(tests/golden/losses.json, held to the same tolerance as test_golden.py).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import test_golden
+from conftest import ROOT
+
+PEER_TIMEOUT = 10  # seconds (--peer_timeout)
+SURVIVOR_BOUND = 90  # seconds: the survivor's exit after the kill, compile jitter included
+
+
+def _port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _launch(method, workdir, data_dir, port, process_id, *extra):
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  return subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, 'main.py'), f'--config=configs/{method}.py:tiny',
+       f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
+       '--config.log_every=1', '--config.checkpoint.every=2',
+       f'--peer_timeout={PEER_TIMEOUT}', f'--coordinator_address=127.0.0.1:{port}',
+       '--num_processes=2', f'--process_id={process_id}', *extra],
+      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      start_new_session=True)
+
+
+def _checkpoints(workdir):
+  directory = os.path.join(workdir, 'checkpoints')
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
+      directory) else []
+
+
+def _reap(procs):
+  for p in procs:
+    if p.poll() is None:
+      os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+
+
+def _assert_stopped_for_a_dead_peer(status, out):
+  """Status 75 with ssl_jax.peers' one line; or an abort from below Python,
+  which the watch cannot preempt: JAX's own check (process 0 died, or this
+  process was blocked in the step's dispatch without Python's lock: after
+  twice --peer_timeout), 'another task died'; or, on the CPU, gloo's
+  collective failing on the closed socket of its peer."""
+  if status == 75:
+    last = out.strip().splitlines()[-1]
+    assert last.startswith('error: ') and 'rerun the same command on every process' in last, (
+        out[-3000:])
+  else:
+    said = [s for s in ('another task died', 'IoException', 'Connection reset by peer')
+            if s in out]
+    assert status == -signal.SIGABRT and said, (status, out[-3000:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('method', test_golden.tiny_methods())
+def test_two_processes_killed_and_resumed_give_the_golden_losses(method, shapes_data_dir,
+                                                                   tmp_path):
+  with open(test_golden.GOLDEN) as f:
+    golden = json.load(f)
+  want = golden['losses'][method]
+  workdir = str(tmp_path / 'w')
+  # 1. Both processes start; process 1 is killed once checkpoint 4 is committed.
+  port = _port()
+  procs = [_launch(method, workdir, shapes_data_dir, port, i) for i in range(2)]
+  try:
+    deadline = time.time() + 600
+    while not [s for s in _checkpoints(workdir) if s >= 4]:
+      assert time.time() < deadline, 'no checkpoint 4 in time'
+      for p in procs:
+        assert p.poll() is None, p.stdout.read()
+      time.sleep(0.05)
+    procs[1].kill()
+    killed = time.time()
+    # 2. Process 0 stops by itself, soon, in one line, with status 75.
+    try:
+      out, _ = procs[0].communicate(timeout=SURVIVOR_BOUND)
+    except subprocess.TimeoutExpired:
+      pytest.fail(f'process 0 still running {SURVIVOR_BOUND} s after process 1 was killed')
+    _assert_stopped_for_a_dead_peer(procs[0].returncode, out)
+    assert time.time() - killed < SURVIVOR_BOUND
+  finally:
+    _reap(procs)
+  # 3. The same command on both processes resumes and runs to step 20.
+  resumed_from = _checkpoints(workdir)[-1]
+  assert 4 <= resumed_from < test_golden.STEPS
+  port = _port()
+  procs = [_launch(method, workdir, shapes_data_dir, port, i,
+                   f'--stop_after={test_golden.STEPS - resumed_from}') for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+  finally:
+    _reap(procs)
+  assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in outs]
+  assert f'resumed from checkpoint {resumed_from}' in outs[0]
+  assert ' | MFU ' in outs[0]  # the console line (the peak: the CPU's, measured)
+  assert outs[0].strip().splitlines()[-1].startswith(f'stopped at step {test_golden.STEPS} ')
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  losses = [r['loss'] for r in records if 'loss' in r]
+  assert [r['step'] for r in records if 'loss' in r] == list(
+      range(1, test_golden.STEPS + 1))  # each step once, from process 0 alone
+  np.testing.assert_allclose(losses[0], want[0], rtol=test_golden.RTOL)
+  rtol = max(test_golden.RTOL, test_golden.SPREADS * golden['measured_spread'][method])
+  np.testing.assert_allclose(losses, want, rtol=rtol, err_msg=method)
+
+
+@pytest.mark.slow
+def test_killing_the_coordinator_ends_the_other_process(shapes_data_dir, tmp_path):
+  """Process 0 holds JAX's coordination service: when it dies, JAX itself
+  ends the others at once (status 134, 'another task died'): bounded, and
+  the rerun resumes as above."""
+  workdir = str(tmp_path / 'w')
+  port = _port()
+  procs = [_launch('mae', workdir, shapes_data_dir, port, i) for i in range(2)]
+  try:
+    deadline = time.time() + 600
+    while not _checkpoints(workdir):
+      assert time.time() < deadline, 'no checkpoint in time'
+      for p in procs:
+        assert p.poll() is None, p.stdout.read()
+      time.sleep(0.05)
+    procs[0].kill()
+    try:
+      out, _ = procs[1].communicate(timeout=SURVIVOR_BOUND)
+    except subprocess.TimeoutExpired:
+      pytest.fail(f'process 1 still running {SURVIVOR_BOUND} s after process 0 was killed')
+    _assert_stopped_for_a_dead_peer(procs[1].returncode, out)
+  finally:
+    _reap(procs)
