@@ -71,7 +71,7 @@ _STOP_AFTER = flags.DEFINE_integer(
 _PEER_TIMEOUT = flags.DEFINE_float(
     'peer_timeout', 60.0, 'Multi-process runs: seconds without a heartbeat from another '
     'process after which this one stops too, with one line and status 75 (JAX\'s own '
-    'check, twice as long, is the backstop).')
+    'check, twice as long and at least 100 s, is the backstop).')
 _LOCK_TIMEOUT = flags.DEFINE_float(
     'lock_timeout', None, 'Seconds after which the heartbeat of a run holding --workdir is '
     'stale, so that its workdir is taken over (default: $SSL_JAX_LOCK_TIMEOUT or 60).')

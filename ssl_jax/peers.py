@@ -21,7 +21,7 @@ a death. Everything written stays consistent: checkpoints are committed
 atomically, and the workdir's claim is taken over by the rerun.
 
 JAX's own check is kept as the backstop: `initialize` sets its heartbeat
-timeout to twice ours, so ours fires first.
+timeout to twice ours (at least JAX's default, 100 s), so ours fires first.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ _PREFIX = 'ssl_jax/peers'
 def initialize(coordinator_address=None, num_processes=None, process_id=None, *,
                timeout_s: float) -> None:
   """jax.distributed.initialize (arguments None: detected, as on a TPU pod)
-  with JAX's heartbeat timeout at 2 x timeout_s."""
+  with JAX's heartbeat timeout at 2 x timeout_s, and never below JAX's
+  default of 100 s (a shorter one aborts busy processes by mistake)."""
   jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                             heartbeat_timeout_seconds=max(int(2 * timeout_s), 10))
+                             heartbeat_timeout_seconds=max(int(2 * timeout_s), 100))
 
 
 def _client():

@@ -20,8 +20,8 @@ import pytest
 import test_golden
 from conftest import ROOT
 
-PEER_TIMEOUT = 10  # seconds (--peer_timeout)
-SURVIVOR_BOUND = 90  # seconds: the survivor's exit after the kill, compile jitter included
+PEER_TIMEOUT = 20  # seconds (--peer_timeout): 2 cores shared by 4 processes
+SURVIVOR_BOUND = 150  # seconds: JAX's own check (100 s) when the watch cannot run, + jitter
 
 
 def _port() -> int:
@@ -56,6 +56,13 @@ def _reap(procs):
     p.wait()
 
 
+def _why(out: str) -> str:
+  """The lines of a process's output that say why it stopped."""
+  keys = ('error', 'Error', 'Terminating', 'heartbeat', 'stopped', 'preempted', 'Fatal')
+  return '\n'.join([line[:300] for line in out.splitlines() if any(k in line for k in keys)]
+                   [-15:] + out.strip().splitlines()[-1:])
+
+
 def _assert_stopped_for_a_dead_peer(status, out):
   """Status 75 with ssl_jax.peers' one line; or an abort from below Python,
   which the watch cannot preempt: JAX's own check (process 0 died, or this
@@ -65,11 +72,11 @@ def _assert_stopped_for_a_dead_peer(status, out):
   if status == 75:
     last = out.strip().splitlines()[-1]
     assert last.startswith('error: ') and 'rerun the same command on every process' in last, (
-        out[-3000:])
+        _why(out))
   else:
     said = [s for s in ('another task died', 'IoException', 'Connection reset by peer')
             if s in out]
-    assert status == -signal.SIGABRT and said, (status, out[-3000:])
+    assert status == -signal.SIGABRT and said, (status, _why(out))
 
 
 @pytest.mark.slow
@@ -111,7 +118,7 @@ def test_two_processes_killed_and_resumed_give_the_golden_losses(method, shapes_
     outs = [p.communicate(timeout=600)[0] for p in procs]
   finally:
     _reap(procs)
-  assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in outs]
+  assert [p.returncode for p in procs] == [0, 0], [_why(o) for o in outs]
   assert f'resumed from checkpoint {resumed_from}' in outs[0]
   assert ' | MFU ' in outs[0]  # the console line (the peak: the CPU's, measured)
   assert outs[0].strip().splitlines()[-1].startswith(f'stopped at step {test_golden.STEPS} ')
