@@ -24,6 +24,7 @@ def _reference(q, k, v, mask=None):
   return jnp.einsum('bhts,bshd->bthd', jax.nn.softmax(logits, -1), v)
 
 
+@pytest.mark.slow  # the Pallas kernel interpreted on the CPU
 @pytest.mark.parametrize('t,s', [(17, 17), (5, 130), (128, 128)])
 def test_splash_matches_the_reference_with_padding(t, s):
   q, k, v = _qkv(t=t, s=s)
@@ -32,6 +33,7 @@ def test_splash_matches_the_reference_with_padding(t, s):
   assert got.shape == q.shape
 
 
+@pytest.mark.slow  # the Pallas kernel interpreted on the CPU
 def test_splash_causal_matches_the_reference():
   q, k, v = _qkv(t=33, s=33)
   causal = jnp.tril(jnp.ones((33, 33), bool))
@@ -56,6 +58,7 @@ def test_cudnn_matches_the_reference():
                              np.asarray(_reference(q, k, v), np.float32), atol=2e-2)
 
 
+@pytest.mark.slow  # the Pallas kernel interpreted on the CPU
 def test_a_flax_block_with_splash_matches_xla():
   from ssl_jax.nn.transformer import Encoder
   x = jax.random.normal(jax.random.key(0), (2, 10, 16))
