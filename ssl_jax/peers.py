@@ -22,6 +22,12 @@ atomically, and the workdir's claim is taken over by the rerun.
 
 JAX's own check is kept as the backstop: `initialize` sets its heartbeat
 timeout to twice ours (at least JAX's default, 100 s), so ours fires first.
+
+`align` and `share` make the processes wait for one another through the
+coordination service rather than through a collective: on the CPU a
+collective (gloo) gives up after 30 s, so a process still compiling, or
+still generating a dataset, 30 s after its peer started waiting would end
+the run. Every first call of a compiled step is aligned (`together`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from absl import logging
 
 EXIT_TEMPORARY = 75
 _PREFIX = 'ssl_jax/peers'
+ALIGN_TIMEOUT_S = 3600  # a slow peer (compiling a pod-sized step); a dead one: Watch
+_calls: dict[str, int] = {}  # tag -> how many times this process waited on it
 
 
 def initialize(coordinator_address=None, num_processes=None, process_id=None, *,
@@ -50,6 +58,47 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None, *,
 def _client():
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
   return distributed.global_state.client
+
+
+def _key(tag: str) -> str:
+  """A key of its own for this call of `tag` (every process calls them in
+  the same order)."""
+  _calls[tag] = _calls.get(tag, 0) + 1
+  return f'ssl_jax/sync/{tag}/{_calls[tag]}'
+
+
+def align(tag: str, timeout_s: float = ALIGN_TIMEOUT_S) -> None:
+  """Returns once every process reached align(tag) (at once with one)."""
+  if jax.process_count() > 1:
+    _client().wait_at_barrier(_key(tag), int(timeout_s * 1000))
+
+
+def share(tag: str, value: str | None, timeout_s: float = ALIGN_TIMEOUT_S) -> str:
+  """Process 0's `value` on every process (the others' is ignored)."""
+  if jax.process_count() == 1:
+    return value
+  key = _key(tag)
+  if jax.process_index() == 0:
+    _client().key_value_set(key, value)
+    return value
+  return _client().blocking_key_value_get(key, int(timeout_s * 1000))
+
+
+def together(jitted, tag: str):
+  """`jitted` (a jax.jit function) whose first call compiles on every
+  process and then waits for all of them before it runs: a process that
+  compiles slower (a persistent-cache miss, a busier host) does not make
+  its peers' first collective time out."""
+  if jax.process_count() == 1:
+    return jitted
+  compiled = []
+
+  def call(*args):
+    if not compiled:
+      compiled.append(jitted.lower(*args).compile())  # the call below reuses it
+      align(f'compiled/{tag}')
+    return jitted(*args)
+  return call
 
 
 class Watch:
@@ -131,8 +180,8 @@ def stop_for_peer_failure(error: BaseException) -> None:
   recognised (without waiting for JAX's shutdown barrier, which would wait
   for the dead process and then abort)."""
   first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-  _exit(f'another process of this {jax.process_count()}-process run stopped (a '
-        f'collective failed: {first[:200]})')
+  _exit(f'another process of this {jax.process_count()}-process run stopped or fell '
+        f'far behind (a collective failed: {first[:200]})')
 
 
 def _exit(message: str) -> None:

@@ -64,11 +64,10 @@ def _why(out: str) -> str:
 
 
 def _assert_stopped_for_a_dead_peer(status, out):
-  """Status 75 with ssl_jax.peers' one line; or an abort from below Python,
-  which the watch cannot preempt: JAX's own check (process 0 died, or this
-  process was blocked in the step's dispatch without Python's lock: after
-  twice --peer_timeout), 'another task died'; or, on the CPU, gloo's
-  collective failing on the closed socket of its peer."""
+  """Status 75 with ssl_jax.peers' one line; or an abort from below
+  Python: JAX's own check when process 0 (the coordination service) died,
+  'another task died'; or, on the CPU, gloo's collective failing on the
+  closed socket of its peer."""
   if status == 75:
     last = out.strip().splitlines()[-1]
     assert last.startswith('error: ') and 'rerun the same command on every process' in last, (
@@ -79,17 +78,8 @@ def _assert_stopped_for_a_dead_peer(status, out):
     assert status == -signal.SIGABRT and said, (status, _why(out))
 
 
-# DV2's resumed two-process run died before its first step in both .ci/run
-# runs on the clean clone (2 cores shared with the other tier's worker; it
-# passed outside CI): a known, open failure, kept visible here until fixed.
-_KNOWN_FAILURES = {'dv2': 'the resumed two-process DV2 run stops before step 5 under CI load '
-                          '(open: issue 18)'}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize('method', [
-    pytest.param(m, marks=pytest.mark.xfail(reason=_KNOWN_FAILURES[m], strict=False))
-    if m in _KNOWN_FAILURES else m for m in test_golden.tiny_methods()])
+@pytest.mark.parametrize('method', test_golden.tiny_methods())
 def test_two_processes_killed_and_resumed_give_the_golden_losses(method, shapes_data_dir,
                                                                    tmp_path):
   with open(test_golden.GOLDEN) as f:

@@ -18,12 +18,12 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
 
 from ssl_jax.config.checks import ConfigError, flatten, to_json
 from ssl_jax.core import checkpoint as ckpt_lib
 from ssl_jax.core import flops as flops_lib
 from ssl_jax.core import optim
+from ssl_jax import peers
 from ssl_jax import sharding as sharding_lib
 from ssl_jax.core import step as step_lib
 from ssl_jax.core import validation
@@ -45,7 +45,7 @@ def _on_process_zero_first(fn, barrier: str):
   if jax.process_count() == 1:
     return fn()
   out = fn() if jax.process_index() == 0 else None
-  multihost_utils.sync_global_devices(barrier)
+  peers.align(barrier)  # not a collective: fn may take minutes
   return out if jax.process_index() == 0 else fn()
 
 
@@ -69,7 +69,7 @@ used raises DataError.
       raise DataError(f'config.data.name={config.data.name!r}, '
                       f'config.data.split={config.data.split!r}: {e}') from e
 
-  return _on_process_zero_first(open_source, 'ssl_jax: dataset ready')
+  return _on_process_zero_first(open_source, 'dataset ready')
 
 
 def prepare_method(config: ml_collections.ConfigDict) -> None:
@@ -85,8 +85,7 @@ def prepare_method(config: ml_collections.ConfigDict) -> None:
     method = registry.get(config.objective)
   if jax.process_index() == 0:
     method.prepare(config)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices('ssl_jax: method prepared')
+  peers.align('method prepared')
 
 
 def train_views(config: ml_collections.ConfigDict):
@@ -125,6 +124,13 @@ def abstract_batch(config) -> dict[str, jax.ShapeDtypeStruct]:
           'valid': jax.ShapeDtypeStruct((b,), jnp.bool_)}
 
 
+def one_example(config) -> dict[str, jax.ShapeDtypeStruct]:
+  """The image of one training example, as a batch of one (what the
+  network's parameters are initialised from)."""
+  image = abstract_batch(config)['image']
+  return {'image': jax.ShapeDtypeStruct((1,) + image.shape[1:], image.dtype)}
+
+
 class Trainer:
   """The task, optimizer, mesh and step of a run, built once from the config
   (no compilation).
@@ -158,8 +164,7 @@ class Trainer:
     self.replicated = sharding_lib.replicated(self.mesh)
 
   def _init_fn(self):
-    one = jax.tree.map(lambda a: jnp.zeros((1,) + a.shape[1:], a.dtype),
-                       {'image': abstract_batch(self.config)['image']})
+    one = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), one_example(self.config))
     return lambda: step_lib.init_state(self.task, self.tx, self.config.seed, one)
 
   def abstract_state(self) -> Any:
@@ -184,7 +189,7 @@ class Trainer:
             else tasks.build(config, self.num_classes, dtype_of(config)))
     batch = abstract_batch(config)
     key = jax.eval_shape(lambda: jax.random.key(0))
-    one = {'image': jax.ShapeDtypeStruct((1,) + batch['image'].shape[1:], jnp.float32)}
+    one = one_example(config)
     params = jax.eval_shape(task.init, key, one)
     state = jax.eval_shape(task.init_state, key, one, params)
 
@@ -203,21 +208,7 @@ class Trainer:
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
              for k, v in batch_shapes.items()}
     compiled = jitted.lower(abstract, batch).compile()
-    return compiled, step_flops(compiled, self.mesh.size)
-
-
-def step_flops(compiled, num_devices: int) -> float | None:
-  """Hardware FLOPs of one step for all devices: XLA's cost analysis of the
-  compiled computation (recomputation and elementwise work included)."""
-  try:
-    analysis = compiled.cost_analysis()
-  except Exception:  # some backends do not implement it
-    return None
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else {}
-  flops = (analysis or {}).get('flops')
-  # XLA reports the cost of the per-device (SPMD-partitioned) program.
-  return float(flops) * num_devices if flops else None
+    return compiled, flops_lib.compiled_flops(compiled, self.mesh.size)
 
 
 @dataclasses.dataclass

@@ -278,3 +278,17 @@ def describe(model_flops: float | None, hardware_flops: float | None,
   peak_text = 'unknown' if not peak else f'{peak / 1e12:.4g} TFLOP/s'
   return (f'FLOPs per step: model {fmt(model_flops)}, XLA {fmt(hardware_flops)}; '
           f'peak {peak_text} ({source})')
+
+
+def compiled_flops(compiled, num_devices: int) -> float | None:
+  """Hardware FLOPs of one step for all devices: XLA's cost analysis of the
+  compiled computation (recomputation and elementwise work included)."""
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # some backends do not implement it
+    return None
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  flops = (analysis or {}).get('flops')
+  # XLA reports the cost of the per-device (SPMD-partitioned) program.
+  return float(flops) * num_devices if flops else None

@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from ssl_jax import drawing, tasks
+from ssl_jax import drawing, peers, tasks
 from ssl_jax.config.checks import flatten, incompatible_keys, to_json
 from ssl_jax.core import assembly, validation
 from ssl_jax.core import checkpoint as ckpt_lib
@@ -436,6 +436,7 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemptio
                    step, total, host['loss'], host['learning_rate'],
                    config.batch_size / dt, dt * 1e3, mfu, _format_eta(dt * (total - step)))
 
+    peers.align('first step')  # processes that compiled at different speeds
     try:
       for step in range(start + 1, total + 1):
         state, metrics = compiled(state, next(batches))

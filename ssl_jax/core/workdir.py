@@ -18,10 +18,8 @@ import sys
 from typing import Iterator
 
 import jax
-import numpy as np
-from jax.experimental import multihost_utils
 
-from ssl_jax import locking
+from ssl_jax import locking, peers
 
 Busy = locking.Busy            # another live run holds the workdir
 Unwritable = locking.Unwritable  # the workdir cannot be created or written
@@ -36,7 +34,7 @@ def _agree(code: int) -> int:
   """Process 0's outcome on every process."""
   if jax.process_count() == 1:
     return code
-  return int(multihost_utils.broadcast_one_to_all(np.int32(code)))
+  return int(peers.share('workdir held', str(code)))  # not a collective: may wait
 
 
 @contextlib.contextmanager

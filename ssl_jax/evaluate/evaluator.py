@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from ssl_jax import tasks
+from ssl_jax import peers, tasks
 from ssl_jax import sharding as sharding_lib
 from ssl_jax.data import pipeline
 from ssl_jax.evaluate import fewshot, knn
@@ -98,9 +98,9 @@ class Evaluator:
     parameters' and the state's own shardings (once per name)."""
     if name not in self._compiled:
       shardings = jax.tree.map(lambda a: a.sharding, (params, state))
-      self._compiled[name] = jax.jit(
+      self._compiled[name] = peers.together(jax.jit(
           fn, in_shardings=shardings + (self.batch_sharding, self.replicated),
-          out_shardings=self.replicated)
+          out_shardings=self.replicated), f'evaluate/{name}')
     return self._compiled[name]
 
   def _classification(self, params: Any, state: Any, source: pipeline.Source,
