@@ -26,6 +26,7 @@ import glob
 import os
 import re
 import sys
+import traceback
 
 # TensorFlow (the input pipeline) writes C++ notices to stderr when it is
 # imported, which would break the one-line errors of exit statuses 2 and 75;
@@ -230,8 +231,17 @@ def main(argv):
           'low_data' if _LOW_DATA.value else 'seeds' if _SEEDS.value else 'train')
   try:
     execute(_CONFIG.value, _WORKDIR.value, mode, _SEEDS.value, _STOP_AFTER.value)
-  finally:
-    watch.finish()
+  except BaseException as e:
+    code = e.code if isinstance(e, SystemExit) else 1
+    status = code if isinstance(code, int) else int(code is not None)
+    if status == 0 or watch.count == 1:
+      watch.finish()
+      raise
+    if not isinstance(e, SystemExit):  # a bug: its traceback, as Python would print it
+      traceback.print_exc()
+    watch.finish(status)  # the other processes stop with this status
+    watch.leave(status)
+  watch.finish()
 
 
 if __name__ == '__main__':

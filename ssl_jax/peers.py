@@ -17,7 +17,9 @@ process print
 and exit with status 75 (EXIT_TEMPORARY, what launch/supervise.py reruns).
 A process that finished its work says so first (`finish`), so that the
 others' tail work (a last evaluation, writing tables) is not mistaken for
-a death. Everything written stays consistent: checkpoints are committed
+a death; one that failed says so with its exit status (`finish(status)`),
+and the others stop at once with the same status instead of waiting for
+it (a bad config on process 0 is status 2 on every process, not a rerun). Everything written stays consistent: checkpoints are committed
 atomically, and the workdir's claim is taken over by the rerun.
 
 JAX's own check is kept as the backstop: `initialize` sets its heartbeat
@@ -84,6 +86,32 @@ def share(tag: str, value: str | None, timeout_s: float = ALIGN_TIMEOUT_S) -> st
   return _client().blocking_key_value_get(key, int(timeout_s * 1000))
 
 
+def first_on_process_zero(fn, tag: str, errors: tuple[type[Exception], ...] = (),
+                          then_others: bool = True):
+  """fn() on process 0, then (once it returned; with then_others) on the
+  others: work that writes shared files runs once. When process 0's fn raises, the others
+  raise too instead of waiting: the same class with the same message where
+  it is one of `errors`, else RuntimeError naming process 0's error."""
+  if jax.process_count() == 1:
+    return fn()
+  if jax.process_index() == 0:
+    try:
+      out = fn()
+    except Exception as e:
+      share(tag, f'{type(e).__name__}\n{e}')
+      raise
+    share(tag, '')
+    return out
+  outcome = share(tag, None)
+  if outcome:
+    name, message = outcome.split('\n', 1)
+    cls = next((c for c in errors if c.__name__ == name), None)
+    if cls is not None:
+      raise cls(message)
+    raise RuntimeError(f'process 0 failed ({name}: {message[:300]}): see its log')
+  return fn() if then_others else None
+
+
 def together(jitted, tag: str):
   """`jitted` (a jax.jit function) whose first call compiles on every
   process and then waits for all of them before it runs: a process that
@@ -103,7 +131,7 @@ def together(jitted, tag: str):
 
 class Watch:
   """A daemon thread that ends this process when another one stops (see the
-  module docstring). `on_lost(message)` replaces the exit (tests)."""
+  module docstring). `on_lost(message, status)` replaces the exit (tests)."""
 
   def __init__(self, timeout_s: float, interval_s: float = 1.0, on_lost=None):
     if not timeout_s > 0:
@@ -119,19 +147,45 @@ class Watch:
       self._thread.start()
     return self
 
-  def finish(self) -> None:
-    """This process's work is done: the others stop watching it."""
+  def finish(self, status: int = 0) -> None:
+    """This process's work is done (status 0) or failed with `status`: the
+    others stop watching it, or stop with the same status."""
     if self.count > 1 and not self._stop.is_set():
       self._stop.set()
       self._thread.join()
+      key = f'{_PREFIX}/done/{self.me}' if status == 0 else f'{_PREFIX}/failed/{self.me}'
       try:
-        _client().key_value_set(f'{_PREFIX}/done/{self.me}', '1', allow_overwrite=True)
+        _client().key_value_set(key, str(status), allow_overwrite=True)
       except Exception:  # noqa: BLE001 (the service is gone: nobody is watching)
         pass
 
-  def _lost(self, message: str) -> None:
+  def _lost(self, message: str, status: int = EXIT_TEMPORARY) -> None:
     self._stop.set()
-    self._on_lost(message)
+    try:  # a failed process 0 waits for this before it takes the service down
+      _client().key_value_set(f'{_PREFIX}/left/{self.me}', str(status), allow_overwrite=True)
+    except Exception:  # noqa: BLE001
+      pass
+    self._on_lost(message, status)
+
+  def leave(self, status: int) -> None:
+    """Ends this failed process with `status` now, after `finish(status)`:
+    JAX's shutdown barrier at exit would wait for peers that already
+    stopped. Process 0, which holds the coordination service, first waits
+    (at most timeout_s) for the others to have read its failure and left."""
+    if self.count > 1 and self.me == 0:
+      deadline = time.monotonic() + self.timeout_s
+      while time.monotonic() < deadline:
+        try:
+          entries = dict(_client().key_value_dir_get(f'{_PREFIX}/'))
+        except Exception:  # noqa: BLE001
+          break
+        if all(any(f'{_PREFIX}/{k}/{p}' in entries for k in ('done', 'failed', 'left'))
+               for p in range(1, self.count)):
+          break
+        time.sleep(0.1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
   def _run(self) -> None:
     client = _client()
@@ -152,6 +206,11 @@ class Watch:
       for p in range(self.count):
         if p == self.me or f'{_PREFIX}/done/{p}' in entries:
           continue
+        failed = entries.get(f'{_PREFIX}/failed/{p}')
+        if failed is not None:
+          self._lost(f'process {p} of {self.count} failed with status {failed} (its log '
+                     'says why)', int(failed))
+          return
         value = entries.get(f'{_PREFIX}/beat/{p}')
         if p not in seen or seen[p][0] != value:
           seen[p] = (value, now)
@@ -184,10 +243,11 @@ def stop_for_peer_failure(error: BaseException) -> None:
         f'far behind (a collective failed: {first[:200]})')
 
 
-def _exit(message: str) -> None:
-  line = (f'error: {message}; stopping this one too: rerun the same command on every '
-          'process to resume from the last checkpoint')
+def _exit(message: str, status: int = EXIT_TEMPORARY) -> None:
+  then = ('rerun the same command on every process to resume from the last checkpoint'
+          if status == EXIT_TEMPORARY else f'exit status {status}')
+  line = f'error: {message}; stopping this one too: {then}'
   logging.error(line)
   sys.stdout.flush()
   print(line, file=sys.stderr, flush=True)
-  os._exit(EXIT_TEMPORARY)  # the main thread may be blocked in a collective
+  os._exit(status)  # the main thread may be blocked in a collective

@@ -39,16 +39,6 @@ def dtype_of(config) -> Any:
   return jnp.bfloat16 if config.compute_dtype == 'bfloat16' else jnp.float32
 
 
-def _on_process_zero_first(fn, barrier: str):
-  """fn() on process 0, then (after a barrier) on the others: work that
-  writes shared files (generating a dataset, fitting a palette) runs once."""
-  if jax.process_count() == 1:
-    return fn()
-  out = fn() if jax.process_index() == 0 else None
-  peers.align(barrier)  # not a collective: fn may take minutes
-  return out if jax.process_index() == 0 else fn()
-
-
 def build_source(config: ml_collections.ConfigDict) -> pipeline.Source:
   """Opens config.data (the training examples; with data.held_out_examples,
 the part held out for selection is its `held_out`); a dataset that cannot be
@@ -69,7 +59,7 @@ used raises DataError.
       raise DataError(f'config.data.name={config.data.name!r}, '
                       f'config.data.split={config.data.split!r}: {e}') from e
 
-  return _on_process_zero_first(open_source, 'dataset ready')
+  return peers.first_on_process_zero(open_source, 'dataset ready', (DataError, ConfigError))
 
 
 def prepare_method(config: ml_collections.ConfigDict) -> None:
@@ -83,9 +73,8 @@ def prepare_method(config: ml_collections.ConfigDict) -> None:
     method, config = registry.get(config.backbone.objective), config.backbone
   else:
     method = registry.get(config.objective)
-  if jax.process_index() == 0:
-    method.prepare(config)
-  peers.align('method prepared')
+  peers.first_on_process_zero(lambda: method.prepare(config), 'method prepared',
+                              (DataError, ConfigError), then_others=False)
 
 
 def train_views(config: ml_collections.ConfigDict):
