@@ -121,11 +121,11 @@ def together(jitted, tag: str):
     return jitted
   compiled = []
 
-  def call(*args):
+  def call(*args, **kwargs):
     if not compiled:
-      compiled.append(jitted.lower(*args).compile())  # the call below reuses it
+      compiled.append(jitted.lower(*args, **kwargs).compile())  # the call below reuses it
       align(f'compiled/{tag}')
-    return jitted(*args)
+    return jitted(*args, **kwargs)
   return call
 
 
