@@ -239,8 +239,7 @@ def main(argv):
       raise
     if not isinstance(e, SystemExit):  # a bug: its traceback, as Python would print it
       traceback.print_exc()
-    watch.finish(status)  # the other processes stop with this status
-    watch.leave(status)
+    watch.leave(status)  # the other processes stop with this status
   watch.finish()
 
 

@@ -17,10 +17,10 @@ process print
 and exit with status 75 (EXIT_TEMPORARY, what launch/supervise.py reruns).
 A process that finished its work says so first (`finish`), so that the
 others' tail work (a last evaluation, writing tables) is not mistaken for
-a death; one that failed says so with its exit status (`finish(status)`),
+a death; one that failed says so with its exit status (`leave(status)`),
 and the others stop at once with the same status instead of waiting for
-it (a bad config on process 0 is status 2 on every process, not a rerun). Everything written stays consistent: checkpoints are committed
-atomically, and the workdir's claim is taken over by the rerun.
+it (a bad config on process 0 is status 2 on every process, not a rerun).
+Everything written stays consistent: checkpoints are committed atomically, and the workdir's claim is taken over by the rerun.
 
 JAX's own check is kept as the backstop: `initialize` sets its heartbeat
 timeout to twice ours (at least JAX's default, 100 s), so ours fires first.
@@ -89,9 +89,10 @@ def share(tag: str, value: str | None, timeout_s: float = ALIGN_TIMEOUT_S) -> st
 def first_on_process_zero(fn, tag: str, errors: tuple[type[Exception], ...] = (),
                           then_others: bool = True):
   """fn() on process 0, then (once it returned; with then_others) on the
-  others: work that writes shared files runs once. When process 0's fn raises, the others
-  raise too instead of waiting: the same class with the same message where
-  it is one of `errors`, else RuntimeError naming process 0's error."""
+  others: work that writes shared files runs once. When process 0's fn
+  raises, the others raise too instead of waiting: the same class with the
+  same message where it is one of `errors`, else RuntimeError naming
+  process 0's error."""
   if jax.process_count() == 1:
     return fn()
   if jax.process_index() == 0:
@@ -168,10 +169,11 @@ class Watch:
     self._on_lost(message, status)
 
   def leave(self, status: int) -> None:
-    """Ends this failed process with `status` now, after `finish(status)`:
-    JAX's shutdown barrier at exit would wait for peers that already
-    stopped. Process 0, which holds the coordination service, first waits
-    (at most timeout_s) for the others to have read its failure and left."""
+    """Ends this failed process with `status` now: says so (`finish`), then
+    exits without JAX's shutdown barrier, which would wait for peers that
+    already stopped. Process 0, which holds the coordination service, first
+    waits (at most timeout_s) for the others to have read it and left."""
+    self.finish(status)
     if self.count > 1 and self.me == 0:
       deadline = time.monotonic() + self.timeout_s
       while time.monotonic() < deadline:

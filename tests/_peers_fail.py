@@ -2,7 +2,7 @@
 python tests/_peers_fail.py PORT PROCESS_ID
 
 Process 0 fails with status 3 while process 1 waits for it (peers.align):
-process 0 says so (Watch.finish(3)) and leaves; process 1 must stop with
+process 0 says so and leaves (Watch.leave(3)); process 1 must stop with
 status 3 and one line, at once, not after the wait's hour."""
 
 import os
@@ -18,7 +18,6 @@ def main(port, process_id):
   peers.initialize(f'127.0.0.1:{port}', 2, int(process_id), timeout_s=10)
   watch = peers.Watch(10).start()
   if process_id == '0':
-    watch.finish(3)
     watch.leave(3)
   peers.align('never reached by process 0')
   print('process 1 went on', flush=True)
