@@ -3,6 +3,8 @@ literal loop over equations 17-19, masks, the invisibility of masked
 patches to the exchange layers, the configs' validation, the full-size
 variants, and end-to-end runs (resume, 1 vs 8 devices, a probe)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -281,7 +283,8 @@ def test_masked_patches_are_invisible_to_the_exchange_layers_and_the_transformer
   patches = jnp.asarray(rng.uniform(-1, 1, size=(2, 16, 8, 8, 3)), jnp.float32)
   masked = jnp.array([[1, 5, 6, 12], [0, 3, 9, 15]])
   visible = jnp.array([sorted(set(range(16)) - set(map(int, r))) for r in masked])
-  params = net.init(jax.random.key(0), patches, visible, masked, None, train=False)
+  params = jax.jit(functools.partial(net.init, train=False))(
+      jax.random.key(0), patches, visible, masked, None)
   apply = jax.jit(lambda p: net.apply(params, p, visible, masked, None, train=False))
   base = apply(patches)
   rows = jnp.arange(2)[:, None]

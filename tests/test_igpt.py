@@ -102,7 +102,7 @@ def test_palette_files_load_and_bad_files_fail_clearly(tmp_path):
 def small_net():
   net = GPT(vocab=64, context=16, width=16, num_layers=2, heads=2)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 16)), jnp.int32)
-  params = net.init(jax.random.key(0), tokens)['params']
+  params = jax.jit(net.init)(jax.random.key(0), tokens)['params']
   # The output embedding starts at zero: move every weight off its init.
   params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(1), x.shape),
                         params)
@@ -122,13 +122,14 @@ def test_changing_a_token_changes_no_earlier_prediction(small_net):
 def test_cached_decoding_matches_the_full_forward_pass(small_net):
   net, params, tokens = small_net
   variables = {'params': params}
-  full = net.apply(variables, shift_right(tokens))[0]
+  apply = jax.jit(net.apply)  # the index traced: one compile for every step
+  full = apply(variables, shift_right(tokens))[0]
   inputs = shift_right(tokens)
   cache = net.init_cache(2, 16)
-  (logits, cache), _ = net.apply(variables, inputs[:, :5], cache=cache, index=0)
+  (logits, cache), _ = apply(variables, inputs[:, :5], cache=cache, index=0)
   out = [logits]
   for i in range(5, 16):
-    (logits, cache), _ = net.apply(variables, inputs[:, i:i + 1], cache=cache, index=i)
+    (logits, cache), _ = apply(variables, inputs[:, i:i + 1], cache=cache, index=i)
     out.append(logits)
   np.testing.assert_allclose(np.concatenate(out, 1), full, atol=1e-5)
 

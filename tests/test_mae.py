@@ -61,13 +61,13 @@ def test_the_encoder_reads_the_visible_patches_only(method):
   rows = jnp.arange(4)[:, None]
   noise = jax.random.uniform(jax.random.key(4), (4, 48, patches.shape[-1]), minval=-1.0)
   changed = patches.at[rows, cells.masked].set(noise)
-  pred, tokens = m.forward(params, patches, cells, train=False)
-  pred2, tokens2 = m.forward(params, changed, cells, train=False)
+  forward = jax.jit(lambda x: m.forward(params, x, cells, train=False))
+  pred, tokens = forward(patches)
+  pred2, tokens2 = forward(changed)
   np.testing.assert_array_equal(np.asarray(tokens), np.asarray(tokens2))
   np.testing.assert_array_equal(np.asarray(pred), np.asarray(pred2))
   # A visible patch changes what the decoder predicts.
-  pred3, _ = m.forward(params, patches.at[rows, cells.visible[:, :1]].set(0.3), cells,
-                       train=False)
+  pred3, _ = forward(patches.at[rows, cells.visible[:, :1]].set(0.3))
   assert np.abs(np.asarray(pred3) - np.asarray(pred)).max() > 1e-4
 
 

@@ -100,10 +100,11 @@ def test_resnet_norm_none_keeps_a_patch_s_contrast():
   x = jax.random.uniform(key, (2, 4, 4, 3), minval=-0.1, maxval=0.1)
   for norm, invariant in (('layer', True), ('none', False)):
     net = resnet.ResNetStacks(stage_sizes=(1, 1), width=4, stem_width=8, norm=norm)
-    params = net.init(key, x)
+    params = jax.jit(net.init)(key, x)
     # Nonzero residual branches (their last scales start at zero).
     params = jax.tree_util.tree_map(lambda v: v + 0.5 * (v == 0), params)
-    out, out4 = net.apply(params, x)[0], net.apply(params, 4 * x)[0]
+    apply = jax.jit(lambda x: net.apply(params, x)[0])
+    out, out4 = apply(x), apply(4 * x)
     moved = np.abs(out4 - out).max() / np.abs(out).max()
     assert (moved < 1e-3) if invariant else (moved > 0.02), (norm, moved)
 
