@@ -11,7 +11,7 @@ from ssl_jax.methods.patchformer.model import UpsamplingDecoder
 from ssl_jax.nn import losses
 from ssl_jax.nn.patches import patchify
 from ssl_jax.nn.posembed import FactorizedPosEmbed
-from ssl_jax.nn import heads, resnet, transformer
+from ssl_jax.nn import heads, resnet
 from ssl_jax.methods.patchformer import method as pf
 
 
@@ -167,7 +167,7 @@ def test_paper_setting_builds_at_full_size():
   with jax.eval_shape: no compilation, no memory."""
   from configs import patchformer
   from ssl_jax.core import step as step_lib
-  from ssl_jax.core import assembly, train
+  from ssl_jax.core import assembly
   config = patchformer.get_config()
   trainer = assembly.Trainer(config)
   abstract = trainer.abstract_state()

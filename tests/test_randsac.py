@@ -120,7 +120,7 @@ def test_paper_settings_build_at_full_size(variant, encoder, decoder, grid):
   """Full-size states and a train step traced with jax.eval_shape."""
   from configs import randsac
   from ssl_jax.core import step as step_lib
-  from ssl_jax.core import assembly, train
+  from ssl_jax.core import assembly
   config = randsac.get_config(variant)
   if config.data.name == 'folder':
     config.data.data_dir = '/imagenet100'
