@@ -94,6 +94,11 @@ def fail(message: str, status: int) -> None:
   sys.exit(status)
 
 
+class StoppedTogether(SystemExit):
+  """An exit every process of the run makes alike (a preemption: they
+  agreed on the step), so none of them ends the others."""
+
+
 def _flag_error(e: Exception) -> str:
   """absl's and ml_collections' flag errors as one line."""
   text = str(e)
@@ -174,8 +179,9 @@ def execute(config, workdir: str, mode: str = 'train', num_seeds: int | None = N
         print(f'stopped at step {result.last_step} of {config.total_steps} '
               f'(--stop_after={stop_after}): the same command continues the run',
               file=sys.stderr, flush=True)
-  except train.Preempted as e:
-    fail(str(e), EXIT_TEMPORARY)
+  except train.Preempted as e:  # every process stops at the same step (train.Preemption)
+    print(' '.join(str(e).split()), file=sys.stderr)
+    raise StoppedTogether(EXIT_TEMPORARY) from None
   except locking.Busy as e:
     fail(f'error: {e}', EXIT_TEMPORARY)
   except (ConfigError, train.DataError, locking.Unwritable) as e:  # fix the command
@@ -234,7 +240,7 @@ def main(argv):
   except BaseException as e:
     code = e.code if isinstance(e, SystemExit) else 1
     status = code if isinstance(code, int) else int(code is not None)
-    if status == 0 or watch.count == 1:
+    if status == 0 or watch.count == 1 or isinstance(e, StoppedTogether):
       watch.finish()
       raise
     if not isinstance(e, SystemExit):  # a bug: its traceback, as Python would print it

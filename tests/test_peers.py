@@ -72,3 +72,92 @@ def test_a_process_that_failed_ends_the_others_with_its_status():
       'error: process 0 of 2 failed with status 3 (its log says why); stopping this one '
       'too: exit status 3'), outs[1][-1000:]
   assert time.time() - start < 60
+
+
+class _Lines:
+  """A process's output, read as it comes (a thread per process)."""
+
+  def __init__(self, proc):
+    import threading
+    self.lines = []
+    self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+    self._thread.start()
+
+  def _read(self, proc):
+    for line in proc.stdout:
+      self.lines.append(line)
+
+  def has(self, text):
+    return any(text in line for line in self.lines)
+
+  def text(self):
+    self._thread.join(timeout=30)
+    return ''.join(self.lines)
+
+
+def _preempt_process_1(procs, when, bound=300):
+  """SIGTERM to process 1 alone once `when()`, then both must exit 75 with
+  the same last line; returns the step they stopped at."""
+  import signal
+  outs = [_Lines(p) for p in procs]
+  deadline = time.time() + 600
+  while not when(outs):
+    assert time.time() < deadline, 'not ready in time'
+    for p, o in zip(procs, outs):
+      assert p.poll() is None, _why(o.text())
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  for p in procs:
+    p.wait(timeout=bound)
+  texts = [o.text() for o in outs]
+  assert [p.returncode for p in procs] == [75, 75], [_why(t) for t in texts]
+  last = [t.strip().splitlines()[-1] for t in texts]
+  assert last[0] == last[1] and last[0].startswith('preempted at step '), last
+  return int(last[0].split()[3].rstrip(','))
+
+
+@pytest.mark.slow
+def test_a_preemption_signal_to_one_process_stops_both_at_the_same_step(shapes_data_dir,
+                                                                        tmp_path):
+  """SIGTERM reaches process 1 only: both save the same checkpoint and exit
+  75, during training and while a resumed run is still compiling (before
+  its first step); the rerun then gives the golden losses."""
+  import json
+
+  import numpy as np
+  import test_golden
+  from test_multihost import _checkpoints
+  method = 'patchformer'
+  workdir = str(tmp_path / 'w')
+  port = _port()
+  procs = [_launch(method, workdir, shapes_data_dir, port, i) for i in range(2)]
+  try:
+    stopped = _preempt_process_1(procs, lambda outs: [s for s in _checkpoints(workdir) if s >= 2])
+  finally:
+    _reap(procs)
+  assert 2 < stopped < test_golden.STEPS and _checkpoints(workdir)[-1] == stopped
+  # The resumed run: the signal comes before its first step.
+  port = _port()
+  procs = [_launch(method, workdir, shapes_data_dir, port, i) for i in range(2)]
+  try:
+    again = _preempt_process_1(
+        procs, lambda outs: outs[1].has(f'resumed from checkpoint {stopped}'))
+  finally:
+    _reap(procs)
+  assert stopped < again <= stopped + 3 and _checkpoints(workdir)[-1] == again
+  port = _port()
+  procs = [_launch(method, workdir, shapes_data_dir, port, i,
+                   f'--stop_after={test_golden.STEPS - again}') for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+  finally:
+    _reap(procs)
+  assert [p.returncode for p in procs] == [0, 0], [_why(o) for o in outs]
+  with open(test_golden.GOLDEN) as f:
+    golden = json.load(f)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  assert [r['step'] for r in records if 'loss' in r] == list(range(1, test_golden.STEPS + 1))
+  rtol = max(test_golden.RTOL, test_golden.SPREADS * golden['measured_spread'][method])
+  np.testing.assert_allclose([r['loss'] for r in records if 'loss' in r],
+                             golden['losses'][method], rtol=rtol)

@@ -86,7 +86,7 @@ def run_seeds(config: ml_collections.ConfigDict, workdir: str, num_seeds: int
   with train.Preemption() as preemption, workdir_lib.hold(workdir):
     runs = []
     for i, s in enumerate(seeds):
-      if preemption.requested:
+      if preemption.anywhere():
         raise train.Preempted(None, f'before seed {s} ({i + 1}/{len(seeds)})')
       sub = os.path.join(workdir, f'seed{s}')
       logging.info('seed %d (%d/%d) -> %s', s, i + 1, len(seeds), sub)

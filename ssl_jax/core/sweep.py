@@ -77,7 +77,7 @@ def _run_points(config, workdir: str, grid, num_examples: int,
                 preemption) -> list[dict[str, Any]]:
   rows = []
   for i, (b, lr) in enumerate(grid):
-    if preemption.requested:
+    if preemption.anywhere():
       raise train.Preempted(None, f'before sweep point {i + 1}/{len(grid)} (batch {b}, '
                             f'lr {lr:g})')
     c = point_config(config, b, lr, num_examples)

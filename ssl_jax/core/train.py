@@ -63,17 +63,37 @@ class RunResult:
 
 
 class Preemption:
-  """Turns SIGTERM (how a TPU VM is preempted) into a flag the loop polls."""
+  """Turns SIGTERM (how a TPU VM is preempted) into a stop that every
+  process of the run agrees on: `stop_here(step)` in the training loop
+  (the same step on all, ssl_jax.peers.StopStep), `anywhere()` between the
+  runs of a sweep or of seeds. `requested` is this process's own signal.
+
+  JAX's preemption service (multihost_utils.reached_preemption_sync_point)
+  is not what agrees: it hears SIGTERM only where no Python handler is
+  installed, and a notice that arrives before the first step of a resumed
+  run (while it compiles) sets a sync point that the run's step numbers
+  never meet (measured: no stop), so that run would be killed without its
+  checkpoint."""
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._stop = None
+
+  def stop_here(self, step: int) -> bool:
+    """Whether to save and stop after `step` (every process alike)."""
+    return self._stop.reached(step, self.requested)
+
+  def anywhere(self) -> bool:
+    """Whether any process got the signal (every process calls it alike)."""
+    return peers.any_process('preempted', self.requested)
 
   def __enter__(self):
     def handler(signum, frame):
       del frame
       logging.warning('signal %d received: saving a checkpoint, then exiting', signum)
       self.requested = True
+    self._stop = peers.StopStep()
     try:
       self._previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (e.g. some notebooks): no handler
@@ -447,8 +467,8 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemptio
             log(previous[0], host)
         evaluating = should_eval(step)
         at_checkpoint = step % config.checkpoint.every == 0 or step == total
-        stopping = (preemption.requested or checkpointer.reached_preemption(step)
-                    or (stop_after is not None and step - start >= stop_after))
+        preempted = preemption.stop_here(step) or checkpointer.reached_preemption(step)
+        stopping = preempted or (stop_after is not None and step - start >= stop_after)
         if evaluating or at_checkpoint or stopping:
           host = check(pending)
           if should_log(step):  # an evaluation adds to this step's line
@@ -462,8 +482,7 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemptio
           last_checkpoint = step
         result.last_step = step
         if stopping:
-          result.preempted = step < total and (preemption.requested
-                                               or checkpointer.reached_preemption(step))
+          result.preempted = step < total and preempted
           break
     finally:
       checkpointer.wait()
