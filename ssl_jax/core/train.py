@@ -75,6 +75,8 @@ class Preemption:
   never meet (measured: no stop), so that run would be killed without its
   checkpoint."""
 
+  _open: list['Preemption'] = []  # the contexts entered, innermost last
+
   def __init__(self):
     self.requested = False
     self._previous = None
@@ -94,6 +96,7 @@ class Preemption:
       logging.warning('signal %d received: saving a checkpoint, then exiting', signum)
       self.requested = True
     self._stop = peers.StopStep()
+    Preemption._open.append(self)
     try:
       self._previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (e.g. some notebooks): no handler
@@ -101,6 +104,9 @@ class Preemption:
     return self
 
   def __exit__(self, *exc):
+    Preemption._open.remove(self)
+    if self.requested and Preemption._open:  # a sweep's or seeds' own context hears it too
+      Preemption._open[-1].requested = True
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
@@ -461,6 +467,9 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemptio
       for step in range(start + 1, total + 1):
         state, metrics = compiled(state, next(batches))
         previous, pending = pending, (step, metrics)
+        # Reading back step - 1 here, before stop_here(step), is what keeps
+        # the processes within a step of one another (peers.StopStep relies
+        # on it): keep it every step.
         if previous is not None:
           host = check(previous)
           if should_log(previous[0]):
