@@ -88,15 +88,15 @@ EXIT_TEMPORARY = 75   # EX_TEMPFAIL: preempted after a checkpoint, or the workdi
                       # held by another live run: run the same command again
 
 
-def fail(message: str, status: int) -> None:
-  """One line on stderr, then exit."""
-  print(' '.join(message.split()), file=sys.stderr)
-  sys.exit(status)
-
-
 class StoppedTogether(SystemExit):
   """An exit every process of the run makes alike (a preemption: they
   agreed on the step), so none of them ends the others."""
+
+
+def fail(message: str, status: int, exit_as: type[SystemExit] = SystemExit) -> None:
+  """One line on stderr, then exit."""
+  print(' '.join(message.split()), file=sys.stderr)
+  raise exit_as(status)
 
 
 def _flag_error(e: Exception) -> str:
@@ -180,8 +180,7 @@ def execute(config, workdir: str, mode: str = 'train', num_seeds: int | None = N
               f'(--stop_after={stop_after}): the same command continues the run',
               file=sys.stderr, flush=True)
   except train.Preempted as e:  # every process stops at the same step (train.Preemption)
-    print(' '.join(str(e).split()), file=sys.stderr)
-    raise StoppedTogether(EXIT_TEMPORARY) from None
+    fail(str(e), EXIT_TEMPORARY, StoppedTogether)
   except locking.Busy as e:
     fail(f'error: {e}', EXIT_TEMPORARY)
   except (ConfigError, train.DataError, locking.Unwritable) as e:  # fix the command

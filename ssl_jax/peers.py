@@ -20,7 +20,8 @@ others' tail work (a last evaluation, writing tables) is not mistaken for
 a death; one that failed says so with its exit status (`leave(status)`),
 and the others stop at once with the same status instead of waiting for
 it (a bad config on process 0 is status 2 on every process, not a rerun).
-Everything written stays consistent: checkpoints are committed atomically, and the workdir's claim is taken over by the rerun.
+Everything written stays consistent: checkpoints are committed
+atomically, and the workdir's claim is taken over by the rerun.
 
 JAX's own check is kept as the backstop: `initialize` sets its heartbeat
 timeout to twice ours (at least JAX's default, 100 s), so ours fires first.

@@ -82,9 +82,6 @@ def _assert_stopped_for_a_dead_peer(status, out):
 @pytest.mark.parametrize('method', test_golden.tiny_methods())
 def test_two_processes_killed_and_resumed_give_the_golden_losses(method, shapes_data_dir,
                                                                    tmp_path):
-  with open(test_golden.GOLDEN) as f:
-    golden = json.load(f)
-  want = golden['losses'][method]
   workdir = str(tmp_path / 'w')
   # 1. Both processes start; process 1 is killed once checkpoint 4 is committed.
   port = _port()
@@ -110,17 +107,27 @@ def test_two_processes_killed_and_resumed_give_the_golden_losses(method, shapes_
   # 3. The same command on both processes resumes and runs to step 20.
   resumed_from = _checkpoints(workdir)[-1]
   assert 4 <= resumed_from < test_golden.STEPS
+  outs = resume_to_the_golden_losses(method, workdir, shapes_data_dir, resumed_from)
+  assert f'resumed from checkpoint {resumed_from}' in outs[0]
+  assert ' | MFU ' in outs[0]  # the console line (the peak: the CPU's, measured)
+  assert outs[0].strip().splitlines()[-1].startswith(f'stopped at step {test_golden.STEPS} ')
+
+
+def resume_to_the_golden_losses(method, workdir, data_dir, resumed_from):
+  """Reruns both processes from checkpoint `resumed_from` to step 20: both
+  exit 0, metrics.jsonl holds each step once (from process 0 alone), with
+  the golden losses. Returns the two processes' outputs."""
+  with open(test_golden.GOLDEN) as f:
+    golden = json.load(f)
+  want = golden['losses'][method]
   port = _port()
-  procs = [_launch(method, workdir, shapes_data_dir, port, i,
+  procs = [_launch(method, workdir, data_dir, port, i,
                    f'--stop_after={test_golden.STEPS - resumed_from}') for i in range(2)]
   try:
     outs = [p.communicate(timeout=600)[0] for p in procs]
   finally:
     _reap(procs)
   assert [p.returncode for p in procs] == [0, 0], [_why(o) for o in outs]
-  assert f'resumed from checkpoint {resumed_from}' in outs[0]
-  assert ' | MFU ' in outs[0]  # the console line (the peak: the CPU's, measured)
-  assert outs[0].strip().splitlines()[-1].startswith(f'stopped at step {test_golden.STEPS} ')
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
   losses = [r['loss'] for r in records if 'loss' in r]
@@ -129,6 +136,7 @@ def test_two_processes_killed_and_resumed_give_the_golden_losses(method, shapes_
   np.testing.assert_allclose(losses[0], want[0], rtol=test_golden.RTOL)
   rtol = max(test_golden.RTOL, test_golden.SPREADS * golden['measured_spread'][method])
   np.testing.assert_allclose(losses, want, rtol=rtol, err_msg=method)
+  return outs
 
 
 @pytest.mark.slow

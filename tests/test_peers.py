@@ -122,11 +122,8 @@ def test_a_preemption_signal_to_one_process_stops_both_at_the_same_step(shapes_d
   """SIGTERM reaches process 1 only: both save the same checkpoint and exit
   75, during training and while a resumed run is still compiling (before
   its first step); the rerun then gives the golden losses."""
-  import json
-
-  import numpy as np
   import test_golden
-  from test_multihost import _checkpoints
+  from test_multihost import _checkpoints, resume_to_the_golden_losses
   method = 'patchformer'
   workdir = str(tmp_path / 'w')
   port = _port()
@@ -145,19 +142,4 @@ def test_a_preemption_signal_to_one_process_stops_both_at_the_same_step(shapes_d
   finally:
     _reap(procs)
   assert stopped < again <= stopped + 3 and _checkpoints(workdir)[-1] == again
-  port = _port()
-  procs = [_launch(method, workdir, shapes_data_dir, port, i,
-                   f'--stop_after={test_golden.STEPS - again}') for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-  finally:
-    _reap(procs)
-  assert [p.returncode for p in procs] == [0, 0], [_why(o) for o in outs]
-  with open(test_golden.GOLDEN) as f:
-    golden = json.load(f)
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    records = [json.loads(line) for line in f]
-  assert [r['step'] for r in records if 'loss' in r] == list(range(1, test_golden.STEPS + 1))
-  rtol = max(test_golden.RTOL, test_golden.SPREADS * golden['measured_spread'][method])
-  np.testing.assert_allclose([r['loss'] for r in records if 'loss' in r],
-                             golden['losses'][method], rtol=rtol)
+  resume_to_the_golden_losses(method, workdir, shapes_data_dir, again)
