@@ -3,7 +3,9 @@ benchmarks/multitask_vit.py): rows of `tiny` pretraining runs, each over
 seeds, measured the same way with the loop and configs users run.
 
 Per row and seed (WORKDIR/rowNN/seedS/, every run resumable, a finished one
-read back):
+read back; the unit's measurements are then kept in the benchmark's ledger,
+benchmarks/results/NAME.json by default, so a rerun on any machine skips
+every row and seed already measured: benchmarks/ledger.py):
 * pretraining: configs/METHOD.py:VARIANT with the row's overrides and the
   seed (a random-init row has none: its network as the seed initialises it);
 * linear probe: `--layer_sweep` (ssl_jax.core.feature_probe) on
@@ -32,7 +34,11 @@ from typing import Any
 
 from absl import logging
 
+from benchmarks.ledger import Ledger, LedgerMismatch
 from configs import common, finetune, linear_probe
+
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,18 +123,32 @@ def picked_rows(given: list[str], count: int) -> list[int]:
   return [int(r) for r in given] or list(range(count))
 
 
+def spec(row: Row) -> dict[str, Any]:
+  """What a ledger entry of `row` measured (an entry of another is refused)."""
+  return {'method': row.method, 'variant': row.variant,
+          'overrides': [list(kv) for kv in row.overrides], 'random': row.random}
+
+
 def run(rows: list[Row], picked: list[int], *, seeds: int, workdir: str, quick: bool,
-        data_dir: str | None, timing_steps: int, knn: bool) -> str:
-  """Measures the picked rows over seeds 0..seeds-1, prints each row as it
-  completes, and returns the markdown table (also WORKDIR/benchmark.md)."""
+        data_dir: str | None, timing_steps: int, knn: bool, ledger: Ledger) -> str:
+  """Measures the picked rows over seeds 0..seeds-1 (each row and seed read
+  from `ledger` when it holds them, else measured and added to it), prints
+  each row as it completes, and returns the markdown table (also
+  WORKDIR/benchmark.md)."""
   from ssl_jax.core import seeds as seeds_lib
 
   def top1(values: list[float]) -> str:
     return seeds_lib.format_spread(seeds_lib.spread(values), percent=True)
 
+  for i in picked:  # a stale entry is refused before anything runs
+    for s in range(seeds):
+      ledger.get(f'{rows[i].name}/seed{s}', spec(rows[i]))
   measured = {}
   for i in picked:
-    got = [measure(rows[i], i, s, workdir=workdir, quick=quick, data_dir=data_dir)
+    got = [ledger.measured(
+        f'{rows[i].name}/seed{s}', spec(rows[i]),
+        lambda i=i, s=s: measure(rows[i], i, s, workdir=workdir, quick=quick,
+                                 data_dir=data_dir))
            for s in range(seeds)]
     chosen = collections.Counter(g['representation'] for g in got)
     cells = [f'{top1([g["probe"] for g in got])} '
@@ -147,19 +167,25 @@ def run(rows: list[Row], picked: list[int], *, seeds: int, workdir: str, quick: 
   for i in picked:
     lines.append(f'| {rows[i].name} | {" | ".join(measured[i])} | '
                  f'{f"{ms[i]:.0f}" if i in ms else "-"} |')
-  table = '\n'.join(lines)
+  table = '\n'.join(lines) + '\n' + ''.join(
+      f'\nMeasured by: {p}' for p in ledger.producers(
+          f'{rows[i].name}/seed{s}' for i in picked for s in range(seeds)))
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'benchmark.md'), 'w', encoding='utf-8') as f:
     f.write(table + '\n')
   return table
 
 
-def script(rows_of, *, default_workdir: str, title: str, knn: bool):
-  """Defines the benchmark flags (--workdir, --data_dir, --quick, --seeds,
-  --rows, --timing_steps, --list) and returns the absl main that runs
-  `rows_of()` with them."""
+def script(rows_of, *, name: str, default_workdir: str, title: str, knn: bool):
+  """Defines the benchmark flags (--workdir, --ledger, --data_dir, --quick,
+  --seeds, --rows, --timing_steps, --list) and returns the absl main that
+  runs `rows_of()` with them."""
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   workdir = flags.DEFINE_string('workdir', default_workdir, 'Where every run goes.')
+  ledger = flags.DEFINE_string(
+      'ledger', os.path.join(RESULTS, f'{name}.json'),
+      'The JSON file of finished rows and seeds (read, then extended); "" keeps none. '
+      'Default: the committed one (a --quick run keeps none unless given one).')
   data_dir = flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: tfds default).')
   quick = flags.DEFINE_bool('quick', False, 'Every run 4x shorter (a smoke run).')
   seeds = flags.DEFINE_integer('seeds', 3, 'Seeds per row (mean ± std over them).')
@@ -181,11 +207,23 @@ def script(rows_of, *, default_workdir: str, title: str, knn: bool):
       chosen = picked_rows(picked.value, len(rows))
     except ValueError as e:
       raise app.UsageError(str(e)) from None
+    path = ledger.value or None
+    if quick.value and flags.FLAGS['ledger'].using_default_value:
+      path = None  # a smoke run never writes the committed measurements
+    try:
+      book = Ledger(path, {'benchmark': name, 'quick': quick.value})
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
     print('produced by:', provenance.line(), flush=True)
+    print(f'ledger: {path or "none (nothing kept)"}, {len(book.entries)} row-seeds measured '
+          'before', flush=True)
     train.quiet_library_logs()
     t0 = time.perf_counter()
-    table = run(rows, chosen, seeds=seeds.value, workdir=workdir.value, quick=quick.value,
-                data_dir=data_dir.value, timing_steps=timing.value, knn=knn)
+    try:
+      table = run(rows, chosen, seeds=seeds.value, workdir=workdir.value, quick=quick.value,
+                  data_dir=data_dir.value, timing_steps=timing.value, knn=knn, ledger=book)
+    except LedgerMismatch as e:
+      raise app.UsageError(str(e)) from None
     print(f'\n{title}; mean ± std over {seeds.value} seeds (pretraining and probe seeds vary '
           f'together); {time.perf_counter() - t0:.0f} s in this invocation\n')
     print(table)

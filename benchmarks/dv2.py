@@ -55,5 +55,5 @@ def rows() -> list[ablation.Row]:
 
 if __name__ == '__main__':
   app.run(ablation.script(
-      rows, default_workdir='/tmp/ssl_jax_dv2_bench', knn=False,
+      rows, name='dv2', default_workdir='/tmp/ssl_jax_dv2_bench', knn=False,
       title='DV2 ablation at the tiny scale (ssl_jax_shapes, 1000 test images, 10 classes)'))

@@ -63,6 +63,6 @@ def rows() -> list[ablation.Row]:
 
 if __name__ == '__main__':
   app.run(ablation.script(
-      rows, default_workdir='/tmp/ssl_jax_mtvit_bench', knn=True,
+      rows, name='multitask_vit', default_workdir='/tmp/ssl_jax_mtvit_bench', knn=True,
       title='Multi-task ViT at the tiny scale (ssl_jax_shapes/upright, 1000 test images, '
             '10 classes)'))

@@ -1,0 +1,98 @@
+"""The finished measurements of a long benchmark, kept in one JSON file.
+
+A benchmark of many hours (benchmarks/multitask_vit.py, benchmarks/compare.py)
+outlives the machine it starts on: its run directories (checkpoints, layer
+sweeps) are large and are lost with the machine, so resuming "from the
+workdir" only helps on the same machine. The ledger keeps what the table is
+made of, one entry per unit of work (a row and seed, or a method, learning
+rate and seed), small enough to commit beside the benchmark
+(benchmarks/results/NAME.json). A rerun anywhere, of any later commit,
+skips every unit already in it and measures only the rest; the table is
+made from the entries.
+
+Each entry records what produced it (ssl_jax.core.provenance: commit,
+requirements.lock, versions, devices, time) and the definition it measured
+(`spec`: a row's overrides, a method's config); an entry whose definition no
+longer matches the benchmark's is an error that names it, not a stale number
+in the table. The file also records the benchmark's setting (e.g. the images
+seen, --quick): a ledger of another setting is refused as a whole.
+
+Writes are atomic (a temporary file renamed over the old one), so a run
+killed mid-write leaves the previous ledger intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+
+class LedgerMismatch(ValueError):
+  """The ledger was written for another setting or another definition."""
+
+
+class Ledger:
+  """A JSON file {'setting': ..., 'entries': {key: {'spec', 'value', 'produced_by'}}}."""
+
+  def __init__(self, path: str | None, setting: dict[str, Any]):
+    """`path` None keeps the entries in memory only (nothing is written)."""
+    self.path = path
+    self.setting = json.loads(json.dumps(setting))  # as it reads back
+    self.entries: dict[str, dict[str, Any]] = {}
+    if path and os.path.exists(path):
+      with open(path, encoding='utf-8') as f:
+        stored = json.load(f)
+      if stored.get('setting') != self.setting:
+        raise LedgerMismatch(
+            f'{path} holds measurements of another setting ({stored.get("setting")}); this run '
+            f'is {self.setting}: pass another --ledger, or move that file away')
+      self.entries = stored.get('entries', {})
+
+  def get(self, key: str, spec: Any) -> Any | None:
+    """The stored value of `key`, or None when it is not measured yet;
+    LedgerMismatch when it was measured for another `spec`."""
+    entry = self.entries.get(key)
+    if entry is None:
+      return None
+    spec = json.loads(json.dumps(spec))
+    if entry['spec'] != spec:
+      raise LedgerMismatch(
+          f'{self.path}: {key!r} was measured for {entry["spec"]}, and the benchmark now '
+          f'defines it as {spec}: delete that entry (or pass another --ledger) to measure it again')
+    return entry['value']
+
+  def put(self, key: str, spec: Any, value: Any) -> None:
+    from ssl_jax.core import provenance  # pylint: disable=g-import-not-at-top
+    self.entries[key] = json.loads(json.dumps(
+        {'spec': spec, 'value': value, 'produced_by': provenance.record()}))
+    if not self.path:
+      return
+    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+    tmp = f'{self.path}.tmp{os.getpid()}'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump({'setting': self.setting, 'entries': self.entries}, f, indent=1, sort_keys=True)
+      f.write('\n')
+    os.replace(tmp, self.path)
+
+  def measured(self, key: str, spec: Any, measure: Callable[[], Any]) -> Any:
+    """The stored value of `key`, or `measure()` stored under it."""
+    value = self.get(key, spec)
+    if value is None:
+      value = measure()
+      self.put(key, spec, value)
+      value = self.entries[key]['value']
+    return value
+
+  def producers(self, keys) -> list[str]:
+    """One provenance line per distinct commit among the entries `keys`
+    (what a table made of them must say it was produced by)."""
+    from ssl_jax.core import provenance  # pylint: disable=g-import-not-at-top
+    seen, lines = set(), []
+    for key in keys:
+      rec = self.entries[key]['produced_by']
+      who = (rec.get('commit'), rec.get('dirty'), rec.get('lock'), rec.get('devices'))
+      if who not in seen:
+        seen.add(who)
+        lines.append(provenance.line(rec))
+    return lines

@@ -1,0 +1,72 @@
+"""benchmarks/ledger.py and its use by benchmarks/ablation.py: a long
+benchmark resumes from the finished units in its committed JSON file, on
+any machine, and refuses entries of another setting or definition."""
+
+import json
+import os
+
+import pytest
+
+from benchmarks import ablation
+from benchmarks.ledger import Ledger, LedgerMismatch
+
+
+def test_a_measured_unit_is_read_back_by_a_new_ledger_and_not_measured_again(tmp_path):
+  path = str(tmp_path / 'results' / 'bench.json')
+  calls = []
+
+  def measure():
+    calls.append(1)
+    return {'probe': 0.5}
+
+  first = Ledger(path, {'quick': False})
+  assert first.measured('row/seed0', {'k': 1}, measure) == {'probe': 0.5}
+  again = Ledger(path, {'quick': False})
+  assert again.measured('row/seed0', {'k': 1}, measure) == {'probe': 0.5}
+  assert len(calls) == 1
+  assert os.listdir(tmp_path / 'results') == ['bench.json']  # no temporary file left
+  with open(path) as f:
+    stored = json.load(f)
+  assert stored['entries']['row/seed0']['produced_by']['lock']  # what produced it
+
+
+def test_another_setting_or_definition_is_refused_with_what_differs(tmp_path):
+  path = str(tmp_path / 'bench.json')
+  Ledger(path, {'quick': False}).put('row/seed0', {'overrides': [['a', 1]]}, 0.5)
+  with pytest.raises(LedgerMismatch, match=r"another setting.*'quick': False.*'quick': True"):
+    Ledger(path, {'quick': True})
+  with pytest.raises(LedgerMismatch, match=r"'row/seed0' was measured for .*\['a', 1\].*"
+                                           r"\['a', 2\].*delete that entry"):
+    Ledger(path, {'quick': False}).get('row/seed0', {'overrides': [['a', 2]]})
+
+
+def test_without_a_path_nothing_is_written(tmp_path):
+  book = Ledger(None, {'quick': True})
+  assert book.measured('k', None, lambda: 3) == 3
+  assert book.get('k', None) == 3
+  assert not os.listdir(tmp_path)
+
+
+def test_ablation_measures_only_the_row_seeds_missing_from_its_ledger(tmp_path, monkeypatch):
+  rows = [ablation.Row('a', 'dv2', 'tiny', (('dv2.x', 1),)), ablation.Row('b', 'dv2', 'tiny')]
+  measured = []
+
+  def measure(row, index, seed, **_):
+    measured.append((row.name, seed))
+    return {'probe': 0.1 * (index + 1) + 0.01 * seed, 'knn': 0.2,
+            'representation': 'tokens', 'finetune': 0.3}
+
+  monkeypatch.setattr(ablation, 'measure', measure)
+  path = str(tmp_path / 'bench.json')
+  kwargs = dict(workdir=str(tmp_path / 'w'), quick=False, data_dir=None, timing_steps=0,
+                knn=True)
+  ablation.run(rows, [0], seeds=2, ledger=Ledger(path, {'b': 1}), **kwargs)
+  assert measured == [('a', 0), ('a', 1)]
+  table = ablation.run(rows, [0, 1], seeds=2, ledger=Ledger(path, {'b': 1}), **kwargs)
+  assert measured == [('a', 0), ('a', 1), ('b', 0), ('b', 1)]  # row a read back
+  assert '| a | 10.5 ± 0.7 (n=2) (tokens x2) |' in table
+  assert 'Measured by: commit' in table
+  changed = [ablation.Row('a', 'dv2', 'tiny', (('dv2.x', 2),)), rows[1]]
+  with pytest.raises(LedgerMismatch, match="'a/seed0'"):
+    ablation.run(changed, [1, 0], seeds=3, ledger=Ledger(path, {'b': 1}), **kwargs)
+  assert len(measured) == 4  # refused before b/seed2 (picked first) was measured
