@@ -51,7 +51,11 @@ minutes, from the seed-0 run's checkpoints (every fifth of the run).
 
 Every run resumes from its own workdir (WORKDIR/METHOD/lrLR/seedS/...) and
 a finished one is read back, so an interrupted comparison picks up where it
-stopped. --methods picks rows; --quick is a smoke run (the small upright
+stopped; each finished pretraining's evaluations (every lr's seed-0 network
+gets them all and its curve, while its checkpoints are at hand) go into the
+ledger, benchmarks/results/compare.json by default (benchmarks/ledger.py),
+so a rerun on another machine, or of a later commit, measures only what is
+missing. --methods picks rows; --quick is a smoke run (the small upright
 dataset, every schedule 8x shorter, one learning rate), not a measurement.
 
   python benchmarks/compare.py --workdir=/tmp/ssl_jax_compare
@@ -77,6 +81,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks import ablation  # noqa: E402
+from benchmarks.ledger import Ledger, LedgerMismatch  # noqa: E402
 from configs import finetune, linear_probe  # noqa: E402
 
 DATA = 'ssl_jax_shapes/upright'
@@ -230,40 +235,52 @@ def curve(entry: Entry, config, workdir: str, representation: str, s: Setting) -
   return out
 
 
+def measured_point(entry: Entry, lr: float, seed: int, root: str, s: Setting,
+                   ledger: Ledger) -> dict[str, Any]:
+  """One pretraining of `entry` and every evaluation of it (at seed 0 also
+  the curve, while its checkpoints are at hand: the learning rate is not
+  chosen yet), from the ledger or measured into it."""
+  def measure():
+    config, workdir = pretrained(entry, lr, seed, root, s)
+    init = os.path.join(workdir, 'pretrain')
+    point = evaluations(entry, config, seed, init, workdir, s)
+    if seed == 0:
+      point['curve'] = curve(entry, config, workdir, point['representation'], s)
+    point['steps'] = config.total_steps
+    return point
+  return ledger.measured(f'{entry.key}/lr{lr:g}/seed{seed}', _spec(entry), measure)
+
+
+def _spec(entry: Entry) -> dict[str, str]:
+  return {'method': entry.method, 'variant': entry.variant}
+
+
 def run_entry(entry: Entry, root: str, s: Setting, lrs: tuple[float, ...],
-              seeds: int) -> dict[str, Any]:
-  """Pretrains `entry` at every lr (seed 0), chooses the lr on the held-out
-  probe, then the other seeds; evaluates each seed; probes the curve."""
-  held_out = {}
-  for lr in lrs:
-    config, workdir = pretrained(entry, lr, 0, root, s)
-    rows = sweep(probe_config(entry, config, 0, os.path.join(workdir, 'pretrain'), s),
-                 os.path.join(workdir, 'probe100'))
-    held_out[lr] = chosen(rows)['val_top1']
+              seeds: int, ledger: Ledger) -> dict[str, Any]:
+  """Pretrains and evaluates `entry` at every lr (seed 0), chooses the lr on
+  the held-out probe, then the other seeds at it."""
+  at_lr = {lr: measured_point(entry, lr, 0, root, s, ledger) for lr in lrs}
+  held_out = {lr: p['val100'] for lr, p in at_lr.items()}
   best = max(lrs, key=lambda lr: (held_out[lr], -abs(math.log(lr / 1e-3))))
   logging.info('%s: lr %g chosen (held-out top-1 by lr: %s)', entry.name, best, held_out)
-  per_seed, first = [], None
-  for seed in range(seeds):
-    config, workdir = pretrained(entry, best, seed, root, s)
-    per_seed.append(evaluations(entry, config, seed, os.path.join(workdir, 'pretrain'),
-                                workdir, s))
-    if seed == 0:
-      first = (config, workdir)
-  points = curve(entry, first[0], first[1], per_seed[0]['representation'], s)
+  per_seed = [at_lr[best]] + [measured_point(entry, best, seed, root, s, ledger)
+                              for seed in range(1, seeds)]
   return {'lr': best, 'held_out_by_lr': {f'{k:g}': v for k, v in held_out.items()},
-          'seeds': per_seed, 'curve': points, 'steps': first[0].total_steps}
+          'seeds': per_seed, 'curve': at_lr[best]['curve'], 'steps': at_lr[best]['steps'],
+          'keys': [f'{entry.key}/lr{lr:g}/seed0' for lr in lrs]
+                  + [f'{entry.key}/lr{best:g}/seed{seed}' for seed in range(1, seeds)]}
 
 
-def run_references(root: str, s: Setting, seeds: int) -> dict[str, Any]:
+def run_references(root: str, s: Setting, seeds: int, ledger: Ledger) -> dict[str, Any]:
   """Random init of the reference ViT, raw pixels, and the ViT trained from
-  scratch on all the labels."""
+  scratch on all the labels (each seed from the ledger or measured into it)."""
   from ssl_jax.core import train
   vit = next(e for e in ENTRIES if e.method == REFERENCE_NETWORK)
-  random_rows, pixel_rows, supervised = [], [], []
-  for seed in range(seeds):
+
+  def measure(seed: int) -> dict[str, Any]:
     config = pretrain_config(vit, 1e-3, seed, s)
     workdir = os.path.join(root, 'references', f'seed{seed}')
-    random_rows.append(evaluations(vit, config, seed, None, os.path.join(workdir, 'random'), s))
+    random = evaluations(vit, config, seed, None, os.path.join(workdir, 'random'), s)
     pixels = []
     for fraction, name in ((1.0, 'probe100'), (0.1, 'probe10')):
       c = linear_probe.get_config('pixels_tiny')
@@ -273,12 +290,20 @@ def run_references(root: str, s: Setting, seeds: int) -> dict[str, Any]:
       c.feature_probe.update(dict(train_examples=None, ridge_shots=10))
       pixels.append(chosen(sweep(s.on_data(c, probe=True),
                                  os.path.join(workdir, 'pixels', name))))
-    pixel_rows.append({'probe100': pixels[0]['top1'], 'knn': pixels[0]['knn_top1'],
-                       'ridge10': pixels[0].get('ridge_10shot_top1'),
-                       'probe10': pixels[1]['top1'], 'representation': 'pixels'})
     tune = finetune_config(vit, config, seed, None, s, 1.0)
-    supervised.append(train.run_to_end(tune, os.path.join(workdir, 'supervised'))['eval/top1'])
-  return {'random': random_rows, 'pixels': pixel_rows, 'supervised': supervised}
+    return {'random': random,
+            'pixels': {'probe100': pixels[0]['top1'], 'knn': pixels[0]['knn_top1'],
+                       'ridge10': pixels[0].get('ridge_10shot_top1'),
+                       'probe10': pixels[1]['top1'], 'representation': 'pixels'},
+            'supervised': train.run_to_end(tune, os.path.join(workdir, 'supervised'))[
+                'eval/top1']}
+
+  spec = {'network': REFERENCE_NETWORK, 'pixels': PIXELS_SIZE}
+  got = [ledger.measured(f'references/seed{seed}', spec, lambda seed=seed: measure(seed))
+         for seed in range(seeds)]
+  return {'random': [g['random'] for g in got], 'pixels': [g['pixels'] for g in got],
+          'supervised': [g['supervised'] for g in got],
+          'keys': [f'references/seed{seed}' for seed in range(seeds)]}
 
 
 def cost(entry: Entry, lr: float, s: Setting, timing_steps: int) -> dict[str, float]:
@@ -374,58 +399,84 @@ def plot(results: dict[str, Any], path: str, data: str) -> None:
 
 # -- the script --------------------------------------------------------------------------
 
-_WORKDIR = flags.DEFINE_string('workdir', '/tmp/ssl_jax_compare', 'Where every run goes.')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: tfds default).')
-_QUICK = flags.DEFINE_bool('quick', False, 'A smoke run: the small upright dataset, every '
-                           'schedule 8x shorter, one learning rate (not a measurement).')
-_SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per method (mean ± std over them).')
-_IMAGES = flags.DEFINE_integer('images', 64_000, 'Images seen by every pretraining.')
-_LRS = flags.DEFINE_list('lrs', ['3e-4', '1e-3', '3e-3'], 'The pretraining lr grid.')
-_METHODS = flags.DEFINE_list('methods', [], 'Rows to run (default: all): ' + ', '.join(
-    e.key for e in ENTRIES) + ', references.')
-_TIMING = flags.DEFINE_integer('timing_steps', 20, 'Steps timed per method.')
+def script():
+  """Defines the flags (at run time, so that tests can import this module)
+  and returns the absl main."""
+  workdir = flags.DEFINE_string('workdir', '/tmp/ssl_jax_compare', 'Where every run goes.')
+  data_dir = flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: tfds default).')
+  quick = flags.DEFINE_bool('quick', False, 'A smoke run: the small upright dataset, every '
+                             'schedule 8x shorter, one learning rate (not a measurement).')
+  seeds = flags.DEFINE_integer('seeds', 3, 'Seeds per method (mean ± std over them).')
+  images = flags.DEFINE_integer('images', 64_000, 'Images seen by every pretraining.')
+  lr_grid = flags.DEFINE_list('lrs', ['3e-4', '1e-3', '3e-3'], 'The pretraining lr grid.')
+  methods = flags.DEFINE_list('methods', [], 'Rows to run (default: all): ' + ', '.join(
+      e.key for e in ENTRIES) + ', references.')
+  timing = flags.DEFINE_integer('timing_steps', 20, 'Steps timed per method.')
+  ledger_file = flags.DEFINE_string(
+      'ledger', os.path.join(ablation.RESULTS, 'compare.json'),
+      'The JSON file of finished pretrainings and their evaluations (read, then extended); '
+      '"" keeps none. Default: the committed one (a --quick run keeps none unless given one).')
 
+  def main(argv):
+    del argv
+    from ssl_jax.core import provenance, train
+    known = [e.key for e in ENTRIES] + ['references']
+    picked = methods.value or known
+    bad = [m for m in picked if m not in known]
+    if bad:
+      raise app.UsageError(f'--methods: {", ".join(bad)} unknown; choose from {", ".join(known)}')
+    try:
+      lrs = tuple(float(v) for v in lr_grid.value)
+    except ValueError:
+      raise app.UsageError(f'--lrs={",".join(lr_grid.value)}: numbers, e.g. 3e-4,1e-3') from None
+    if quick.value:
+      lrs = lrs[len(lrs) // 2:][:1]
+    s = Setting(images=images.value, quick=quick.value, data_dir=data_dir.value)
+    root = workdir.value
+    path = ledger_file.value or None
+    if s.quick and flags.FLAGS['ledger'].using_default_value:
+      path = None  # a smoke run never writes the committed measurements
+    try:
+      ledger = Ledger(path, {'benchmark': 'compare', 'quick': s.quick, 'images': s.images,
+                             'lrs': list(lrs)})
+    except LedgerMismatch as e:
+      raise app.UsageError(str(e)) from None
+    print('produced by:', provenance.line(), flush=True)
+    print(f'ledger: {path or "none (nothing kept)"}, {len(ledger.entries)} units measured before',
+          flush=True)
+    train.quiet_library_logs()
+    t0 = time.perf_counter()
+    results = {}
+    try:
+      for entry in ENTRIES:  # a stale entry is refused before anything runs
+        for key in [k for k in ledger.entries if k.startswith(f'{entry.key}/')]:
+          ledger.get(key, _spec(entry))
+      for entry in ENTRIES:
+        if entry.key in picked:
+          results[entry.key] = run_entry(entry, root, s, lrs, seeds.value, ledger)
+      if 'references' in picked:
+        results['references'] = run_references(root, s, seeds.value, ledger)
+    except LedgerMismatch as e:
+      raise app.UsageError(str(e)) from None
+    for entry in ENTRIES:  # timed back to back, in this one process
+      if entry.key in results:
+        results[entry.key]['cost'] = cost(entry, results[entry.key]['lr'], s, timing.value)
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, 'compare.json'), 'w', encoding='utf-8') as f:
+      json.dump(results, f, indent=1)
+    text = table(results) + '\n' + ''.join(
+        f'\nMeasured by: {p}' for p in ledger.producers(
+            k for r in results.values() for k in r['keys']))
+    title = (f'Every method on {s.data}, {s.images // (8 if s.quick else 1)} images seen each; '
+             f'mean ± std over {seeds.value} seeds; lr chosen from {", ".join(map(str, lrs))} '
+             f'on held-out images; {time.perf_counter() - t0:.0f} s in this invocation')
+    with open(os.path.join(root, 'compare.md'), 'w', encoding='utf-8') as f:
+      f.write(f'{title}\n\n{text}\n')
+    plot(results, os.path.join(root, 'compare.png'), s.data)
+    print(f'\n{title}\n\n{text}\n\nplot: {os.path.join(root, "compare.png")}')
 
-def main(argv):
-  del argv
-  from ssl_jax.core import provenance, train
-  known = [e.key for e in ENTRIES] + ['references']
-  picked = _METHODS.value or known
-  bad = [m for m in picked if m not in known]
-  if bad:
-    raise app.UsageError(f'--methods: {", ".join(bad)} unknown; choose from {", ".join(known)}')
-  try:
-    lrs = tuple(float(v) for v in _LRS.value)
-  except ValueError:
-    raise app.UsageError(f'--lrs={",".join(_LRS.value)}: numbers, e.g. 3e-4,1e-3') from None
-  if _QUICK.value:
-    lrs = lrs[len(lrs) // 2:][:1]
-  s = Setting(images=_IMAGES.value, quick=_QUICK.value, data_dir=_DATA_DIR.value)
-  root = _WORKDIR.value
-  print('produced by:', provenance.line(), flush=True)
-  train.quiet_library_logs()
-  t0 = time.perf_counter()
-  results = {}
-  for entry in ENTRIES:
-    if entry.key in picked:
-      results[entry.key] = run_entry(entry, root, s, lrs, _SEEDS.value)
-  if 'references' in picked:
-    results['references'] = run_references(root, s, _SEEDS.value)
-  for entry in ENTRIES:  # timed back to back, in this one process
-    if entry.key in results:
-      results[entry.key]['cost'] = cost(entry, results[entry.key]['lr'], s, _TIMING.value)
-  os.makedirs(root, exist_ok=True)
-  with open(os.path.join(root, 'compare.json'), 'w', encoding='utf-8') as f:
-    json.dump(results, f, indent=1)
-  text = table(results)
-  title = (f'Every method on {s.data}, {s.images // (8 if s.quick else 1)} images seen each; '
-           f'mean ± std over {_SEEDS.value} seeds; lr chosen from {", ".join(map(str, lrs))} '
-           f'on held-out images; {time.perf_counter() - t0:.0f} s in this invocation')
-  with open(os.path.join(root, 'compare.md'), 'w', encoding='utf-8') as f:
-    f.write(f'{title}\n\n{text}\n')
-  plot(results, os.path.join(root, 'compare.png'), s.data)
-  print(f'\n{title}\n\n{text}\n\nplot: {os.path.join(root, "compare.png")}')
+  return main
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(script())

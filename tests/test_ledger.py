@@ -70,3 +70,42 @@ def test_ablation_measures_only_the_row_seeds_missing_from_its_ledger(tmp_path, 
   with pytest.raises(LedgerMismatch, match="'a/seed0'"):
     ablation.run(changed, [1, 0], seeds=3, ledger=Ledger(path, {'b': 1}), **kwargs)
   assert len(measured) == 4  # refused before b/seed2 (picked first) was measured
+
+
+def test_compare_chooses_the_lr_on_held_out_and_reads_every_finished_pretraining_back(
+    tmp_path, monkeypatch):
+  from benchmarks import compare
+  pretrained, curves = [], []
+
+  class Config:
+    total_steps = 10
+
+  def fake_pretrained(entry, lr, seed, root, s):
+    pretrained.append((lr, seed))
+    return Config(), str(tmp_path / f'lr{lr:g}' / f'seed{seed}')
+
+  def fake_evaluations(entry, config, seed, init, workdir, s):
+    lr = float(os.path.basename(os.path.dirname(workdir))[2:])
+    val = {3e-4: 0.4, 1e-3: 0.5, 3e-3: 0.6}[lr]  # 3e-3 is best on held-out images
+    return {'val100': val, 'probe100': 0.9 - val, 'representation': 'tokens', 'knn': 0.1,
+            'probe10': 0.2, 'finetune10': 0.3, 'ridge10': 0.1}
+
+  def fake_curve(entry, config, workdir, representation, s):
+    curves.append(workdir)
+    return [{'step': 10, 'top1': 0.5}]
+
+  monkeypatch.setattr(compare, 'pretrained', fake_pretrained)
+  monkeypatch.setattr(compare, 'evaluations', fake_evaluations)
+  monkeypatch.setattr(compare, 'curve', fake_curve)
+  entry = compare.ENTRIES[0]
+  setting = compare.Setting(images=640, quick=False, data_dir=None)
+  path = str(tmp_path / 'compare.json')
+  lrs = (3e-4, 1e-3, 3e-3)
+  got = compare.run_entry(entry, str(tmp_path), setting, lrs, 3, Ledger(path, {'c': 1}))
+  assert got['lr'] == 3e-3 and pretrained == [(3e-4, 0), (1e-3, 0), (3e-3, 0), (3e-3, 1),
+                                              (3e-3, 2)]
+  assert len(curves) == 3  # every lr's seed 0, while its checkpoints exist
+  assert [s['probe100'] for s in got['seeds']] == pytest.approx([0.3] * 3)
+  again = compare.run_entry(entry, str(tmp_path), setting, lrs, 4, Ledger(path, {'c': 1}))
+  assert pretrained[5:] == [(3e-3, 3)]  # only the new seed
+  assert again['keys'][-1] == f'{entry.key}/lr0.003/seed3'
