@@ -76,9 +76,12 @@ def method_pictures(name, variant='tiny'):
   batch = {'image': x if views is None else jnp.repeat(x[:, None], len(views), axis=1),
            'label': jnp.zeros((NUM_IMAGES,), jnp.int32), 'valid': jnp.ones((NUM_IMAGES,), bool)}
   key = jax.random.key(SEED)
-  params = method.init(key, batch)
-  state = method.init_state(key, batch, params)
-  return np.concatenate(list(method.pictures(params, x, key, state=state)), axis=0)
+  # Compiled, as the train step and the evaluator do (op by op, a ResNet's
+  # init alone takes several times longer).
+  params = jax.jit(method.init)(key, batch)
+  state = jax.jit(method.init_state)(key, batch, params)
+  draw = jax.jit(lambda params, x, state: method.pictures(params, x, key, state=state))
+  return np.concatenate(list(np.asarray(draw(params, x, state))), axis=0)
 
 
 # %% [markdown]

@@ -3,10 +3,8 @@ multi-device behaviour is tested on a laptop."""
 
 import os
 
-# Multi-process tests give each process a share of the 8 devices.
-_DEVICES = os.environ.get('SSL_JAX_TEST_DEVICES_PER_PROCESS', '8')
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           f' --xla_force_host_platform_device_count={_DEVICES}').strip()
+                           ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # One persistent compilation cache per test session, shared with the
 # processes the tests launch: the same small programs are compiled by many

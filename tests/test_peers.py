@@ -123,8 +123,8 @@ def test_a_preemption_signal_to_one_process_stops_both_at_the_same_step(shapes_d
   75, during training and while a resumed run is still compiling (before
   its first step); the rerun then gives the golden losses."""
   import test_golden
-  from test_multihost import _checkpoints, resume_to_the_golden_losses
-  method = 'patchformer'
+  from test_multihost import PREEMPTED, _checkpoints, resume_to_the_golden_losses
+  method = PREEMPTED  # its only two-process stop and resume (test_multihost skips it)
   workdir = str(tmp_path / 'w')
   port = _port()
   procs = [_launch(method, workdir, shapes_data_dir, port, i) for i in range(2)]
