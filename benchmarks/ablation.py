@@ -34,7 +34,7 @@ from typing import Any
 
 from absl import logging
 
-from benchmarks.ledger import Ledger, LedgerMismatch
+from benchmarks.ledger import Ledger, LedgerError
 from configs import common, finetune, linear_probe
 
 
@@ -222,7 +222,7 @@ def script(rows_of, *, name: str, default_workdir: str, title: str, knn: bool):
     try:
       table = run(rows, chosen, seeds=seeds.value, workdir=workdir.value, quick=quick.value,
                   data_dir=data_dir.value, timing_steps=timing.value, knn=knn, ledger=book)
-    except LedgerMismatch as e:
+    except LedgerError as e:
       raise app.UsageError(str(e)) from None
     print(f'\n{title}; mean ± std over {seeds.value} seeds (pretraining and probe seeds vary '
           f'together); {time.perf_counter() - t0:.0f} s in this invocation\n')

@@ -81,7 +81,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks import ablation  # noqa: E402
-from benchmarks.ledger import Ledger, LedgerMismatch  # noqa: E402
+from benchmarks.ledger import Ledger, LedgerError  # noqa: E402
 from configs import finetune, linear_probe  # noqa: E402
 
 DATA = 'ssl_jax_shapes/upright'
@@ -439,7 +439,7 @@ def script():
     try:
       ledger = Ledger(path, {'benchmark': 'compare', 'quick': s.quick, 'images': s.images,
                              'lrs': list(lrs)})
-    except LedgerMismatch as e:
+    except LedgerError as e:
       raise app.UsageError(str(e)) from None
     print('produced by:', provenance.line(), flush=True)
     print(f'ledger: {path or "none (nothing kept)"}, {len(ledger.entries)} units measured before',
@@ -456,7 +456,7 @@ def script():
           results[entry.key] = run_entry(entry, root, s, lrs, seeds.value, ledger)
       if 'references' in picked:
         results['references'] = run_references(root, s, seeds.value, ledger)
-    except LedgerMismatch as e:
+    except LedgerError as e:
       raise app.UsageError(str(e)) from None
     for entry in ENTRIES:  # timed back to back, in this one process
       if entry.key in results:

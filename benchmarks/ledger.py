@@ -28,8 +28,8 @@ import os
 from typing import Any, Callable
 
 
-class LedgerMismatch(ValueError):
-  """The ledger was written for another setting or another definition."""
+class LedgerError(ValueError):
+  """The ledger cannot be used: another setting or definition, or not a ledger."""
 
 
 class Ledger:
@@ -42,22 +42,26 @@ class Ledger:
     self.entries: dict[str, dict[str, Any]] = {}
     if path and os.path.exists(path):
       with open(path, encoding='utf-8') as f:
-        stored = json.load(f)
+        try:
+          stored = json.load(f)
+        except ValueError as e:
+          raise LedgerError(f'{path} is not a ledger ({e}): pass another --ledger, or '
+                               'restore it from git') from None
       if stored.get('setting') != self.setting:
-        raise LedgerMismatch(
+        raise LedgerError(
             f'{path} holds measurements of another setting ({stored.get("setting")}); this run '
             f'is {self.setting}: pass another --ledger, or move that file away')
       self.entries = stored.get('entries', {})
 
   def get(self, key: str, spec: Any) -> Any | None:
     """The stored value of `key`, or None when it is not measured yet;
-    LedgerMismatch when it was measured for another `spec`."""
+    LedgerError when it was measured for another `spec`."""
     entry = self.entries.get(key)
     if entry is None:
       return None
     spec = json.loads(json.dumps(spec))
     if entry['spec'] != spec:
-      raise LedgerMismatch(
+      raise LedgerError(
           f'{self.path}: {key!r} was measured for {entry["spec"]}, and the benchmark now '
           f'defines it as {spec}: delete that entry (or pass another --ledger) to measure it again')
     return entry['value']

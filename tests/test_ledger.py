@@ -8,7 +8,7 @@ import os
 import pytest
 
 from benchmarks import ablation
-from benchmarks.ledger import Ledger, LedgerMismatch
+from benchmarks.ledger import Ledger, LedgerError
 
 
 def test_a_measured_unit_is_read_back_by_a_new_ledger_and_not_measured_again(tmp_path):
@@ -33,11 +33,18 @@ def test_a_measured_unit_is_read_back_by_a_new_ledger_and_not_measured_again(tmp
 def test_another_setting_or_definition_is_refused_with_what_differs(tmp_path):
   path = str(tmp_path / 'bench.json')
   Ledger(path, {'quick': False}).put('row/seed0', {'overrides': [['a', 1]]}, 0.5)
-  with pytest.raises(LedgerMismatch, match=r"another setting.*'quick': False.*'quick': True"):
+  with pytest.raises(LedgerError, match=r"another setting.*'quick': False.*'quick': True"):
     Ledger(path, {'quick': True})
-  with pytest.raises(LedgerMismatch, match=r"'row/seed0' was measured for .*\['a', 1\].*"
+  with pytest.raises(LedgerError, match=r"'row/seed0' was measured for .*\['a', 1\].*"
                                            r"\['a', 2\].*delete that entry"):
     Ledger(path, {'quick': False}).get('row/seed0', {'overrides': [['a', 2]]})
+
+
+def test_a_damaged_ledger_is_named(tmp_path):
+  path = tmp_path / 'bench.json'
+  path.write_text('{"setting": {"quick": fal')
+  with pytest.raises(LedgerError, match=r'bench.json is not a ledger .*restore it from git'):
+    Ledger(str(path), {'quick': False})
 
 
 def test_without_a_path_nothing_is_written(tmp_path):
@@ -67,7 +74,7 @@ def test_ablation_measures_only_the_row_seeds_missing_from_its_ledger(tmp_path, 
   assert '| a | 10.5 ± 0.7 (n=2) (tokens x2) |' in table
   assert 'Measured by: commit' in table
   changed = [ablation.Row('a', 'dv2', 'tiny', (('dv2.x', 2),)), rows[1]]
-  with pytest.raises(LedgerMismatch, match="'a/seed0'"):
+  with pytest.raises(LedgerError, match="'a/seed0'"):
     ablation.run(changed, [1, 0], seeds=3, ledger=Ledger(path, {'b': 1}), **kwargs)
   assert len(measured) == 4  # refused before b/seed2 (picked first) was measured
 
