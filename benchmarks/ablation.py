@@ -34,6 +34,7 @@ from typing import Any
 
 from absl import logging
 
+from benchmarks import ledger as ledger_lib
 from benchmarks.ledger import Ledger, LedgerError
 from configs import common, finetune, linear_probe
 
@@ -140,9 +141,7 @@ def run(rows: list[Row], picked: list[int], *, seeds: int, workdir: str, quick: 
   def top1(values: list[float]) -> str:
     return seeds_lib.format_spread(seeds_lib.spread(values), percent=True)
 
-  for i in picked:  # a stale entry is refused before anything runs
-    for s in range(seeds):
-      ledger.get(f'{rows[i].name}/seed{s}', spec(rows[i]))
+  ledger.check({f'{rows[i].name}/seed': spec(rows[i]) for i in picked})
   measured = {}
   for i in picked:
     got = [ledger.measured(
@@ -207,16 +206,9 @@ def script(rows_of, *, name: str, default_workdir: str, title: str, knn: bool):
       chosen = picked_rows(picked.value, len(rows))
     except ValueError as e:
       raise app.UsageError(str(e)) from None
-    path = ledger.value or None
-    if quick.value and flags.FLAGS['ledger'].using_default_value:
-      path = None  # a smoke run never writes the committed measurements
-    try:
-      book = Ledger(path, {'benchmark': name, 'quick': quick.value})
-    except ValueError as e:
-      raise app.UsageError(str(e)) from None
     print('produced by:', provenance.line(), flush=True)
-    print(f'ledger: {path or "none (nothing kept)"}, {len(book.entries)} row-seeds measured '
-          'before', flush=True)
+    book = ledger_lib.from_flag(ledger, quick=quick.value,
+                                setting={'benchmark': name, 'quick': quick.value})
     train.quiet_library_logs()
     t0 = time.perf_counter()
     try:

@@ -81,6 +81,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks import ablation  # noqa: E402
+from benchmarks import ledger as ledger_lib  # noqa: E402
 from benchmarks.ledger import Ledger, LedgerError  # noqa: E402
 from configs import finetune, linear_probe  # noqa: E402
 
@@ -218,15 +219,19 @@ def evaluations(entry: Entry, config, seed: int, init: str | None, workdir: str,
           'probe10': tenth['top1'], 'finetune10': ft}
 
 
-def curve(entry: Entry, config, workdir: str, representation: str, s: Setting) -> list[dict]:
+def curve(entry: Entry, config, workdir: str, representation: str, final_top1: float,
+          s: Setting) -> list[dict]:
   """Test top-1 of the probe of `representation` at each kept checkpoint
-  of the seed-0 run (its l2 chosen on the held-out images)."""
+  of the seed-0 run (its l2 chosen on the held-out images). The last point
+  is `final_top1`: the layer sweep of the final step has just measured that
+  very probe (same seed, representation and l2 grid)."""
   out = []
   every = config.checkpoint.every
   for k in range(1, CURVE_POINTS + 1):
     step = min(k * every, config.total_steps)
-    if k == CURVE_POINTS:
-      step = config.total_steps
+    if k == CURVE_POINTS or step == config.total_steps:
+      out.append({'step': config.total_steps, 'top1': final_top1})
+      break
     probe = probe_config(entry, config, 0, os.path.join(workdir, 'pretrain'), s)
     probe.init.step = step
     probe.feature_probe.update(dict(layers=(representation,), ridge_shots=0))
@@ -245,7 +250,8 @@ def measured_point(entry: Entry, lr: float, seed: int, root: str, s: Setting,
     init = os.path.join(workdir, 'pretrain')
     point = evaluations(entry, config, seed, init, workdir, s)
     if seed == 0:
-      point['curve'] = curve(entry, config, workdir, point['representation'], s)
+      point['curve'] = curve(entry, config, workdir, point['representation'],
+                             point['probe100'], s)
     point['steps'] = config.total_steps
     return point
   return ledger.measured(f'{entry.key}/lr{lr:g}/seed{seed}', _spec(entry), measure)
@@ -433,24 +439,14 @@ def script():
       lrs = lrs[len(lrs) // 2:][:1]
     s = Setting(images=images.value, quick=quick.value, data_dir=data_dir.value)
     root = workdir.value
-    path = ledger_file.value or None
-    if s.quick and flags.FLAGS['ledger'].using_default_value:
-      path = None  # a smoke run never writes the committed measurements
-    try:
-      ledger = Ledger(path, {'benchmark': 'compare', 'quick': s.quick, 'images': s.images,
-                             'lrs': list(lrs)})
-    except LedgerError as e:
-      raise app.UsageError(str(e)) from None
     print('produced by:', provenance.line(), flush=True)
-    print(f'ledger: {path or "none (nothing kept)"}, {len(ledger.entries)} units measured before',
-          flush=True)
+    ledger = ledger_lib.from_flag(ledger_file, quick=s.quick, setting={
+        'benchmark': 'compare', 'quick': s.quick, 'images': s.images, 'lrs': list(lrs)})
     train.quiet_library_logs()
     t0 = time.perf_counter()
     results = {}
     try:
-      for entry in ENTRIES:  # a stale entry is refused before anything runs
-        for key in [k for k in ledger.entries if k.startswith(f'{entry.key}/')]:
-          ledger.get(key, _spec(entry))
+      ledger.check({f'{e.key}/': _spec(e) for e in ENTRIES})  # before anything runs
       for entry in ENTRIES:
         if entry.key in picked:
           results[entry.key] = run_entry(entry, root, s, lrs, seeds.value, ledger)

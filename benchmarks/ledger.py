@@ -88,6 +88,15 @@ class Ledger:
       value = self.entries[key]['value']
     return value
 
+  def check(self, specs: dict[str, Any]) -> None:
+    """Refuses (LedgerError) any entry under one of `specs`' key prefixes
+    that was measured for another spec: called before a benchmark measures
+    anything, so that a stale entry stops it at once, not hours later."""
+    for key in self.entries:
+      for prefix, spec in specs.items():
+        if key.startswith(prefix):
+          self.get(key, spec)
+
   def producers(self, keys) -> list[str]:
     """One provenance line per distinct commit among the entries `keys`
     (what a table made of them must say it was produced by)."""
@@ -100,3 +109,21 @@ class Ledger:
         seen.add(who)
         lines.append(provenance.line(rec))
     return lines
+
+
+def from_flag(flag, *, quick: bool, setting: dict[str, Any]) -> Ledger:
+  """The ledger a benchmark script's `--ledger` flag (an absl FlagHolder)
+  names: in memory only for "", and for a --quick run left at the default
+  path (a smoke run never writes the committed measurements). A file that
+  cannot be used is absl's UsageError: one line, before anything runs."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  path = flag.value or None
+  if quick and not flag.present:
+    path = None
+  try:
+    book = Ledger(path, setting)
+  except LedgerError as e:
+    raise app.UsageError(str(e)) from None
+  print(f'ledger: {path or "none (nothing kept)"}, {len(book.entries)} units measured before',
+        flush=True)
+  return book

@@ -97,7 +97,7 @@ def test_compare_chooses_the_lr_on_held_out_and_reads_every_finished_pretraining
     return {'val100': val, 'probe100': 0.9 - val, 'representation': 'tokens', 'knn': 0.1,
             'probe10': 0.2, 'finetune10': 0.3, 'ridge10': 0.1}
 
-  def fake_curve(entry, config, workdir, representation, s):
+  def fake_curve(entry, config, workdir, representation, final_top1, s):
     curves.append(workdir)
     return [{'step': 10, 'top1': 0.5}]
 
@@ -116,3 +116,42 @@ def test_compare_chooses_the_lr_on_held_out_and_reads_every_finished_pretraining
   again = compare.run_entry(entry, str(tmp_path), setting, lrs, 4, Ledger(path, {'c': 1}))
   assert pretrained[5:] == [(3e-3, 3)]  # only the new seed
   assert again['keys'][-1] == f'{entry.key}/lr0.003/seed3'
+
+
+def test_compare_curve_probes_each_kept_checkpoint_and_reuses_the_final_one(monkeypatch,
+                                                                            tmp_path):
+  import ml_collections
+  from benchmarks import compare
+  swept = []
+
+  def fake_sweep(config, workdir):
+    swept.append((config.init.step, tuple(config.feature_probe.layers)))
+    return [{'chosen': False, 'top1': 0.0}, {'chosen': True, 'top1': config.init.step / 1000}]
+
+  monkeypatch.setattr(compare, 'probe_config', lambda *a, **k: ml_collections.ConfigDict(
+      {'init': {'step': None}, 'feature_probe': {'layers': (), 'ridge_shots': 10}}))
+  monkeypatch.setattr(compare, 'sweep', fake_sweep)
+  config = ml_collections.ConfigDict({'total_steps': 100, 'checkpoint': {'every': 20}})
+  setting = compare.Setting(images=640, quick=False, data_dir=None)
+  got = compare.curve(compare.ENTRIES[0], config, str(tmp_path), 'tokens', 0.77, setting)
+  assert swept == [(20, ('tokens',)), (40, ('tokens',)), (60, ('tokens',)), (80, ('tokens',))]
+  assert got == [{'step': 20, 'top1': 0.02}, {'step': 40, 'top1': 0.04},
+                 {'step': 60, 'top1': 0.06}, {'step': 80, 'top1': 0.08},
+                 {'step': 100, 'top1': 0.77}]  # the final step: the sweep's own probe
+
+
+def test_from_flag_keeps_no_ledger_for_a_quick_run_at_the_default_path(tmp_path):
+  from absl import app, flags
+  from benchmarks import ledger as ledger_lib
+  values = flags.FlagValues()
+  holder = flags.DEFINE_string('ledger', str(tmp_path / 'default.json'), '', flag_values=values)
+  values(['prog'])
+  assert ledger_lib.from_flag(holder, quick=True, setting={'q': True}).path is None
+  assert ledger_lib.from_flag(holder, quick=False, setting={'q': False}).path == str(
+      tmp_path / 'default.json')
+  values['ledger'].parse(str(tmp_path / 'given.json'))
+  assert ledger_lib.from_flag(holder, quick=True, setting={'q': True}).path == str(
+      tmp_path / 'given.json')
+  (tmp_path / 'given.json').write_text('{"setting": {"q": false}, "entries": {}}')
+  with pytest.raises(app.UsageError, match='another setting'):
+    ledger_lib.from_flag(holder, quick=True, setting={'q': True})
