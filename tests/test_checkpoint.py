@@ -23,6 +23,41 @@ def test_relative_workdir_round_trip(tmp_path, monkeypatch):
     checkpointer.close()
 
 
+def test_saving_replicated_arrays_on_the_cpu_compiles_nothing(tmp_path):
+  """Replica-parallel saving would compile a slice per array shape on the
+  first save of a process (ckpt_lib._whole_shards_on_the_cpu); the arrays
+  come back whole and in their shardings."""
+  import jax
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  split = NamedSharding(mesh, PartitionSpec('data'))
+  state = {f'w{n}': jax.device_put(jnp.full((8 * n, 3), float(n)), replicated)
+           for n in range(1, 4)}
+  state['rows'] = jax.device_put(jnp.arange(16.0).reshape(8, 2), split)
+  compiled = []
+
+  def listen(event, duration, **kwargs):
+    if 'compile' in event:
+      compiled.append(event)
+
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path / 'run'), keep=1)
+  try:
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+      checkpointer.save(1, state, {'step': 1})
+      checkpointer.wait()
+    finally:
+      jax.monitoring.unregister_event_duration_listener(listen)
+    assert not compiled, compiled
+    restored = checkpointer.restore_state(1, state)
+  finally:
+    checkpointer.close()
+  for name, value in state.items():
+    np.testing.assert_array_equal(restored[name], value)
+    assert restored[name].sharding == value.sharding
+
+
 def _round_trip(checkpointer, tmp_path):
   state = {'w': jnp.arange(6.0).reshape(2, 3), 'step': jnp.array(3)}
   for step in (1, 2, 3):

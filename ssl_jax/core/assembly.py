@@ -32,6 +32,8 @@ from ssl_jax.evaluate.evaluator import Evaluator, open_split
 from ssl_jax.methods import registry
 from ssl_jax import tasks
 
+_MODEL_FLOPS: dict[tuple[str, int | None], float] = {}  # Trainer.model_flops, per process
+
 DataError = pipeline.DataError  # the dataset cannot be opened
 
 
@@ -172,8 +174,16 @@ class Trainer:
   def model_flops(self) -> float:
     """Model FLOPs of one step for the global batch (ssl_jax.core.flops):
     the matmuls of the loss's forward pass and gradient, traced (not
-    compiled) on the reference program of this config."""
+    compiled) on the reference program of this config. Kept per process by
+    the reference config and the classes (a resumed run, or another of the
+    same config, does not trace the loss again: seconds for a ResNet)."""
     config = flops_lib.reference_config(self.config)
+    key = (to_json(config), self.num_classes)
+    if key not in _MODEL_FLOPS:
+      _MODEL_FLOPS[key] = self._traced_model_flops(config)
+    return _MODEL_FLOPS[key]
+
+  def _traced_model_flops(self, config) -> float:
     task = (self.task if config.to_dict() == self.config.to_dict()
             else tasks.build(config, self.num_classes, dtype_of(config)))
     batch = abstract_batch(config)

@@ -28,6 +28,10 @@ try:  # where orbax runs its coroutines (a private module: optional)
   from orbax.checkpoint._src import asyncio_utils as _orbax_asyncio
 except ImportError:  # another orbax layout: restores work, only less tidily on errors
   _orbax_asyncio = None
+try:  # the array metadata store of orbax's default jax.Array handler (private: optional)
+  from orbax.checkpoint._src.metadata import array_metadata_store as _orbax_array_metadata
+except ImportError:  # another orbax layout: saves on the CPU keep orbax's default handler
+  _orbax_array_metadata = None
 
 
 def _same_shapes(tree: Any, abstract: Any) -> bool:
@@ -171,6 +175,23 @@ def _tidy_orbax_failures() -> None:
   _orbax_asyncio.run_sync = tidy_run_sync
 
 
+def _whole_shards_on_the_cpu() -> None:
+  """On the CPU backend, replica 0 of each shard writes it whole (as orbax
+  does on GPUs), instead of orbax's default replica-parallel saving, where
+  each replica of a replicated shard writes a slice of it. On the CPU a device-to-host copy is a copy within the same
+  memory, so the slices save nothing; each is an eagerly compiled program,
+  one per array shape, and the first save of every process compiled them
+  all: 352 for DV2's tiny state on 8 devices, 20 s on 2 cores. The files
+  written hold the same arrays. Idempotent; other backends are unchanged."""
+  if (_orbax_array_metadata is None or jax.default_backend() != 'cpu'
+      or getattr(ocp.type_handlers.get_type_handler(jax.Array), '_ssl_jax_whole', False)):
+    return
+  handler = ocp.type_handlers.ArrayHandler(
+      array_metadata_store=_orbax_array_metadata.Store(), use_replica_parallel=False)
+  handler._ssl_jax_whole = True  # pylint: disable=protected-access
+  ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 class Checkpointer:
   """Keeps the last `keep` checkpoints of a run in `<workdir>/<subdir>`
   (`checkpoints`; `best`: the parameters an early-stopping run selected)."""
@@ -178,6 +199,7 @@ class Checkpointer:
   def __init__(self, workdir: str, *, keep: int | None, asynchronous: bool = True,
                read_only: bool = False, subdir: str = 'checkpoints'):
     _tidy_orbax_failures()
+    _whole_shards_on_the_cpu()
     if '://' not in workdir:  # orbax needs absolute local paths
       workdir = os.path.abspath(workdir)
     self.directory = os.path.join(workdir, subdir)
