@@ -392,11 +392,12 @@ def test_paper_settings_build_at_full_size_and_step_on_synthetic_data(module, va
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_dv2_resumes_exactly_with_its_vocabularies_and_matches_one_device(data_dir, tmp_path):
+def test_dv2_resumes_exactly_with_its_vocabularies_and_probes(data_dir, tmp_path):
   """The tiny model (smaller vocabularies, batch 16 versions): a run stopped
   at a checkpoint and resumed ends with the very parameters and vocabularies
-  of an uninterrupted run; on 1 device instead of 8 the losses agree and the
-  vocabularies' masses too; a linear probe of the checkpoint trains."""
+  of an uninterrupted run; a linear probe of the checkpoint trains. (Other
+  device counts: the golden losses are recorded only where 1 and 8 devices
+  agree, and tests/test_multihost.py holds 2 processes of 4 devices to them.)"""
   from ssl_jax.core import train
   config = small_method_config('dv2', 'tiny', data_dir, **{'dv2.vocabulary.size': 64, 'batch_size': 16})
   whole = train.run(config, str(tmp_path / 'whole'))
@@ -409,15 +410,6 @@ def test_dv2_resumes_exactly_with_its_vocabularies_and_matches_one_device(data_d
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   vocab = whole.state.method_state['patch_vocabulary']
   assert float(np.asarray(vocab['mass']).max()) > 1.0  # fed
-  one = train.run(config, str(tmp_path / 'one'), devices=jax.devices()[:1])
-  losses = {}
-  for name in ('whole', 'one'):
-    with open(tmp_path / name / 'metrics.jsonl') as f:
-      import json
-      losses[name] = [r['loss'] for r in map(json.loads, f) if 'loss' in r]
-  np.testing.assert_allclose(losses['one'], losses['whole'], rtol=1e-4)
-  np.testing.assert_allclose(np.asarray(one.state.method_state['patch_vocabulary']['mass']),
-                             np.asarray(vocab['mass']), rtol=1e-5)
 
   from configs import dv2
   probe = dv2.linear_probe_config('tiny')

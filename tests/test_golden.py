@@ -69,3 +69,36 @@ def test_tiny_losses_match_the_golden_ones(method, shapes_data_dir, tmp_path):
   rtol = max(RTOL, SPREADS * golden['measured_spread'][method])
   np.testing.assert_allclose(got, want, rtol=rtol,
                              err_msg=f'{method}: steps 1-{STEPS} moved')
+
+
+def test_recording_refuses_losses_that_depend_on_the_number_of_devices(monkeypatch, tmp_path):
+  """tests/golden/record.py writes nothing when a method's 1- and 8-device
+  losses differ beyond MAX_SPREAD (the end-to-end tests rely on it), and
+  records the spread when they agree."""
+  import sys
+
+  from ssl_jax.data import shapes
+  monkeypatch.syspath_prepend(os.path.join(ROOT, 'tests', 'golden'))
+  import record
+  golden = tmp_path / 'losses.json'
+  monkeypatch.setattr(sys.modules[__name__], 'GOLDEN', str(golden))
+  monkeypatch.setattr(shapes, 'prepare', lambda *a, **k: None)
+  eight = np.linspace(2.0, 1.0, STEPS)
+  drift = {'apart': 3 * record.MAX_SPREAD, 'close': record.MAX_SPREAD / 3}
+
+  def losses(method, data_dir, workdir, devices=None):
+    return list(eight if devices is None else eight * (1 + drift[method]))
+
+  monkeypatch.setattr(sys.modules[__name__], 'tiny_losses', losses)
+  monkeypatch.setattr(record, 'test_golden', sys.modules[__name__])
+  monkeypatch.setattr(sys, 'argv', ['record.py', '--methods=close,apart',
+                                    f'--data_dir={tmp_path}'])
+  with pytest.raises(SystemExit, match=r'apart: 1 and 8 devices differ by 3\.00e-03'):
+    record.main()
+  assert not golden.exists()
+  monkeypatch.setattr(sys, 'argv', ['record.py', '--methods=close', f'--data_dir={tmp_path}'])
+  record.main()
+  with open(golden) as f:
+    written = json.load(f)
+  np.testing.assert_allclose(written['measured_spread']['close'], drift['close'], rtol=1e-6)
+  assert written['losses']['close'] == list(eight)

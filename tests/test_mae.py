@@ -274,12 +274,12 @@ def test_paper_setting_steps_on_synthetic_data():
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_mae_resumes_exactly_matches_one_device_and_probes(data_dir, tmp_path):
+def test_mae_resumes_exactly_and_probes(data_dir, tmp_path):
   """A run stopped at a checkpoint and resumed ends with the very
-  parameters of an uninterrupted one; 1 device instead of 8 gives the same
-  losses; a linear probe and a fine-tune of the checkpoint train."""
-  import json
-
+  parameters of an uninterrupted one; a linear probe and a fine-tune of the
+  checkpoint train. (Other device counts: the golden losses are recorded
+  only where 1 and 8 devices agree, and tests/test_multihost.py holds 2
+  processes of 4 devices to them.)"""
   from configs import mae
   from ssl_jax.core import train
   config = small_method_config('mae', 'tiny', data_dir, batch_size=8,
@@ -291,12 +291,6 @@ def test_mae_resumes_exactly_matches_one_device_and_probes(data_dir, tmp_path):
   for a, b in zip(jax.tree.leaves(second.state.params), jax.tree.leaves(whole.state.params),
                   strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  train.run(config, str(tmp_path / 'one'), devices=jax.devices()[:1])
-  losses = {}
-  for name in ('whole', 'one'):
-    with open(tmp_path / name / 'metrics.jsonl') as f:
-      losses[name] = [r['loss'] for r in map(json.loads, f) if 'loss' in r]
-  np.testing.assert_allclose(losses['one'], losses['whole'], rtol=1e-4)
 
   for kind in ('linear_probe', 'finetune'):
     probe = getattr(mae, f'{kind}_config')('tiny')

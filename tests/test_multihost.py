@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 import test_golden
-from conftest import ROOT
+from conftest import COMPILE_FLAGS, ROOT
 
 # PatchFormer's two processes stopped and resumed to its golden losses are
 # tests/test_peers.py's preemption test (SIGTERM to one process where this
@@ -38,7 +38,7 @@ def _port() -> int:
 
 def _launch(method, workdir, data_dir, port, process_id, *extra):
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+             XLA_FLAGS=f'{COMPILE_FLAGS} --xla_force_host_platform_device_count=4')
   return subprocess.Popen(
       [sys.executable, os.path.join(ROOT, 'main.py'), f'--config=configs/{method}.py:tiny',
        f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',

@@ -513,13 +513,12 @@ def test_paper_settings_build_at_full_size_and_step_on_synthetic_data(variant, b
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_multitask_vit_resumes_exactly_and_matches_one_device(data_dir, tmp_path):
+def test_multitask_vit_resumes_exactly_and_probes(data_dir, tmp_path):
   """A run stopped at a checkpoint and resumed ends with the very
-  parameters and diagnostics state of an uninterrupted one; 1 device
-  instead of 8 gives the same losses; a linear probe of the checkpoint
-  trains."""
-  import json
-
+  parameters and diagnostics state of an uninterrupted one; a linear probe
+  of the checkpoint trains. (Other device counts: the golden losses are
+  recorded only where 1 and 8 devices agree, and tests/test_multihost.py
+  holds 2 processes of 4 devices to them.)"""
   from configs import multitask_vit
   from ssl_jax.core import train
   config = small_method_config('multitask_vit', 'tiny', data_dir, batch_size=8,
@@ -533,13 +532,6 @@ def test_multitask_vit_resumes_exactly_and_matches_one_device(data_dir, tmp_path
   for a, b in zip(jax.tree.leaves((second.state.params, second.state.method_state)),
                   jax.tree.leaves((whole.state.params, whole.state.method_state)), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  one = train.run(config, str(tmp_path / 'one'), devices=jax.devices()[:1])
-  losses = {}
-  for name in ('whole', 'one'):
-    with open(tmp_path / name / 'metrics.jsonl') as f:
-      losses[name] = [r['loss'] for r in map(json.loads, f) if 'loss' in r]
-  np.testing.assert_allclose(losses['one'], losses['whole'], rtol=1e-4)
-  del one
 
   probe = multitask_vit.linear_probe_config('tiny')
   probe.backbone.multitask_vit = config.multitask_vit
