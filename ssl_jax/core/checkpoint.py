@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import re
 from typing import Any
@@ -190,7 +191,14 @@ def _whole_shards_on_the_cpu() -> None:
   handler = ocp.type_handlers.ArrayHandler(
       array_metadata_store=_orbax_array_metadata.Store(), use_replica_parallel=False)
   handler._ssl_jax_whole = True  # pylint: disable=protected-access
-  ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  # orbax warns that it overrides its own jax.Array handler: meant, not news.
+  absl_logger = logging.getLogger('absl')
+  quiet = lambda record: record.levelno > logging.WARNING  # noqa: E731
+  absl_logger.addFilter(quiet)
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  finally:
+    absl_logger.removeFilter(quiet)
 
 
 class Checkpointer:
