@@ -178,13 +178,18 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
-def shapes_data_dir(tmp_path_factory):
+def shapes_data_dir(tmp_path_factory, worker_id):
   """The whole built-in dataset (the tiny runs' data: 20000 training
-  images), built once per test session (per worker)."""
+  images, and its upright configuration where a run asks for it), built
+  once per test run: pytest-xdist's workers share the run's temporary
+  folder, and shapes.prepare's lease makes the others wait for the one
+  that builds it (a minute on 2 cores)."""
   from ssl_jax.data import shapes
-  path = str(tmp_path_factory.mktemp('tfds_full'))
-  shapes.prepare(path)
-  return path
+  root = tmp_path_factory.getbasetemp()
+  path = (root if worker_id == 'master' else root.parent) / 'tfds_full'
+  path.mkdir(exist_ok=True)
+  shapes.prepare(str(path))
+  return str(path)
 
 
 STEPS, EVERY = 30, 5
