@@ -20,19 +20,28 @@ read for any choice). The linear probe is a logistic regression solved to
 convergence (L-BFGS, ssl_jax.core.feature_probe), so it has no learning
 rate to tune: what every method gets swept alike is its regularisation
 (the same l2 grid) and the representation it is read from, both chosen on
-the held-out images. Then seeds 1.. --seeds-1 pretrain at the chosen rate.
+the held-out images. A rate whose pretraining diverges (a non-finite loss)
+is recorded as diverged and left out of the choice, not retried. Only the
+chosen rate's network gets the other evaluations and the plot's curve
+(its pretraining read back, or run again to the same weights); seeds
+1 .. --seeds-1 pretrain at it.
 
 Per method and seed, on its pretrained network (reported: test top-1 on
-1000 test images, read once after every choice):
+all 4000 test images, read once after every choice):
   kNN          cosine kNN (the monitors' k and temperature) on the training
                features of the probe's chosen representation
   probe 100%   the layer sweep (--layer_sweep): every representation, its
                l2 and the best one chosen on the held-out images, all the
                19,000 other training labels
-  probe 10%    the same on the class-balanced 10% of those labels
-  fine-tune 10%  configs/finetune.py:METHOD_tiny on the 10% labels (the
-               short recipe every tiny fine-tune shares; its last step,
-               nothing chosen)
+  probe 10%    the same on the class-balanced 10% of those labels (its
+               l2 and representation chosen on the same 1000 held-out
+               labelled images: more labels than it trains on, as every
+               choice here must be made on held-out data)
+  fine-tune 10%  configs/finetune.py:METHOD_tiny on the 10% labels, each
+               method's own recipe (batch, lr, schedule, head) run for the
+               same 32,000 images seen (FINETUNE_IMAGES; the recipes' own
+               lengths differ: iGPT's 300 steps of 32, RandSAC's 1000 of
+               64); its last step, nothing chosen
   10-shot ridge  closed-form ridge on 10 labels per class of the training
                features, on the probe's chosen representation (mean of the
                monitors' 3 draws)
@@ -40,28 +49,41 @@ References, over the same seeds: random init (the ViT of MAE's and
 RandSAC's tiny encoder, 4 blocks 64 wide, as each seed initialises it:
 probed the same way and fine-tuned from scratch on 10% of the labels), raw
 pixels (32x32x3, the probes only), and the upper one, the same ViT
-trained from scratch on all the labels (configs/finetune.py:mae_tiny_scratch).
+trained from scratch on all the labels (configs/finetune.py:mae_tiny_scratch,
+its own 1000 steps of 64).
 
 Beside each row: parameters (pretraining, decoder and heads included),
 ms/step and FLOPs per step (the compiled step timed back to back in one
 process after the runs, XLA's cost analysis), pretraining minutes (steps
-x that ms/step) and TFLOPs. The plot (compare.png) shows each method's
-linear-probe test top-1 on its chosen representation against pretraining
-minutes, from the seed-0 run's checkpoints (every fifth of the run).
+x that ms/step: the same measurement for every method, without its input
+pipeline) and TFLOPs. The plot
+(compare.png) shows each method's linear-probe test top-1 on its chosen
+representation against pretraining minutes, from the seed-0 run's
+checkpoints (every fifth of the run).
 
 Every run resumes from its own workdir (WORKDIR/METHOD/lrLR/seedS/...) and
 a finished one is read back, so an interrupted comparison picks up where it
-stopped; each finished pretraining's evaluations (every lr's seed-0 network
-gets them all and its curve, while its checkpoints are at hand) go into the
-ledger, benchmarks/results/compare.json by default (benchmarks/ledger.py),
-so a rerun on another machine, or of a later commit, measures only what is
-missing. --methods picks rows; --quick is a smoke run (the small upright
-dataset, every schedule 8x shorter, one learning rate), not a measurement.
+stopped; each finished unit (an lr's selection point, a seed's
+evaluations, a reference seed) goes into the ledger,
+benchmarks/results/compare.json by default (benchmarks/ledger.py), so a
+rerun on another machine, or of a later commit, measures only what is
+missing. An entry measured under another protocol (PROTOCOL: the curve's
+points, the fine-tune's images, the label fraction, the ridge's shots, the
+test split) is refused before anything runs; the methods' configs are not
+compared (the table's foot names every commit that measured it).
+--methods picks rows; --quick is a smoke run (the small upright dataset,
+pretraining 8x and fine-tunes 4x shorter, one learning rate), not a
+measurement.
+
+Units of the full run: 24 pretrainings that choose the lrs (8 methods x 3)
+and 16 more seeds; 40 layer sweeps on all the labels, 24 on 10%, 32
+one-representation curve probes, 24 fine-tunes; the references' 3 seeds.
+On 2 CPU cores that is about 13 hours, estimated from each method's
+measured tiny run (one pretraining of every method about 100 minutes, five
+such sets, iGPT's two nearly half of each; the evaluations about 4 hours);
+the README's comparison section states the measured time once it has run.
 
   python benchmarks/compare.py --workdir=/tmp/ssl_jax_compare
-
-Running time on 2 CPU cores: see the README's comparison section (measured
-there).
 """
 
 from __future__ import annotations
@@ -88,6 +110,16 @@ from configs import finetune, linear_probe  # noqa: E402
 DATA = 'ssl_jax_shapes/upright'
 QUICK_DATA = 'ssl_jax_shapes/upright_small'
 CURVE_POINTS = 5  # checkpoints along the seed-0 run that the plot probes
+FINETUNE_IMAGES = 32_000  # images seen by every fine-tune on 10% of the labels
+LABEL_FRACTION = 0.1
+RIDGE_SHOTS = 10
+TEST_SPLIT = 'test'  # all 4000 test images (the tiny configs read 1000)
+# What every entry was measured with: a ledger entry of another protocol is
+# refused (benchmarks/ledger.py). The methods' configs are not in it (a
+# refactor would void hours of entries); the table's foot names the commits.
+PROTOCOL = {'curve_points': CURVE_POINTS, 'finetune_images': FINETUNE_IMAGES,
+            'label_fraction': LABEL_FRACTION, 'ridge_shots': RIDGE_SHOTS,
+            'test_split': TEST_SPLIT}
 REFERENCE_NETWORK = 'mae'  # the ViT of the reference rows (MAE's tiny encoder)
 PIXELS_SIZE = 32
 
@@ -131,6 +163,8 @@ class Setting:
       if probe:
         c.data.held_out_examples = 200
       c.eval.update(dict(split='test', train_split='train[:1000]'))
+    elif probe:  # what the table reports: every test image
+      c.eval.split = TEST_SPLIT
     return c
 
 
@@ -146,7 +180,8 @@ def pretrain_config(entry: Entry, lr: float, seed: int, s: Setting):
   c.optimizer.lr = lr
   c.seed = seed
   every = steps // CURVE_POINTS
-  c.checkpoint.update(dict(every=every, keep=CURVE_POINTS + 1))
+  # The curve's checkpoints, with room for the extra ones that preemptions save.
+  c.checkpoint.update(dict(every=every, keep=CURVE_POINTS + 4))
   c.eval.every = every
   return s.on_data(c, probe=False)
 
@@ -163,16 +198,24 @@ def probe_config(entry: Entry, pretrain, seed: int, init: str | None, s: Setting
   c.data.image_size = pretrain.data.image_size
   c.seed, c.init.workdir = seed, init
   c.data.label_fraction = fraction
-  c.feature_probe.update(dict(train_examples=None, ridge_shots=10))
+  c.feature_probe.update(dict(train_examples=None, ridge_shots=RIDGE_SHOTS))
   return s.on_data(c, probe=True)
 
 
 def finetune_config(entry: Entry, pretrain, seed: int, init: str | None, s: Setting,
-                    fraction: float):
+                    fraction: float, images: int | None = FINETUNE_IMAGES):
+  """configs/finetune.py:METHOD_tiny (or _tiny_scratch without `init`),
+  its steps set for `images` images seen (its own batch, lr and schedule;
+  warmup scaled alike); images=None keeps the recipe's own length."""
   c = finetune.get_config(f'{entry.method}_tiny' if init else f'{entry.method}_tiny_scratch')
   _backbone(c, pretrain)
   c.data.image_size = pretrain.data.image_size
   c.seed, c.init.workdir, c.data.label_fraction = seed, init, fraction
+  if images is not None:
+    steps = max(1, images // c.batch_size)
+    c.optimizer.warmup_steps = round(c.optimizer.warmup_steps * steps / c.total_steps)
+    c.total_steps = steps
+    c.checkpoint.every = min(c.checkpoint.every, steps)
   if s.quick:
     ablation.adjusted(c, True, None)
   return s.on_data(c, probe=True)
@@ -193,6 +236,8 @@ def chosen(rows: list[dict]) -> dict:
 
 
 def pretrained(entry: Entry, lr: float, seed: int, root: str, s: Setting) -> tuple[Any, str]:
+  """(its config, its workdir): `entry` pretrained at `lr` and `seed` (or
+  read back); train.NonFiniteLossError when its loss diverges."""
   from ssl_jax.core import train
   config = pretrain_config(entry, lr, seed, s)
   workdir = os.path.join(root, entry.key, f'lr{lr:g}', f'seed{seed}')
@@ -203,20 +248,33 @@ def pretrained(entry: Entry, lr: float, seed: int, root: str, s: Setting) -> tup
   return config, workdir
 
 
-def evaluations(entry: Entry, config, seed: int, init: str | None, workdir: str,
-                s: Setting) -> dict[str, Any]:
-  """The table's measurements of one network (init: its pretraining
-  workdir; None: random init)."""
-  from ssl_jax.core import train
+def probe100(entry: Entry, config, seed: int, init: str | None, workdir: str,
+             s: Setting) -> dict[str, Any]:
+  """The layer sweep on all the labels (init: the pretraining's workdir;
+  None: random init): its held-out top-1 chooses the lr, its chosen
+  representation is the kNN's and the ridge's."""
   full = chosen(sweep(probe_config(entry, config, seed, init, s),
                       os.path.join(workdir, 'probe100')))
-  tenth = chosen(sweep(probe_config(entry, config, seed, init, s, 0.1),
-                       os.path.join(workdir, 'probe10')))
-  tune = finetune_config(entry, config, seed, init, s, 0.1)
-  ft = train.run_to_end(tune, os.path.join(workdir, 'finetune10'))['eval/top1']
   return {'probe100': full['top1'], 'val100': full['val_top1'], 'knn': full['knn_top1'],
-          'ridge10': full.get('ridge_10shot_top1'), 'representation': full['representation'],
-          'probe10': tenth['top1'], 'finetune10': ft}
+          'ridge10': full.get('ridge_10shot_top1'), 'representation': full['representation']}
+
+
+def low_label(entry: Entry, config, seed: int, init: str | None, workdir: str,
+              s: Setting) -> dict[str, Any]:
+  """The layer sweep and the fine-tune on the class-balanced 10% of the labels."""
+  from ssl_jax.core import train
+  tenth = chosen(sweep(probe_config(entry, config, seed, init, s, LABEL_FRACTION),
+                       os.path.join(workdir, 'probe10')))
+  tune = finetune_config(entry, config, seed, init, s, LABEL_FRACTION)
+  return {'probe10': tenth['top1'],
+          'finetune10': train.run_to_end(tune, os.path.join(workdir, 'finetune10'))['eval/top1']}
+
+
+def evaluations(entry: Entry, config, seed: int, init: str | None, workdir: str,
+                s: Setting) -> dict[str, Any]:
+  """Every measurement of the table on one network."""
+  return {**probe100(entry, config, seed, init, workdir, s),
+          **low_label(entry, config, seed, init, workdir, s)}
 
 
 def curve(entry: Entry, config, workdir: str, representation: str, final_top1: float,
@@ -240,15 +298,49 @@ def curve(entry: Entry, config, workdir: str, representation: str, final_top1: f
   return out
 
 
-def measured_point(entry: Entry, lr: float, seed: int, root: str, s: Setting,
-                   ledger: Ledger) -> dict[str, Any]:
-  """One pretraining of `entry` and every evaluation of it (at seed 0 also
-  the curve, while its checkpoints are at hand: the learning rate is not
-  chosen yet), from the ledger or measured into it."""
+def _diverged(entry: Entry, lr: float, seed: int, error: Exception) -> dict[str, str]:
+  """A pretraining whose loss diverged: a result (kept in the ledger, so a
+  rerun does not diverge again at the same step), not a crash of the run."""
+  first = str(error).splitlines()[0] if str(error) else type(error).__name__
+  logging.warning('%s lr %g seed %d diverged: %s', entry.name, lr, seed, first)
+  return {'diverged': first}
+
+
+def selection_point(entry: Entry, lr: float, root: str, s: Setting,
+                    ledger: Ledger) -> dict[str, Any]:
+  """Seed 0 pretrained at `lr` and probed on all the labels (probe100):
+  its held-out top-1 is what chooses the lr. From the ledger or measured
+  into it; {'diverged': why} when the pretraining diverged."""
+  from ssl_jax.core import train
+
   def measure():
-    config, workdir = pretrained(entry, lr, seed, root, s)
+    try:
+      config, workdir = pretrained(entry, lr, 0, root, s)
+    except train.NonFiniteLossError as e:
+      return _diverged(entry, lr, 0, e)
+    return {**probe100(entry, config, 0, os.path.join(workdir, 'pretrain'), workdir, s),
+            'steps': config.total_steps}
+  return ledger.measured(f'{entry.key}/lr{lr:g}/select', _spec(entry), measure)
+
+
+def measured_point(entry: Entry, lr: float, seed: int, root: str, s: Setting,
+                   ledger: Ledger, selected: dict[str, Any] | None = None) -> dict[str, Any]:
+  """A pretraining of `entry` at the chosen lr and every evaluation of it,
+  from the ledger or measured into it. Seed 0 passes `selected`, its
+  selection point, whose probe it keeps (its pretraining is read back, or
+  run again to the same weights on another machine), and adds the plot's
+  curve. {'diverged': why} when the pretraining diverged."""
+  from ssl_jax.core import train
+
+  def measure():
+    try:
+      config, workdir = pretrained(entry, lr, seed, root, s)
+    except train.NonFiniteLossError as e:
+      return _diverged(entry, lr, seed, e)
     init = os.path.join(workdir, 'pretrain')
-    point = evaluations(entry, config, seed, init, workdir, s)
+    point = ({k: selected[k] for k in ('probe100', 'val100', 'knn', 'ridge10', 'representation')}
+             if selected else probe100(entry, config, seed, init, workdir, s))
+    point.update(low_label(entry, config, seed, init, workdir, s))
     if seed == 0:
       point['curve'] = curve(entry, config, workdir, point['representation'],
                              point['probe100'], s)
@@ -257,24 +349,36 @@ def measured_point(entry: Entry, lr: float, seed: int, root: str, s: Setting,
   return ledger.measured(f'{entry.key}/lr{lr:g}/seed{seed}', _spec(entry), measure)
 
 
-def _spec(entry: Entry) -> dict[str, str]:
-  return {'method': entry.method, 'variant': entry.variant}
+def _spec(entry: Entry) -> dict[str, Any]:
+  return {'method': entry.method, 'variant': entry.variant, 'protocol': PROTOCOL}
 
 
 def run_entry(entry: Entry, root: str, s: Setting, lrs: tuple[float, ...],
               seeds: int, ledger: Ledger) -> dict[str, Any]:
-  """Pretrains and evaluates `entry` at every lr (seed 0), chooses the lr on
-  the held-out probe, then the other seeds at it."""
-  at_lr = {lr: measured_point(entry, lr, 0, root, s, ledger) for lr in lrs}
-  held_out = {lr: p['val100'] for lr, p in at_lr.items()}
-  best = max(lrs, key=lambda lr: (held_out[lr], -abs(math.log(lr / 1e-3))))
+  """Pretrains `entry` at every lr (seed 0) and probes each on all the
+  labels, chooses the lr by the probes' held-out top-1, then measures
+  everything else at that lr only (seed 0's 10% evaluations and curve, the
+  other seeds). 'lr' is None when every lr diverged."""
+  selection = {lr: selection_point(entry, lr, root, s, ledger) for lr in lrs}
+  held_out = {lr: p.get('val100') for lr, p in selection.items()}
+  keys = [f'{entry.key}/lr{lr:g}/select' for lr in lrs]
+  finite = [lr for lr in lrs if held_out[lr] is not None]
+  by_lr = {f'{lr:g}': held_out[lr] for lr in lrs}
+  if not finite:
+    logging.warning('%s: every lr diverged (%s)', entry.name, ', '.join(map(str, lrs)))
+    return {'lr': None, 'held_out_by_lr': by_lr, 'seeds': [], 'curve': [], 'keys': keys}
+  best = max(finite, key=lambda lr: (held_out[lr], -abs(math.log(lr / 1e-3))))
   logging.info('%s: lr %g chosen (held-out top-1 by lr: %s)', entry.name, best, held_out)
-  per_seed = [at_lr[best]] + [measured_point(entry, best, seed, root, s, ledger)
-                              for seed in range(1, seeds)]
-  return {'lr': best, 'held_out_by_lr': {f'{k:g}': v for k, v in held_out.items()},
-          'seeds': per_seed, 'curve': at_lr[best]['curve'], 'steps': at_lr[best]['steps'],
-          'keys': [f'{entry.key}/lr{lr:g}/seed0' for lr in lrs]
-                  + [f'{entry.key}/lr{best:g}/seed{seed}' for seed in range(1, seeds)]}
+  per_seed = [measured_point(entry, best, seed, root, s, ledger,
+                             selected=selection[best] if seed == 0 else None)
+              for seed in range(seeds)]
+  return {'lr': best, 'held_out_by_lr': by_lr, 'seeds': per_seed,
+          'curve': per_seed[0]['curve'], 'steps': selection[best]['steps'],
+          'keys': keys + [f'{entry.key}/lr{best:g}/seed{seed}' for seed in range(seeds)]}
+
+
+def _reference_spec() -> dict[str, Any]:
+  return {'network': REFERENCE_NETWORK, 'pixels': PIXELS_SIZE, 'protocol': PROTOCOL}
 
 
 def run_references(root: str, s: Setting, seeds: int, ledger: Ledger) -> dict[str, Any]:
@@ -288,15 +392,16 @@ def run_references(root: str, s: Setting, seeds: int, ledger: Ledger) -> dict[st
     workdir = os.path.join(root, 'references', f'seed{seed}')
     random = evaluations(vit, config, seed, None, os.path.join(workdir, 'random'), s)
     pixels = []
-    for fraction, name in ((1.0, 'probe100'), (0.1, 'probe10')):
+    for fraction, name in ((1.0, 'probe100'), (LABEL_FRACTION, 'probe10')):
       c = linear_probe.get_config('pixels_tiny')
       c.data.image_size = PIXELS_SIZE
       c.seed = seed
       c.data.label_fraction = fraction
-      c.feature_probe.update(dict(train_examples=None, ridge_shots=10))
+      c.feature_probe.update(dict(train_examples=None, ridge_shots=RIDGE_SHOTS))
       pixels.append(chosen(sweep(s.on_data(c, probe=True),
                                  os.path.join(workdir, 'pixels', name))))
-    tune = finetune_config(vit, config, seed, None, s, 1.0)
+    # The upper reference keeps its recipe's own length (1000 steps of 64).
+    tune = finetune_config(vit, config, seed, None, s, 1.0, images=None)
     return {'random': random,
             'pixels': {'probe100': pixels[0]['top1'], 'knn': pixels[0]['knn_top1'],
                        'ridge10': pixels[0].get('ridge_10shot_top1'),
@@ -304,8 +409,8 @@ def run_references(root: str, s: Setting, seeds: int, ledger: Ledger) -> dict[st
             'supervised': train.run_to_end(tune, os.path.join(workdir, 'supervised'))[
                 'eval/top1']}
 
-  spec = {'network': REFERENCE_NETWORK, 'pixels': PIXELS_SIZE}
-  got = [ledger.measured(f'references/seed{seed}', spec, lambda seed=seed: measure(seed))
+  got = [ledger.measured(f'references/seed{seed}', _reference_spec(),
+                         lambda seed=seed: measure(seed))
          for seed in range(seeds)]
   return {'random': [g['random'] for g in got], 'pixels': [g['pixels'] for g in got],
           'supervised': [g['supervised'] for g in got],
@@ -319,6 +424,9 @@ def cost(entry: Entry, lr: float, s: Setting, timing_steps: int) -> dict[str, fl
   from benchmarks.patchformer_step import time_compiled_step
   from ssl_jax.core import assembly
   config = pretrain_config(entry, lr, 0, s)
+  # What the pretraining prepared first (iGPT's palette), were it run on
+  # another machine: building the method reads it.
+  assembly.prepare_method(config)
   dt, flops, _ = time_compiled_step(config, timing_steps)
   abstract = assembly.assemble(config, data=False).trainer.abstract_state()
   params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
@@ -343,18 +451,32 @@ def table(results: dict[str, Any]) -> str:
            'pretraining TFLOPs'] + [f'{c} top-1 %' for c in cols]
           + ['representation (x seeds)'])
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  sweeps = []
   for entry in ENTRIES:
     r = results.get(entry.key)
     if r is None:
+      continue
+    sweeps.append(f'{entry.name} ' + ', '.join(
+        f'{lr} {"diverged" if v is None else f"{100 * v:.1f}"}'
+        for lr, v in r['held_out_by_lr'].items()))
+    if r['lr'] is None:
+      lines.append('| ' + ' | '.join([entry.name, 'every lr diverged']
+                                     + ['-'] * (len(head) - 2)) + ' |')
       continue
     c = r['cost']
     minutes = r['steps'] * c['seconds_per_step'] / 60
     tflops = r['steps'] * c['flops_per_step'] / 1e12
     reps = {}
+    diverged = 0
     for s in r['seeds']:
-      reps[s['representation']] = reps.get(s['representation'], 0) + 1
+      if 'diverged' in s:
+        diverged += 1
+      else:
+        reps[s['representation']] = reps.get(s['representation'], 0) + 1
+    lr = f'{r["lr"]:g}' + (f' ({diverged} of {len(r["seeds"])} seeds diverged)'
+                            if diverged else '')
     lines.append('| ' + ' | '.join(
-        [entry.name, f'{r["lr"]:g}', f'{c["params"] / 1e6:.2f}M',
+        [entry.name, lr, f'{c["params"] / 1e6:.2f}M',
          f'{1e3 * c["seconds_per_step"]:.0f}', f'{minutes:.1f}', f'{tflops:.1f}']
         + [_spread([s.get(k) for s in r['seeds']]) for k in keys]
         + [', '.join(f'{k} x{n}' for k, n in sorted(reps.items()))]) + ' |')
@@ -367,6 +489,9 @@ def table(results: dict[str, Any]) -> str:
           + [rows[0]['representation'] if name.startswith('raw') else
              ', '.join(sorted({s['representation'] for s in rows}))]) + ' |')
   text = '\n'.join(lines)
+  if sweeps:
+    text += ('\n\nHeld-out top-1 % of the seed-0 probe by pretraining lr (what chose it): '
+             + '; '.join(sweeps) + '.')
   if refs:
     text += (f'\n\nUpper reference: the reference ViT trained from scratch on all the labels '
              f'(configs/finetune.py:mae_tiny_scratch): {_spread(refs["supervised"])} test top-1.')
@@ -380,7 +505,7 @@ def plot(results: dict[str, Any], path: str, data: str) -> None:
   fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
   for entry in ENTRIES:
     r = results.get(entry.key)
-    if r is None:
+    if r is None or r['lr'] is None:
       continue
     per_step = r['cost']['seconds_per_step'] / 60
     ax.plot([p['step'] * per_step for p in r['curve']], [100 * p['top1'] for p in r['curve']],
@@ -411,7 +536,7 @@ def script():
   workdir = flags.DEFINE_string('workdir', '/tmp/ssl_jax_compare', 'Where every run goes.')
   data_dir = flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: tfds default).')
   quick = flags.DEFINE_bool('quick', False, 'A smoke run: the small upright dataset, every '
-                             'schedule 8x shorter, one learning rate (not a measurement).')
+                             'pretraining 8x and fine-tunes 4x shorter, one learning rate (not a measurement).')
   seeds = flags.DEFINE_integer('seeds', 3, 'Seeds per method (mean ± std over them).')
   images = flags.DEFINE_integer('images', 64_000, 'Images seen by every pretraining.')
   lr_grid = flags.DEFINE_list('lrs', ['3e-4', '1e-3', '3e-3'], 'The pretraining lr grid.')
@@ -446,7 +571,8 @@ def script():
     t0 = time.perf_counter()
     results = {}
     try:
-      ledger.check({f'{e.key}/': _spec(e) for e in ENTRIES})  # before anything runs
+      ledger.check({**{f'{e.key}/': _spec(e) for e in ENTRIES},  # before anything runs
+                    'references/': _reference_spec()})
       for entry in ENTRIES:
         if entry.key in picked:
           results[entry.key] = run_entry(entry, root, s, lrs, seeds.value, ledger)
@@ -455,7 +581,7 @@ def script():
     except LedgerError as e:
       raise app.UsageError(str(e)) from None
     for entry in ENTRIES:  # timed back to back, in this one process
-      if entry.key in results:
+      if entry.key in results and results[entry.key]['lr'] is not None:
         results[entry.key]['cost'] = cost(entry, results[entry.key]['lr'], s, timing.value)
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, 'compare.json'), 'w', encoding='utf-8') as f:

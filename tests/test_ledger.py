@@ -79,43 +79,91 @@ def test_ablation_measures_only_the_row_seeds_missing_from_its_ledger(tmp_path, 
   assert len(measured) == 4  # refused before b/seed2 (picked first) was measured
 
 
-def test_compare_chooses_the_lr_on_held_out_and_reads_every_finished_pretraining_back(
+def test_compare_chooses_the_lr_on_held_out_and_evaluates_only_the_chosen_one(
     tmp_path, monkeypatch):
   from benchmarks import compare
-  pretrained, curves = [], []
+  from ssl_jax.core import train
+  pretrained, probed, low, curves = [], [], [], []
 
   class Config:
     total_steps = 10
 
   def fake_pretrained(entry, lr, seed, root, s):
     pretrained.append((lr, seed))
+    if lr == 1e-2:
+      raise train.NonFiniteLossError('loss is nan at step 3\nmore lines')
     return Config(), str(tmp_path / f'lr{lr:g}' / f'seed{seed}')
 
-  def fake_evaluations(entry, config, seed, init, workdir, s):
-    lr = float(os.path.basename(os.path.dirname(workdir))[2:])
-    val = {3e-4: 0.4, 1e-3: 0.5, 3e-3: 0.6}[lr]  # 3e-3 is best on held-out images
+  def lr_of(workdir):
+    return float(os.path.basename(os.path.dirname(workdir))[2:])
+
+  def fake_probe100(entry, config, seed, init, workdir, s):
+    probed.append((lr_of(workdir), seed))
+    val = {3e-4: 0.4, 1e-3: 0.5, 3e-3: 0.6}[lr_of(workdir)]  # 3e-3 is best on held-out images
     return {'val100': val, 'probe100': 0.9 - val, 'representation': 'tokens', 'knn': 0.1,
-            'probe10': 0.2, 'finetune10': 0.3, 'ridge10': 0.1}
+            'ridge10': 0.1}
+
+  def fake_low_label(entry, config, seed, init, workdir, s):
+    low.append((lr_of(workdir), seed))
+    return {'probe10': 0.2, 'finetune10': 0.3}
 
   def fake_curve(entry, config, workdir, representation, final_top1, s):
-    curves.append(workdir)
-    return [{'step': 10, 'top1': 0.5}]
+    curves.append(lr_of(workdir))
+    return [{'step': 10, 'top1': final_top1}]
 
   monkeypatch.setattr(compare, 'pretrained', fake_pretrained)
-  monkeypatch.setattr(compare, 'evaluations', fake_evaluations)
+  monkeypatch.setattr(compare, 'probe100', fake_probe100)
+  monkeypatch.setattr(compare, 'low_label', fake_low_label)
   monkeypatch.setattr(compare, 'curve', fake_curve)
   entry = compare.ENTRIES[0]
   setting = compare.Setting(images=640, quick=False, data_dir=None)
   path = str(tmp_path / 'compare.json')
-  lrs = (3e-4, 1e-3, 3e-3)
+  lrs = (3e-4, 1e-3, 3e-3, 1e-2)  # 1e-2 diverges
   got = compare.run_entry(entry, str(tmp_path), setting, lrs, 3, Ledger(path, {'c': 1}))
-  assert got['lr'] == 3e-3 and pretrained == [(3e-4, 0), (1e-3, 0), (3e-3, 0), (3e-3, 1),
-                                              (3e-3, 2)]
-  assert len(curves) == 3  # every lr's seed 0, while its checkpoints exist
+  assert got['lr'] == 3e-3
+  assert pretrained == [(3e-4, 0), (1e-3, 0), (3e-3, 0), (1e-2, 0),
+                        (3e-3, 0), (3e-3, 1), (3e-3, 2)]  # seed 0's read back, in a real run
+  assert probed == [(3e-4, 0), (1e-3, 0), (3e-3, 0), (3e-3, 1), (3e-3, 2)]  # seed 0's kept
+  assert low == [(3e-3, 0), (3e-3, 1), (3e-3, 2)] and curves == [3e-3]  # the chosen lr only
+  assert got['held_out_by_lr'] == {'0.0003': 0.4, '0.001': 0.5, '0.003': 0.6, '0.01': None}
+  assert got['curve'] == [{'step': 10, 'top1': pytest.approx(0.3)}]
   assert [s['probe100'] for s in got['seeds']] == pytest.approx([0.3] * 3)
+  diverged = Ledger(path, {'c': 1}).entries[f'{entry.key}/lr0.01/select']['value']
+  assert diverged == {'diverged': 'loss is nan at step 3'}
   again = compare.run_entry(entry, str(tmp_path), setting, lrs, 4, Ledger(path, {'c': 1}))
-  assert pretrained[5:] == [(3e-3, 3)]  # only the new seed
+  assert pretrained[7:] == [(3e-3, 3)]  # only the new seed: the diverged lr is not retried
   assert again['keys'][-1] == f'{entry.key}/lr0.003/seed3'
+  assert len(again['keys']) == 8  # 4 selection points and 4 seeds
+
+  def every_lr_diverges(entry, lr, seed, root, s):
+    raise train.NonFiniteLossError('loss is inf')
+
+  monkeypatch.setattr(compare, 'pretrained', every_lr_diverges)
+  lost = compare.run_entry(compare.ENTRIES[1], str(tmp_path), setting, (1e-3,), 3,
+                           Ledger(path, {'c': 1}))
+  assert lost['lr'] is None and lost['seeds'] == []
+  results = {entry.key: {**got, 'cost': {'params': 1e6, 'seconds_per_step': 0.5,
+                                         'flops_per_step': 2e9}},
+             compare.ENTRIES[1].key: lost}
+  results[entry.key]['seeds'][2] = {'diverged': 'loss is nan at step 9'}
+  table = compare.table(results)
+  assert f'| {entry.name} | 0.003 (1 of 3 seeds diverged) | 1.00M | 500 | 0.1 |' in table
+  assert '| 30.0 ± 0.0 (n=2) |' in table  # the diverged seed is left out of the spread
+  assert f'| {compare.ENTRIES[1].name} | every lr diverged |' in table
+  assert f'{entry.name} 0.0003 40.0, 0.001 50.0, 0.003 60.0, 0.01 diverged' in table
+
+
+def test_compare_fine_tunes_every_method_for_the_same_images_on_every_test_image():
+  from benchmarks import compare
+  setting = compare.Setting(images=64_000, quick=False, data_dir=None)
+  for entry in compare.ENTRIES:
+    pretrain = compare.pretrain_config(entry, 1e-3, 0, setting)
+    tune = compare.finetune_config(entry, pretrain, 1, '/some/workdir', setting, 0.1)
+    assert tune.total_steps * tune.batch_size == compare.FINETUNE_IMAGES, entry.name
+    assert 0 <= tune.optimizer.warmup_steps < tune.total_steps
+    assert tune.eval.split == 'test' and tune.data.label_fraction == 0.1
+    probe = compare.probe_config(entry, pretrain, 1, '/some/workdir', setting, 0.1)
+    assert probe.eval.split == 'test' and probe.seed == 1
 
 
 def test_compare_curve_probes_each_kept_checkpoint_and_reuses_the_final_one(monkeypatch,
