@@ -56,10 +56,9 @@ Beside each row: parameters (pretraining, decoder and heads included),
 ms/step and FLOPs per step (the compiled step timed back to back in one
 process after the runs, XLA's cost analysis), pretraining minutes (steps
 x that ms/step: the same measurement for every method, without its input
-pipeline) and TFLOPs. The plot
-(compare.png) shows each method's linear-probe test top-1 on its chosen
-representation against pretraining minutes, from the seed-0 run's
-checkpoints (every fifth of the run).
+pipeline) and TFLOPs. The plot (compare.png) shows each method's
+linear-probe test top-1 on its chosen representation against pretraining
+minutes, from the seed-0 run's checkpoints (every fifth of the run).
 
 Every run resumes from its own workdir (WORKDIR/METHOD/lrLR/seedS/...) and
 a finished one is read back, so an interrupted comparison picks up where it
@@ -338,8 +337,8 @@ def measured_point(entry: Entry, lr: float, seed: int, root: str, s: Setting,
     except train.NonFiniteLossError as e:
       return _diverged(entry, lr, seed, e)
     init = os.path.join(workdir, 'pretrain')
-    point = ({k: selected[k] for k in ('probe100', 'val100', 'knn', 'ridge10', 'representation')}
-             if selected else probe100(entry, config, seed, init, workdir, s))
+    point = ({k: v for k, v in selected.items() if k != 'steps'} if selected
+             else probe100(entry, config, seed, init, workdir, s))
     point.update(low_label(entry, config, seed, init, workdir, s))
     if seed == 0:
       point['curve'] = curve(entry, config, workdir, point['representation'],
@@ -535,8 +534,9 @@ def script():
   and returns the absl main."""
   workdir = flags.DEFINE_string('workdir', '/tmp/ssl_jax_compare', 'Where every run goes.')
   data_dir = flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: tfds default).')
-  quick = flags.DEFINE_bool('quick', False, 'A smoke run: the small upright dataset, every '
-                             'pretraining 8x and fine-tunes 4x shorter, one learning rate (not a measurement).')
+  quick = flags.DEFINE_bool('quick', False, 'A smoke run: the small upright dataset, '
+                             'pretraining 8x and fine-tunes 4x shorter, one learning rate '
+                             '(not a measurement).')
   seeds = flags.DEFINE_integer('seeds', 3, 'Seeds per method (mean ± std over them).')
   images = flags.DEFINE_integer('images', 64_000, 'Images seen by every pretraining.')
   lr_grid = flags.DEFINE_list('lrs', ['3e-4', '1e-3', '3e-3'], 'The pretraining lr grid.')
