@@ -9,7 +9,8 @@ on the pixels), the batch `batch_per_device` x the devices found (each
 method's default below, sized for one 80-140 GiB GPU or a TPU chip). It
 prints one Markdown table: compile seconds, ms/step (median of `steps`
 steps after two warm-up steps), examples/s, model and XLA TFLOP/s, MFU and
-HFU against the peak table of ssl_jax.core.flops, and peak device memory.
+HFU against the peak table of ssl_jax.core.flops, and the step's device
+memory (XLA's memory analysis of the compiled step).
 
 --attention chooses the attention kernel of the methods that have the key
 (ssl_jax.nn.attention): 'auto' takes cuDNN on GPU and splash on TPU, and
@@ -82,10 +83,13 @@ def measure(config, steps: int) -> dict:
   t0 = time.perf_counter()
   compiled, hardware = trainer.compile_step(abstract, shapes)
   compile_s = time.perf_counter() - t0
+  print(f'  compiled in {compile_s:.0f} s', file=sys.stderr, flush=True)
   batch = random_batch(config, trainer)
+  t0 = time.perf_counter()
   for _ in range(2):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
+  print(f'  two warm-up steps in {time.perf_counter() - t0:.1f} s', file=sys.stderr, flush=True)
   times = []
   for _ in range(steps):
     t = time.perf_counter()
@@ -95,12 +99,12 @@ def measure(config, steps: int) -> dict:
   dt = statistics.median(times)
   model = trainer.model_flops()
   peak, source = flops.peak_flops(list(trainer.mesh.devices.flat), 'bfloat16')
-  stats = jax.devices()[0].memory_stats() or {}
-  memory = stats.get('peak_bytes_in_use')
-  if memory is None:
-    analysis = compiled.memory_analysis()
-    memory = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-              - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes)
+  # The compiled step's own footprint (state, batch, outputs not aliased to
+  # inputs, temporaries), not the allocator's peak: that one is the whole
+  # process's, so it would carry an earlier method's peak into a later row.
+  analysis = compiled.memory_analysis()
+  memory = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+            - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes)
   return {'compile_s': compile_s, 'seconds_per_step': dt,
           'examples_per_sec': config.batch_size / dt, 'model_flops': model,
           'hardware_flops': hardware, 'peak': peak, 'peak_source': source,
@@ -122,7 +126,7 @@ def run_method(method, args, platform, workdir) -> dict:
       has_key = 'model' in config[method] and 'attention' in config[method].model
       result = measure(config, args.steps)
       return dict(result, method=method, attention=attention if has_key else 'xla (no key)')
-    except (ConfigError, ValueError) as e:  # a fused kernel this model cannot use
+    except (ConfigError, ValueError, NotImplementedError) as e:  # a fused kernel this model cannot use
       error = f'{type(e).__name__}: {str(e).splitlines()[0]}'
       print(f'{method}: attention={attention!r} refused ({error})', flush=True)
   return {'method': method, 'error': error}
@@ -130,7 +134,7 @@ def run_method(method, args, platform, workdir) -> dict:
 
 def table(rows) -> str:
   head = ('| method | attention | batch | compile s | ms/step | examples/s | model TFLOP/s '
-          '| XLA TFLOP/s | MFU | HFU | peak memory GiB |')
+          '| XLA TFLOP/s | MFU | HFU | step memory GiB |')
   lines = [head, '|' + '---|' * 11]
   for r in rows:
     if 'error' in r:
@@ -179,10 +183,10 @@ def main(argv=None) -> int:
     for method in methods:
       rows.append(run_method(method, args, platform, workdir))
       print(table(rows[-1:]).splitlines()[-1], flush=True)
+      if args.out:  # after every row: an interrupted run keeps what it measured
+        with open(args.out, 'w') as f:
+          json.dump(rows, f, indent=1)
   print(table(rows))
-  if args.out:
-    with open(args.out, 'w') as f:
-      json.dump(rows, f, indent=1)
   return 0
 
 

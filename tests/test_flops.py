@@ -145,6 +145,16 @@ def test_utilisation_scalars():
   assert flops.utilisation(2e12, None, 0.5, None) == {'model_tflops_per_sec': 4.0}
 
 
+def test_an_xla_count_under_half_the_model_flops_is_no_hardware_count():
+  # What XLA's cost analysis gave for MAE's step on an H200: 7% of the model's.
+  got = flops.utilisation(2e12, 0.14e12, 0.5, 8e12)
+  assert got == pytest.approx({'model_tflops_per_sec': 4.0, 'mfu': 0.5})
+  assert 'misses the matrix work' in flops.describe(2e12, 0.14e12, 8e12, 'table')
+  # Recomputation can only add; a few percent under is counting noise, kept.
+  assert flops.utilisation(2e12, 1.9e12, 0.5, 8e12)['hfu'] == pytest.approx(0.475)
+  assert 'misses' not in flops.describe(2e12, 1.9e12, 8e12, 'table')
+
+
 def _methods():
   import test_golden
   return test_golden.tiny_methods()

@@ -359,6 +359,7 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemptio
     peak, peak_source = flops_lib.peak_flops(list(trainer.mesh.devices.flat),
                                              config.compute_dtype)
     logging.info(flops_lib.describe(model_flops, hardware_flops, peak, peak_source))
+    hardware_flops = flops_lib.hardware_count(model_flops, hardware_flops)
     writer = metrics_lib.make_writer(workdir, resume_step=start)
     results = metrics_lib.EvalResults(workdir, resume_step=start, provenance=made_by,
                                       augmentation=augmentation_summary(config))

@@ -10,8 +10,9 @@ multi-task ViT, PatchFormer, RandSAC, iGPT):
             FLOPs are counted on (ssl_jax.core.flops).
   'cudnn'   cuDNN's fused attention on NVIDIA GPUs (jax.nn.dot_product_attention
             with implementation='cudnn'): bfloat16 / float16 only, head
-            dimension a multiple of 8 up to 128, boolean masks; no attention
-            dropout.
+            dimension a multiple of 8 up to 128 (256 on Hopper), boolean
+            masks; no attention dropout. Odd token counts are padded by one
+            (`_even`: JAX refuses them under differentiation).
   'splash'  Pallas splash attention on TPU (jax.experimental.pallas.ops.tpu):
             token counts padded to the kernel's block size (128) with the
             padded keys masked out; no per-example mask, no bias, no
@@ -64,7 +65,9 @@ def fused(query, key, value, implementation: str, *, mask=None, bias=None,
           is_causal: bool = False, interpret: bool = False) -> jax.Array:
   """softmax(q k^T / sqrt(d) [+ bias], masked) v with `implementation`;
   query [b, t, h, d], key and value [b, s, h, d] -> [b, t, h, d]."""
-  if implementation in ('xla', 'cudnn'):
+  if implementation == 'cudnn':
+    return _even(query, key, value, mask, bias, is_causal, implementation)
+  if implementation == 'xla':
     return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
                                         is_causal=is_causal, implementation=implementation)
   if implementation != 'splash':
@@ -73,6 +76,41 @@ def fused(query, key, value, implementation: str, *, mask=None, bias=None,
     raise ValueError("attention='splash' takes no per-example mask or bias (its masks are "
                      "static): use attention='xla' or 'cudnn' for this model")
   return _splash(query, key, value, is_causal, interpret)
+
+
+def _even(query, key, value, mask, bias, is_causal: bool, implementation: str) -> jax.Array:
+  """jax.nn.dot_product_attention with odd token counts padded by one.
+
+  Under differentiation JAX's cuDNN path refuses an odd query or key length
+  ('Unsupported sequence length Q 197, KV 197': its forward rule takes the
+  placeholder of an absent bias for a bias, and cuDNN's kernel takes a bias
+  only at even lengths; seen with jax 0.10.2 and 0.11.2 on an H200), which
+  is every ViT with a [CLS] token. The padded key is left out through
+  key_value_seq_lengths (no mask tensor) or, where the model passes a mask
+  or bias, through the mask; the padded query row attends like the others
+  and is dropped. `implementation` is a parameter so that the CPU tests run
+  this padding on the reference.
+  """
+  t, s = query.shape[1], key.shape[1]
+  pt, ps = t + t % 2, s + s % 2
+  if (pt, ps) == (t, s):
+    return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
+                                        is_causal=is_causal, implementation=implementation)
+  query, key, value = _pad(query, pt), _pad(key, ps), _pad(value, ps)
+  lengths = None
+  if mask is None and bias is None:
+    lengths = jnp.full((query.shape[0],), s, jnp.int32)
+  else:  # [b|1, h|1, t|1, s|1]: pad the dimensions that are not broadcast
+    keys = (jnp.arange(ps) < s)[None, None, None, :]
+    pad = lambda x, fill: jnp.pad(  # noqa: E731
+        x, ((0, 0), (0, 0), (0, (pt - t) * (x.shape[2] == t)), (0, (ps - s) * (x.shape[3] == s))),
+        constant_values=fill)
+    mask = keys if mask is None else pad(mask, False) & keys
+    bias = None if bias is None else pad(bias, 0)
+  out = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, is_causal=is_causal,
+                                     key_value_seq_lengths=lengths,
+                                     implementation=implementation)
+  return out[:, :t]
 
 
 @functools.cache
