@@ -259,9 +259,9 @@ def peak_flops(devices: Sequence[Any], dtype: str) -> tuple[float | None, str]:
 # Hardware FLOPs are the model's plus recomputation and elementwise work, so
 # an XLA count under this fraction of the model's matmuls is no hardware
 # count: the cost analysis did not see the matrix work. Measured on an H200
-# (jax 0.11.2): XLA counted 7% of MAE's model FLOPs and 24% of Selfie's
-# (the GEMMs run as library calls there). On the CPU the two agree to within
-# a few percent, either way (PatchFormer's tiny step: XLA 0.97x the model's).
+# (jax 0.11.2): XLA counted 7% and 24% of two paper configs' model FLOPs
+# (the GEMMs run as library calls there; README, Benchmarks). On the CPU the
+# two agree to within a few percent, either way (0.97x on a tiny config).
 MIN_HARDWARE_TO_MODEL = 0.5
 
 
