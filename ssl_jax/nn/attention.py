@@ -93,20 +93,18 @@ def _even(query, key, value, mask, bias, is_causal: bool, implementation: str) -
   """
   t, s = query.shape[1], key.shape[1]
   pt, ps = t + t % 2, s + s % 2
-  if (pt, ps) == (t, s):
-    return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
-                                        is_causal=is_causal, implementation=implementation)
-  query, key, value = _pad(query, pt), _pad(key, ps), _pad(value, ps)
   lengths = None
-  if mask is None and bias is None:
-    lengths = jnp.full((query.shape[0],), s, jnp.int32)
-  else:  # [b|1, h|1, t|1, s|1]: pad the dimensions that are not broadcast
-    keys = (jnp.arange(ps) < s)[None, None, None, :]
-    pad = lambda x, fill: jnp.pad(  # noqa: E731
-        x, ((0, 0), (0, 0), (0, (pt - t) * (x.shape[2] == t)), (0, (ps - s) * (x.shape[3] == s))),
-        constant_values=fill)
-    mask = keys if mask is None else pad(mask, False) & keys
-    bias = None if bias is None else pad(bias, 0)
+  if (pt, ps) != (t, s):
+    query, key, value = _pad(query, pt), _pad(key, ps), _pad(value, ps)
+    if mask is None and bias is None:
+      lengths = jnp.full((query.shape[0],), s, jnp.int32)
+    else:  # [b|1, h|1, t|1, s|1]: pad the dimensions that are not broadcast
+      keys = (jnp.arange(ps) < s)[None, None, None, :]
+      pad = lambda x, fill: jnp.pad(  # noqa: E731
+          x, ((0, 0), (0, 0), (0, (pt - t) * (x.shape[2] == t)),
+              (0, (ps - s) * (x.shape[3] == s))), constant_values=fill)
+      mask = keys if mask is None else pad(mask, False) & keys
+      bias = None if bias is None else pad(bias, 0)
   out = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, is_causal=is_causal,
                                      key_value_seq_lengths=lengths,
                                      implementation=implementation)
