@@ -25,7 +25,7 @@ BATCH = {'image': jax.random.uniform(jax.random.key(0), (4, 32, 32, 3)),
 def _step(config, task, steps=1):
   """(initial state, state after `steps` steps, the last step's metrics)."""
   tx = optim.make_optimizer(config, task.param_labels)
-  state = jax.jit(lambda: step_lib.init_state(task, tx, 0, BATCH))()
+  state = jax.jit(lambda key: step_lib.init_state(task, tx, key, BATCH))(jax.random.key(0))
   train_step = jax.jit(step_lib.make_train_step(task, tx, optim.schedule(config), 0))
   new, metrics = train_step(state, BATCH)
   for _ in range(steps - 1):

@@ -156,11 +156,11 @@ class Trainer:
 
   def _init_fn(self):
     one = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), one_example(self.config))
-    return lambda: step_lib.init_state(self.task, self.tx, self.config.seed, one)
+    return lambda key: step_lib.init_state(self.task, self.tx, key, one)
 
   def abstract_state(self) -> Any:
     """The state's shapes, dtypes and shardings, without computing it."""
-    shapes = jax.eval_shape(self._init_fn())
+    shapes = jax.eval_shape(self._init_fn(), jax.random.key(self.config.seed))
     shardings = sharding_lib.state_shardings(
         shapes, self.mesh, self.config.sharding.rule, self.config.sharding.fsdp_min_size)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -169,7 +169,9 @@ class Trainer:
   def init_state(self, abstract) -> Any:
     """The initial state, created directly in its shardings."""
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
-    return jax.jit(self._init_fn(), out_shardings=shardings)()
+    # The key is an argument (see step_lib.init_state): as a constant, XLA
+    # would fold the whole initialisation at compile time.
+    return jax.jit(self._init_fn(), out_shardings=shardings)(jax.random.key(self.config.seed))
 
   def model_flops(self) -> float:
     """Model FLOPs of one step for the global batch (ssl_jax.core.flops):

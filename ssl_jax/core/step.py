@@ -39,11 +39,17 @@ def step_key(seed: int, step: jax.Array) -> jax.Array:
 _STATE_INIT_STREAM = 1
 
 
-def init_state(task, tx: optax.GradientTransformation, seed: int,
+def init_state(task, tx: optax.GradientTransformation, key: jax.Array,
                batch: dict[str, jax.Array]) -> TrainState:
-  params = task.init(jax.random.key(seed), batch)
-  method_state = task.init_state(jax.random.fold_in(jax.random.key(seed), _STATE_INIT_STREAM),
-                                 batch, params)
+  """The initial state from `key` (jax.random.key(config.seed)).
+
+  Jit this with the key as an argument, not a closed-over constant: a program
+  of no arguments is all constants, and XLA's constant folding then runs the
+  whole random initialisation in its interpreter at compile time (minutes
+  for a ViT-B on a GPU).
+  """
+  params = task.init(key, batch)
+  method_state = task.init_state(jax.random.fold_in(key, _STATE_INIT_STREAM), batch, params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=tx.init(params), method_state=method_state)
 
