@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import _override, small_method_config
+from conftest import _override, small_method_config, unoptimised_jit
 
 from ssl_jax.config.checks import ConfigError
 from ssl_jax.methods.dv2 import vocabulary as vocab_lib
@@ -283,9 +283,9 @@ def test_masked_patches_are_invisible_to_the_exchange_layers_and_the_transformer
   patches = jnp.asarray(rng.uniform(-1, 1, size=(2, 16, 8, 8, 3)), jnp.float32)
   masked = jnp.array([[1, 5, 6, 12], [0, 3, 9, 15]])
   visible = jnp.array([sorted(set(range(16)) - set(map(int, r))) for r in masked])
-  params = jax.jit(functools.partial(net.init, train=False))(
+  params = unoptimised_jit(functools.partial(net.init, train=False))(
       jax.random.key(0), patches, visible, masked, None)
-  apply = jax.jit(lambda p: net.apply(params, p, visible, masked, None, train=False))
+  apply = unoptimised_jit(lambda p: net.apply(params, p, visible, masked, None, train=False))
   base = apply(patches)
   rows = jnp.arange(2)[:, None]
   noise = jnp.asarray(rng.uniform(-1, 1, size=(2, 4, 8, 8, 3)), jnp.float32)

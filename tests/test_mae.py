@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import _override, small_method_config
+from conftest import _override, small_method_config, unoptimised_jit
 
 from ssl_jax.config.checks import ConfigError
 from ssl_jax.methods.mae.method import MAE, visible_count
@@ -32,7 +32,7 @@ def _batch(b=4, size=32, seed=0):
 @pytest.fixture(scope='module')
 def method():
   m = MAE(_config())
-  params = jax.jit(lambda k, b: m.init(k, b))(jax.random.key(0), _batch())
+  params = unoptimised_jit(lambda k, b: m.init(k, b))(jax.random.key(0), _batch())
   return m, params
 
 
@@ -61,7 +61,7 @@ def test_the_encoder_reads_the_visible_patches_only(method):
   rows = jnp.arange(4)[:, None]
   noise = jax.random.uniform(jax.random.key(4), (4, 48, patches.shape[-1]), minval=-1.0)
   changed = patches.at[rows, cells.masked].set(noise)
-  forward = jax.jit(lambda x: m.forward(params, x, cells, train=False))
+  forward = unoptimised_jit(lambda x: m.forward(params, x, cells, train=False))
   pred, tokens = forward(patches)
   pred2, tokens2 = forward(changed)
   np.testing.assert_array_equal(np.asarray(tokens), np.asarray(tokens2))

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import _override, small_method_config
+from conftest import _override, small_method_config, unoptimised_jit
 
 from ssl_jax.config.checks import ConfigError
 from ssl_jax.methods.multitask_vit import tasks as tasks_lib
@@ -33,7 +33,7 @@ def _method(**overrides):
 
 def _init(m, batch, decoder=True):
   """m.init, compiled (eager dispatch of the many small ops is slower)."""
-  return jax.jit(lambda k, b: m.init(k, b, decoder=decoder))(jax.random.key(0), batch)
+  return unoptimised_jit(lambda k, b: m.init(k, b, decoder=decoder))(jax.random.key(0), batch)
 
 
 _corrupt = jax.jit(tasks_lib.corrupt, static_argnums=(2, 3))
@@ -388,12 +388,12 @@ def test_gradient_diagnostics_are_each_tasks_own_gradient():
   batch = _batch()
   params = _init(m, batch)
   state = m.init_state(jax.random.key(0), batch, params)
-  step = jax.jit(lambda p, s, r: m.loss(p, batch, r, state=s))
+  step = unoptimised_jit(lambda p, s, r: m.loss(p, batch, r, state=s))
   _, aux = step(params, state, jax.random.key(7))
   images, views = batch['image'].reshape(8, 32, 32, 3), 2
   weights = jnp.ones(8)
   # Each task's gradient on the backbone, in one compiled function.
-  grads = jax.jit(lambda vit: [jax.grad(lambda vit, t=t: m._losses(
+  grads = unoptimised_jit(lambda vit: [jax.grad(lambda vit, t=t: m._losses(
       dict(params, vit=vit), images, views, weights, jax.random.key(7), True)[0][t])(vit)
       for t in m.tasks])(params['vit'])
   flat = [np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]) for g in grads]
@@ -412,8 +412,8 @@ def test_gradient_diagnostics_are_each_tasks_own_gradient():
   # The training gradient is the same with the diagnostics on and off.
   off = _method(**{'multitask_vit.diagnostics_every': 0,
                    'multitask_vit.tasks': 'rotation,inpainting,jigsaw'})
-  grad = lambda m, s: jax.jit(jax.grad(lambda p: m.loss(p, batch, jax.random.key(7),  # noqa: E731
-                                                        state=s)[0]))(params)
+  grad = lambda m, s: unoptimised_jit(jax.grad(lambda p: m.loss(  # noqa: E731
+      p, batch, jax.random.key(7), state=s)[0]))(params)
   for a, b in zip(jax.tree.leaves(grad(m, state)), jax.tree.leaves(grad(off, {}))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import unoptimised_jit
+
 from ssl_jax.core import validation
 from ssl_jax.methods.randsac.method import RandSAC
 from ssl_jax.nn.patches import normalise_patches, patch_vectors
@@ -43,9 +45,9 @@ def test_predictions_never_see_later_segments(architecture, kind, counts):
                                    'randsac.segments.counts': counts})
   obj = RandSAC(config)
   batch = {'image': _images()}
-  params = jax.jit(obj.init)(jax.random.key(0), batch)
+  params = unoptimised_jit(obj.init)(jax.random.key(0), batch)
   ser = jax.jit(obj.serialise, static_argnums=1)(jax.random.key(1), 4)
-  forward = jax.jit(lambda p, x: obj.forward(p, x, ser)[0])
+  forward = unoptimised_jit(lambda p, x: obj.forward(p, x, ser)[0])
   patches = patch_vectors(batch['image'], 2)
   # The segment rank of every token (row-major).
   token_rank = jnp.zeros_like(ser.rank).at[jnp.arange(4)[:, None], ser.order].set(ser.rank)
@@ -86,8 +88,8 @@ def test_norm_pix_targets_and_loss_weights():
   obj = RandSAC(small_randsac_config(**{'randsac.segments.kind': 'blob',
                                         'randsac.segments.counts': (5,)}))
   batch = {'image': _images(4)}
-  params = jax.jit(obj.init)(jax.random.key(0), batch)
-  loss_fn = jax.jit(lambda b: obj.loss(params, b, jax.random.key(1), train=False)[0])
+  params = unoptimised_jit(obj.init)(jax.random.key(0), batch)
+  loss_fn = unoptimised_jit(lambda b: obj.loss(params, b, jax.random.key(1), train=False)[0])
   full = loss_fn(dict(batch, valid=jnp.array([True, True, False, False])))
   # Padded examples do not count: the loss equals that of the valid ones...
   half = loss_fn({'image': batch['image'].at[2:].set(batch['image'][:2]),
@@ -101,7 +103,7 @@ def test_norm_pix_targets_and_loss_weights():
 def test_representations_average_whole_images():
   obj = RandSAC(small_randsac_config())
   batch = {'image': _images(3)}
-  params = jax.jit(lambda k, b: obj.init(k, b, decoder=False))(jax.random.key(0), batch)
+  params = unoptimised_jit(lambda k, b: obj.init(k, b, decoder=False))(jax.random.key(0), batch)
   assert sorted(params) == ['block1', 'block2', 'final_norm', 'patch_embed']
   feats = jax.jit(obj.represent)(params, batch)
   assert set(feats) == set(obj.representations()) == {'encoder', 'layer_1', 'layer_2'}

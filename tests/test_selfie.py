@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import _override, small_method_config
+from conftest import _override, small_method_config, unoptimised_jit
 
 from ssl_jax.config.checks import ConfigError
 from ssl_jax.methods.selfie.method import selfie_loss
@@ -68,9 +68,9 @@ def test_masked_patches_are_candidates_only():
   patches = jnp.asarray(rng.uniform(-1, 1, size=(2, 16, 8, 8, 3)), jnp.float32)
   masked = jnp.array([[2, 4, 9, 11], [0, 1, 14, 15]])
   visible = jnp.array([sorted(set(range(16)) - set(map(int, r))) for r in masked])
-  params = jax.jit(net.init)(jax.random.key(0), patches, jnp.zeros((2, 32, 32, 3)))
-  apply = jax.jit(lambda p: net.apply(params, p, visible, masked, train=False,
-                                      method=SelfieNet.selfie_logits))
+  params = unoptimised_jit(net.init)(jax.random.key(0), patches, jnp.zeros((2, 32, 32, 3)))
+  apply = unoptimised_jit(lambda p: net.apply(params, p, visible, masked, train=False,
+                                              method=SelfieNet.selfie_logits))
   logits, u = apply(patches)
   noise = jnp.asarray(rng.uniform(-1, 1, size=(2, 4, 8, 8, 3)), jnp.float32)
   moved_logits, moved_u = apply(patches.at[jnp.arange(2)[:, None], masked].set(noise))
@@ -130,10 +130,11 @@ def test_pictures_show_the_masked_patches_and_the_retrievals(module):
   c = importlib.import_module(f'configs.{module}').get_config('tiny')
   method = registry.get(module)(c)
   images = jnp.asarray(np.random.default_rng(7).uniform(size=(3, 32, 32, 3)), jnp.float32)
-  # Jitted as the evaluator does (op by op, the ResNet's init alone takes 20 s).
-  params = jax.jit(method.init)(jax.random.key(0), {'image': images[:, None]})
+  # Compiled as the evaluator does (op by op, the ResNet's init alone takes 20 s).
+  params = unoptimised_jit(method.init)(jax.random.key(0), {'image': images[:, None]})
   state = method.init_state(jax.random.key(0), {'image': images[:, None]}, params)
-  panels = np.asarray(jax.jit(method.pictures)(params, images, jax.random.key(1), state=state))
+  panels = np.asarray(unoptimised_jit(lambda p, x, k, s: method.pictures(p, x, k, state=s))(
+      params, images, jax.random.key(1), state))
   n = 4 if module == 'dv2' else 3
   assert panels.dtype == np.uint8 and panels.shape == (3, 128, n * 128 + (n - 1) * 2, 3)
   masked = panels[:, :, 130:258]
