@@ -30,3 +30,10 @@ def test_measures_a_step_and_refuses_what_a_kernel_cannot_run(tmp_path, capsys):
   assert 'no per-example mask' in randsac['error']  # RandSAC's segment masks
   printed = capsys.readouterr().out
   assert '| mae | splash | 16 |' in printed and '| randsac | failed:' in printed
+
+
+def test_a_pod_sized_fsdp_group_shrinks_to_the_devices_found(tmp_path):
+  # iGPT-L's paper config shards over FSDP groups of 32 (a v3-32); here, 8 devices.
+  config = accelerator.paper_config('igpt', 1, 'xla', str(tmp_path))
+  assert config.sharding.rule == 'fsdp' and config.sharding.fsdp_axis_size == 8
+  assert accelerator.paper_config('mae', 1, 'xla', str(tmp_path)).sharding.fsdp_axis_size == 1
