@@ -59,25 +59,14 @@ def tree_digest(path, skip=()):
 
 
 def unoptimised_jit(fn, **jit_kwargs):
-  """jax.jit(fn), compiled with XLA's backend optimisation off (cached per
-  argument shapes). For tests that read properties of a function (what
-  changes when an input changes, shapes, masks) rather than stored numbers:
-  at test shapes the programs' run time is nothing and LLVM's optimisation
-  is most of their compile (Selfie's tiny init: 24 s -> 8 s). Values may
-  differ from the optimised program's in the last bits."""
+  """jax.jit(fn) with XLA's backend optimisation off. For tests that read
+  properties of a function (what changes when an input changes, shapes,
+  masks) rather than stored numbers: at test shapes the programs' run time
+  is nothing and LLVM's optimisation is most of their compile (Selfie's tiny
+  init: 24 s -> 8 s). Values may differ from the optimised program's in the
+  last bits."""
   import jax  # pylint: disable=g-import-not-at-top
-
-  jitted, compiled = jax.jit(fn, **jit_kwargs), {}
-
-  def call(*args):
-    key = (jax.tree.structure(args),
-           tuple((getattr(x, 'shape', ()), str(getattr(x, 'dtype', type(x))))
-                 for x in jax.tree.leaves(args)))
-    if key not in compiled:
-      compiled[key] = jitted.lower(*args).compile(
-          compiler_options={'xla_backend_optimization_level': 0})
-    return compiled[key](*args)
-  return call
+  return jax.jit(fn, compiler_options={'xla_backend_optimization_level': 0}, **jit_kwargs)
 
 
 def small_config(**overrides):

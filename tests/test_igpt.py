@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import unoptimised_jit
 
 from ssl_jax.core import validation

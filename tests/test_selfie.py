@@ -133,8 +133,8 @@ def test_pictures_show_the_masked_patches_and_the_retrievals(module):
   # Compiled as the evaluator does (op by op, the ResNet's init alone takes 20 s).
   params = unoptimised_jit(method.init)(jax.random.key(0), {'image': images[:, None]})
   state = method.init_state(jax.random.key(0), {'image': images[:, None]}, params)
-  panels = np.asarray(unoptimised_jit(lambda p, x, k, s: method.pictures(p, x, k, state=s))(
-      params, images, jax.random.key(1), state))
+  panels = np.asarray(unoptimised_jit(method.pictures)(params, images, jax.random.key(1),
+                                                        state=state))
   n = 4 if module == 'dv2' else 3
   assert panels.dtype == np.uint8 and panels.shape == (3, 128, n * 128 + (n - 1) * 2, 3)
   masked = panels[:, :, 130:258]
