@@ -44,6 +44,7 @@ import json
 import os
 import random
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -69,6 +70,7 @@ def _timeout_from_env() -> float:
 
 DEFAULT_TIMEOUT_S = _timeout_from_env()
 _ATTEMPTS = 8  # rounds of backing off when two attempts race
+_DIR_RACES = 100  # times the lock dir is made again after a release removed it
 
 
 class Busy(RuntimeError):
@@ -151,11 +153,14 @@ def _write(path: str, text: str) -> None:
   that creates the object whole)."""
   tmp = f'{path}.tmp'
   if _is_local(path):
-    try:
-      f = open(tmp, 'w')
-    except FileNotFoundError:  # a holder's release removed the empty lock dir
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      f = open(tmp, 'w')
+    for attempt in range(_DIR_RACES):
+      try:
+        f = open(tmp, 'w')
+        break
+      except FileNotFoundError:  # a holder's release removed the empty lock dir
+        if attempt == _DIR_RACES - 1:
+          raise
+        _makedirs(os.path.dirname(path))
     with f:
       f.write(text)
     os.replace(tmp, path)
@@ -214,7 +219,24 @@ def _listdir(path: str) -> list[str]:
 
 def _makedirs(path: str) -> None:
   if _is_local(path):
-    os.makedirs(path, exist_ok=True)
+    for attempt in range(_DIR_RACES):
+      try:
+        os.makedirs(path, exist_ok=True)
+        return
+      except FileExistsError:
+        # os.makedirs found `path` made by another run and then, by the time it
+        # checked that it is a directory, removed again by a releasing holder
+        # (`Lease.release` removes the empty lock dir): make it again. A
+        # file in the way is not a race.
+        try:
+          mode = os.stat(path).st_mode  # one look, so no third run can slip in
+        except FileNotFoundError:
+          if attempt == _DIR_RACES - 1:
+            raise
+          continue
+        if stat.S_ISDIR(mode):
+          return
+        raise
   else:
     _gfile().makedirs(path)
 

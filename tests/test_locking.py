@@ -119,6 +119,30 @@ def test_unwritable_directory_is_one_line(tmp_path):
     locking.Lease(str(blocker / 'w')).acquire()
 
 
+def test_a_lock_dir_removed_by_a_release_mid_makedirs_is_made_again(tmp_path, monkeypatch):
+  """A releasing holder removes the empty lock dir (`Lease.release`). When it
+  does so between os.makedirs seeing the dir made by a third run and checking
+  that it is a directory, os.makedirs raises FileExistsError for a dir that
+  is not there: the lease makes it again rather than call the workdir
+  unwritable (seen as a one-in-a-few-hundred failure of the test below)."""
+  real, raced = os.makedirs, []
+
+  def racing_makedirs(path, *args, **kwargs):
+    if not raced:
+      raced.append(path)
+      raise FileExistsError(17, 'File exists', path)
+    return real(path, *args, **kwargs)
+
+  monkeypatch.setattr(os, 'makedirs', racing_makedirs)
+  with locking.Lease(str(tmp_path / 'w')) as lease:
+    assert raced == [lease.lock_dir] and os.path.isdir(lease.lock_dir)
+  monkeypatch.setattr(os, 'makedirs', real)
+  (tmp_path / 'v').mkdir()  # a file in the way is no race: still refused
+  (tmp_path / 'v' / locking.LOCK_DIR).write_text('x')
+  with pytest.raises(locking.Unwritable, match='File exists'):
+    locking.Lease(str(tmp_path / 'v')).acquire()
+
+
 @pytest.mark.parametrize('root', ['local', 'bucket'])
 def test_racing_holders_never_overlap(tmp_path, root):
   """Eight threads take the lease in turns (each waits): never two at once.
