@@ -33,10 +33,11 @@ all 4000 test images, read once after every choice):
   probe 100%   the layer sweep (--layer_sweep): every representation, its
                l2 and the best one chosen on the held-out images, all the
                19,000 other training labels
-  probe 10%    the same on the class-balanced 10% of those labels (its
-               l2 and representation chosen on the same 1000 held-out
-               labelled images: more labels than it trains on, as every
-               choice here must be made on held-out data)
+  probe 10%    the same on the class-balanced 10% of those labels (about
+               1900); its l2 and representation chosen on the same 1000
+               held-out labelled images, which it does not train on
+               (every choice here is made on held-out data): counting
+               them, its result uses about 2900 labels
   fine-tune 10%  configs/finetune.py:METHOD_tiny on the 10% labels, each
                method's own recipe (batch, lr, schedule, head) run for the
                same 32,000 images seen (FINETUNE_IMAGES; the recipes' own
@@ -255,18 +256,31 @@ def probe100(entry: Entry, config, seed: int, init: str | None, workdir: str,
   full = chosen(sweep(probe_config(entry, config, seed, init, s),
                       os.path.join(workdir, 'probe100')))
   return {'probe100': full['top1'], 'val100': full['val_top1'], 'knn': full['knn_top1'],
-          'ridge10': full.get('ridge_10shot_top1'), 'representation': full['representation']}
+          'ridge10': full.get('ridge_10shot_top1'), 'representation': full['representation'],
+          'l2': full['l2']}
 
 
 def low_label(entry: Entry, config, seed: int, init: str | None, workdir: str,
               s: Setting) -> dict[str, Any]:
   """The layer sweep and the fine-tune on the class-balanced 10% of the labels."""
-  from ssl_jax.core import train
   tenth = chosen(sweep(probe_config(entry, config, seed, init, s, LABEL_FRACTION),
                        os.path.join(workdir, 'probe10')))
   tune = finetune_config(entry, config, seed, init, s, LABEL_FRACTION)
-  return {'probe10': tenth['top1'],
-          'finetune10': train.run_to_end(tune, os.path.join(workdir, 'finetune10'))['eval/top1']}
+  return {'probe10': tenth['top1'], 'representation10': tenth['representation'],
+          'l2_10': tenth['l2'],
+          'finetune10': fine_tuned(tune, os.path.join(workdir, 'finetune10'))}
+
+
+def fine_tuned(config, workdir: str) -> float | None:
+  """The fine-tune's test top-1 at its last step; None when its loss
+  diverged (a result, kept in the ledger: training is deterministic, so a
+  rerun would diverge again at the same step, and the run must go on)."""
+  from ssl_jax.core import train
+  try:
+    return train.run_to_end(config, workdir)['eval/top1']
+  except train.NonFiniteLossError as e:
+    logging.warning('the fine-tune in %s diverged: %s', workdir, str(e).splitlines()[0])
+    return None
 
 
 def evaluations(entry: Entry, config, seed: int, init: str | None, workdir: str,
@@ -372,7 +386,8 @@ def run_entry(entry: Entry, root: str, s: Setting, lrs: tuple[float, ...],
                              selected=selection[best] if seed == 0 else None)
               for seed in range(seeds)]
   return {'lr': best, 'held_out_by_lr': by_lr, 'seeds': per_seed,
-          'curve': per_seed[0]['curve'], 'steps': selection[best]['steps'],
+          # A seed-0 run that diverged (run again on another machine) has none.
+          'curve': per_seed[0].get('curve', []), 'steps': selection[best]['steps'],
           'keys': keys + [f'{entry.key}/lr{best:g}/seed{seed}' for seed in range(seeds)]}
 
 
@@ -383,7 +398,6 @@ def _reference_spec() -> dict[str, Any]:
 def run_references(root: str, s: Setting, seeds: int, ledger: Ledger) -> dict[str, Any]:
   """Random init of the reference ViT, raw pixels, and the ViT trained from
   scratch on all the labels (each seed from the ledger or measured into it)."""
-  from ssl_jax.core import train
   vit = next(e for e in ENTRIES if e.method == REFERENCE_NETWORK)
 
   def measure(seed: int) -> dict[str, Any]:
@@ -405,8 +419,7 @@ def run_references(root: str, s: Setting, seeds: int, ledger: Ledger) -> dict[st
             'pixels': {'probe100': pixels[0]['top1'], 'knn': pixels[0]['knn_top1'],
                        'ridge10': pixels[0].get('ridge_10shot_top1'),
                        'probe10': pixels[1]['top1'], 'representation': 'pixels'},
-            'supervised': train.run_to_end(tune, os.path.join(workdir, 'supervised'))[
-                'eval/top1']}
+            'supervised': fine_tuned(tune, os.path.join(workdir, 'supervised'))}
 
   got = [ledger.measured(f'references/seed{seed}', _reference_spec(),
                          lambda seed=seed: measure(seed))
@@ -448,7 +461,7 @@ def table(results: dict[str, Any]) -> str:
   keys = ['knn', 'probe100', 'probe10', 'finetune10', 'ridge10']
   head = (['method', 'lr (chosen)', 'parameters', 'ms/step', 'pretraining min',
            'pretraining TFLOPs'] + [f'{c} top-1 %' for c in cols]
-          + ['representation (x seeds)'])
+          + ['probe 100%: representation, l2 (x seeds)'])
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   sweeps = []
   for entry in ENTRIES:
@@ -471,7 +484,8 @@ def table(results: dict[str, Any]) -> str:
       if 'diverged' in s:
         diverged += 1
       else:
-        reps[s['representation']] = reps.get(s['representation'], 0) + 1
+        chosen_as = s['representation'] + (f', {s["l2"]:g}' if 'l2' in s else '')
+        reps[chosen_as] = reps.get(chosen_as, 0) + 1
     lr = f'{r["lr"]:g}' + (f' ({diverged} of {len(r["seeds"])} seeds diverged)'
                             if diverged else '')
     lines.append('| ' + ' | '.join(
@@ -493,7 +507,8 @@ def table(results: dict[str, Any]) -> str:
              + '; '.join(sweeps) + '.')
   if refs:
     text += (f'\n\nUpper reference: the reference ViT trained from scratch on all the labels '
-             f'(configs/finetune.py:mae_tiny_scratch): {_spread(refs["supervised"])} test top-1.')
+             f'but the 1000 held out (configs/finetune.py:mae_tiny_scratch): '
+             f'{_spread(refs["supervised"])} test top-1.')
   return text
 
 

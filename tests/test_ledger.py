@@ -153,6 +153,48 @@ def test_compare_chooses_the_lr_on_held_out_and_evaluates_only_the_chosen_one(
   assert f'{entry.name} 0.0003 40.0, 0.001 50.0, 0.003 60.0, 0.01 diverged' in table
 
 
+def test_compare_records_a_diverged_fine_tune_and_a_seed_0_rerun_that_diverged(
+    tmp_path, monkeypatch):
+  """A fine-tune whose loss diverges is a result (None in the ledger, left
+  out of the spread), not a crash that every rerun would repeat; a seed-0
+  run that diverges where its selection point did not (run again on
+  another machine) leaves the plot without a curve, not the table."""
+  from benchmarks import compare
+  from ssl_jax.core import train
+
+  def diverges(config, workdir):
+    raise train.NonFiniteLossError('loss is nan at step 5\nmore lines')
+
+  monkeypatch.setattr(train, 'run_to_end', diverges)
+  assert compare.fine_tuned(None, str(tmp_path / 'ft')) is None
+
+  class Config:
+    total_steps = 10
+
+  def pretrained(entry, lr, seed, root, s):
+    if seed == 0 and os.path.exists(tmp_path / 'selected'):
+      raise train.NonFiniteLossError('loss is inf at step 7')
+    (tmp_path / 'selected').write_text('')
+    return Config(), str(tmp_path / f'seed{seed}')
+
+  monkeypatch.setattr(compare, 'pretrained', pretrained)
+  monkeypatch.setattr(compare, 'probe100', lambda *a: {
+      'val100': 0.5, 'probe100': 0.4, 'representation': 'tokens', 'l2': 1e-4, 'knn': 0.1,
+      'ridge10': 0.1})
+  monkeypatch.setattr(compare, 'low_label', lambda *a: {'probe10': 0.2, 'finetune10': None})
+  setting = compare.Setting(images=640, quick=False, data_dir=None)
+  got = compare.run_entry(compare.ENTRIES[0], str(tmp_path), setting, (1e-3,), 2,
+                          Ledger(str(tmp_path / 'compare.json'), {'c': 1}))
+  assert got['curve'] == [] and got['seeds'][0] == {'diverged': 'loss is inf at step 7'}
+  table = compare.table({compare.ENTRIES[0].key: {**got, 'cost': {
+      'params': 1e6, 'seconds_per_step': 0.5, 'flops_per_step': 2e9}}})
+  assert '| 0.001 (1 of 2 seeds diverged) |' in table
+  assert '| - | 10.0 ± 0.0 (n=1) | tokens, 0.0001 x1 |' in table  # fine-tune: diverged
+  compare.plot({compare.ENTRIES[0].key: {**got, 'cost': {'seconds_per_step': 0.5}}},
+               str(tmp_path / 'compare.png'), 'data')
+  assert os.path.getsize(tmp_path / 'compare.png') > 0
+
+
 def test_compare_fine_tunes_every_method_for_the_same_images_on_every_test_image():
   from benchmarks import compare
   setting = compare.Setting(images=64_000, quick=False, data_dir=None)
