@@ -10,7 +10,7 @@ most methods; DV2's 16 images per step run 4000 steps, PatchFormer's and
 iGPT's 32 run 2000; warmup scaled alike). Each method keeps its own
 resolution, network, optimizer and augmentation (its tiny config), so a row
 measures the method as its config defines it. Everything is deterministic:
-the table reproduces.
+the table's accuracies reproduce (its times are this machine's).
 
 Equal tuning. Each method's pretraining learning rate is chosen from the
 same grid (`--lrs`, 3e-4, 1e-3 and 3e-3, which holds every tiny config's
@@ -547,7 +547,8 @@ def plot(results: dict[str, Any], path: str, data: str) -> None:
 def script():
   """Defines the flags (at run time, so that tests can import this module)
   and returns the absl main."""
-  workdir = flags.DEFINE_string('workdir', '/tmp/ssl_jax_compare', 'Where every run goes.')
+  workdir = flags.DEFINE_string('workdir', '/tmp/ssl_jax_compare',
+                                'Where every run goes (--quick: /tmp/ssl_jax_compare_quick).')
   data_dir = flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: tfds default).')
   quick = flags.DEFINE_bool('quick', False, 'A smoke run: the small upright dataset, '
                              'pretraining 8x and fine-tunes 4x shorter, one learning rate '
@@ -578,7 +579,9 @@ def script():
     if quick.value:
       lrs = lrs[len(lrs) // 2:][:1]
     s = Setting(images=images.value, quick=quick.value, data_dir=data_dir.value)
-    root = workdir.value
+    # A smoke run's directories are not a measurement's: they would be read
+    # back (or refused, being of another dataset) by the full run.
+    root = workdir.value + ('_quick' if s.quick and not workdir.present else '')
     print('produced by:', provenance.line(), flush=True)
     ledger = ledger_lib.from_flag(ledger_file, quick=s.quick, setting={
         'benchmark': 'compare', 'quick': s.quick, 'images': s.images, 'lrs': list(lrs)})
