@@ -252,12 +252,14 @@ class Lease:
     timeout: seconds after which a holder's heartbeat is stale.
     wait: False: a held lease raises Busy at once. True (or a number of
       seconds): wait, polling, until the holder releases it (or goes stale).
+    poll: seconds between looks while waiting (default: timeout / 4, at
+      most 1).
     command: recorded in the claim, for whoever is refused.
   """
 
   def __init__(self, directory: str, name: str = 'workdir', *, what: str = 'workdir',
                timeout: float | None = None, wait: bool | float = False,
-               command: str = ''):
+               poll: float | None = None, command: str = ''):
     directory = os.fspath(directory)
     if not directory:
       raise Unwritable(f'no {what} given (an empty path)')
@@ -270,6 +272,9 @@ class Lease:
     if not self.timeout > 0:
       raise ValueError(f'lock timeout must be > 0 seconds, got {timeout!r}')
     self.wait = wait
+    self.poll = min(1.0, self.timeout / 4) if poll is None else float(poll)
+    if not self.poll > 0:
+      raise ValueError(f'lock poll must be > 0 seconds, got {poll!r}')
     self.command = command
     self.lock_dir = os.path.join(self.directory, LOCK_DIR)
     self.started = time.time()
@@ -366,7 +371,7 @@ class Lease:
           logging.warning('waiting for %s (%s) to finish with %s', blocker.describe(),
                           self.name, self.directory)
           announced = blocker.path
-        time.sleep(min(1.0, self.timeout / 4))
+        time.sleep(self.poll)
         continue
       attempt += 1  # racing another pending attempt: back off at random
       if attempt >= _ATTEMPTS and deadline is None:

@@ -153,7 +153,7 @@ def test_racing_holders_never_overlap(tmp_path, root):
   lock = threading.Lock()
 
   def worker(i):
-    with locking.Lease(directory, timeout=30, wait=60):
+    with locking.Lease(directory, timeout=30, wait=60, poll=0.02):
       with lock:
         inside[0] += 1
         overlaps.append(inside[0])
