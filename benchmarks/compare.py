@@ -279,7 +279,7 @@ def fine_tuned(config, workdir: str) -> float | None:
   try:
     return train.run_to_end(config, workdir)['eval/top1']
   except train.NonFiniteLossError as e:
-    logging.warning('the fine-tune in %s diverged: %s', workdir, str(e).splitlines()[0])
+    logging.warning('the fine-tune in %s diverged: %s', workdir, _first_line(e))
     return None
 
 
@@ -314,9 +314,13 @@ def curve(entry: Entry, config, workdir: str, representation: str, final_top1: f
 def _diverged(entry: Entry, lr: float, seed: int, error: Exception) -> dict[str, str]:
   """A pretraining whose loss diverged: a result (kept in the ledger, so a
   rerun does not diverge again at the same step), not a crash of the run."""
-  first = str(error).splitlines()[0] if str(error) else type(error).__name__
+  first = _first_line(error)
   logging.warning('%s lr %g seed %d diverged: %s', entry.name, lr, seed, first)
   return {'diverged': first}
+
+
+def _first_line(error: Exception) -> str:
+  return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def selection_point(entry: Entry, lr: float, root: str, s: Setting,
@@ -484,7 +488,7 @@ def table(results: dict[str, Any]) -> str:
       if 'diverged' in s:
         diverged += 1
       else:
-        chosen_as = s['representation'] + (f', {s["l2"]:g}' if 'l2' in s else '')
+        chosen_as = f'{s["representation"]}, {s["l2"]:g}'
         reps[chosen_as] = reps.get(chosen_as, 0) + 1
     lr = f'{r["lr"]:g}' + (f' ({diverged} of {len(r["seeds"])} seeds diverged)'
                             if diverged else '')

@@ -100,8 +100,8 @@ def test_compare_chooses_the_lr_on_held_out_and_evaluates_only_the_chosen_one(
   def fake_probe100(entry, config, seed, init, workdir, s):
     probed.append((lr_of(workdir), seed))
     val = {3e-4: 0.4, 1e-3: 0.5, 3e-3: 0.6}[lr_of(workdir)]  # 3e-3 is best on held-out images
-    return {'val100': val, 'probe100': 0.9 - val, 'representation': 'tokens', 'knn': 0.1,
-            'ridge10': 0.1}
+    return {'val100': val, 'probe100': 0.9 - val, 'representation': 'tokens', 'l2': 1e-4,
+            'knn': 0.1, 'ridge10': 0.1}
 
   def fake_low_label(entry, config, seed, init, workdir, s):
     low.append((lr_of(workdir), seed))
