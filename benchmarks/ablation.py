@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import importlib
-import json
 import os
 import time
 from typing import Any
@@ -77,11 +76,7 @@ def pretrain_config(row: Row, seed: int, quick: bool, data_dir: str | None):
 
 def _layer_sweep(config, workdir: str) -> dict:
   from ssl_jax.core import feature_probe
-  done = os.path.join(workdir, 'layers.json')
-  if not os.path.exists(done):
-    feature_probe.run(config, workdir, 'layers')
-  with open(done) as f:
-    rows = json.load(f)['rows']
+  rows = feature_probe.rows_of(config, workdir)
   return next(r for r in rows if r['chosen'])
 
 

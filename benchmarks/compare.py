@@ -222,13 +222,10 @@ def finetune_config(entry: Entry, pretrain, seed: int, init: str | None, s: Sett
 
 
 def sweep(config, workdir: str) -> list[dict]:
-  """The layer sweep's rows (run now, or read back)."""
+  """The layer sweep's rows (run now, or read back: one that another config
+  measured there is refused)."""
   from ssl_jax.core import feature_probe
-  done = os.path.join(workdir, 'layers.json')
-  if not os.path.exists(done):
-    feature_probe.run(config, workdir, 'layers')
-  with open(done) as f:
-    return json.load(f)['rows']
+  return feature_probe.rows_of(config, workdir)
 
 
 def chosen(rows: list[dict]) -> dict:

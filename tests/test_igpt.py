@@ -356,6 +356,8 @@ def test_tiny_pretraining_fits_the_palette_samples_and_finetunes(data_dir, tmp_p
   assert all(0 <= r['ridge_2shot_top1'] <= 1 for r in rows)
   assert sum(r['chosen'] == '*' for r in rows) == 1
   assert os.path.getsize(os.path.join(layers_dir, 'layers.png')) > 1000
+  # What the benchmarks read back when they resume (its config recorded).
+  assert feature_probe.rows_of(probe, layers_dir) == rows
   probe.feature_probe.features_dir = str(tmp_path / 'features')
   low = feature_probe.run(probe, layers_dir, 'low_data')
   kept = np.load(tmp_path / 'features' / 'process0' / '1_layer_2.npy', mmap_mode='r')

@@ -245,3 +245,43 @@ def test_from_flag_keeps_no_ledger_for_a_quick_run_at_the_default_path(tmp_path)
   (tmp_path / 'given.json').write_text('{"setting": {"q": false}, "entries": {}}')
   with pytest.raises(app.UsageError, match='another setting'):
     ledger_lib.from_flag(holder, quick=True, setting={'q': True})
+
+
+def test_a_layer_sweep_is_read_back_only_for_the_config_that_measured_it(tmp_path, monkeypatch):
+  """The benchmarks resume a sweep from its layers.json: read back for the
+  same config (its data at another path too); refused, and left as it
+  was, for another; measured when there is none."""
+  from configs import linear_probe
+  from ssl_jax.config.checks import ConfigError
+  from ssl_jax.core import feature_probe
+  measured = []
+  monkeypatch.setattr(feature_probe, 'run',
+                      lambda c, w, mode: measured.append((w, mode)) or [{'fresh': True}])
+  config = linear_probe.get_config('patchformer_tiny')
+  rows = [{'representation': 'cls', 'chosen': True, 'top1': 0.5}]
+  workdir = str(tmp_path / 'sweep')
+  feature_probe._write(workdir, 'layers', rows, {'chosen': 'cls'}, config)
+  path = os.path.join(workdir, 'layers.json')
+  before = open(path).read()
+  assert feature_probe.rows_of(config, workdir) == rows
+  moved = linear_probe.get_config('patchformer_tiny')
+  moved.data.data_dir = str(tmp_path / 'elsewhere')
+  assert feature_probe.rows_of(moved, workdir) == rows
+  other = linear_probe.get_config('patchformer_tiny')
+  other.eval.split = 'test'
+  other.data.label_fraction = 0.1
+  with pytest.raises(ConfigError) as e:
+    feature_probe.rows_of(other, workdir)
+  assert str(e.value).startswith(f'{path} was measured with another config: ')
+  assert 'data.label_fraction (there: 1.0, now: 0.1)' in str(e.value)
+  assert "eval.split (there: " in str(e.value) and "now: 'test')" in str(e.value)
+  assert '\n' not in str(e.value)
+  assert open(path).read() == before and not measured
+  # A file written before results recorded their config reads back as it is.
+  legacy = json.loads(before)
+  del legacy['config']
+  with open(path, 'w') as f:
+    json.dump(legacy, f)
+  assert feature_probe.rows_of(other, workdir) == rows and not measured
+  assert feature_probe.rows_of(config, str(tmp_path / 'new')) == [{'fresh': True}]
+  assert measured == [(str(tmp_path / 'new'), 'layers')]

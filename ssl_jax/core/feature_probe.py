@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssl_jax.config.checks import ConfigError
+from ssl_jax.config.checks import ConfigError, flatten, to_json
 from ssl_jax.core import assembly, validation
 from ssl_jax.core import metrics as metrics_lib
 from ssl_jax.core import provenance as provenance_lib
@@ -174,7 +174,7 @@ def _layer_sweep(config, workdir: str, features: Features) -> list[dict[str, Any
       'train_examples': int(len(train_y)), 'held_out_examples': int(len(val_y)),
       'test_examples': int(len(test_y)), 'chosen': rows[chosen]['representation'],
       'selected_on': f'{len(val_y)} examples held out of {config.data.split}',
-      'reported_on': config.eval.split})
+      'reported_on': config.eval.split}, config)
   _plot(os.path.join(workdir, 'layers.png'), rows, config)
   return rows
 
@@ -211,17 +211,52 @@ def _low_data(config, workdir: str, features: Features, name: str) -> list[dict[
     logging.info('%d labels: error %.1f +- %.1f%%', rows[-1]['labels'],
                  rows[-1]['error_pct'], rows[-1]['error_std_pct'])
   _write(workdir, 'low_data', rows, {'representation': name,
-                                     'test_examples': int(len(test_y))})
+                                     'test_examples': int(len(test_y))}, config)
   return rows
 
 
-def _write(workdir: str, stem: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+# Where the data lie: a sweep read back from another path to the same data is
+# the same measurement.
+_PATH_KEYS = ('data.data_dir', 'backbone.data.data_dir')
+
+
+def rows_of(config: ml_collections.ConfigDict, workdir: str, mode: str = 'layers'
+            ) -> list[dict[str, Any]]:
+  """The rows of `mode` on `config`: read back from WORKDIR/MODE.json when a
+  run of this very config wrote it (a benchmark that resumes), else measured
+  (`run`). One written by another config is refused (ConfigError naming the
+  keys), not overwritten: it is a result, and its workdir is in use by
+  another measurement. A file written before results recorded their config
+  is read back as it is."""
+  path = os.path.join(workdir, f'{mode}.json')
+  if not os.path.exists(path):
+    return run(config, workdir, mode)
+  with open(path) as f:
+    done = json.load(f)
+  if 'config' in done:
+    saved, now = flatten(done['config']), flatten(json.loads(to_json(config)))
+    bad = [k for k in sorted(set(saved) | set(now))
+           if saved.get(k, '<missing>') != now.get(k, '<missing>') and k not in _PATH_KEYS]
+    if bad:
+      shown = ', '.join(f'{k} (there: {saved.get(k, "<missing>")!r}, now: '
+                        f'{now.get(k, "<missing>")!r})' for k in bad[:5])
+      more = f' and {len(bad) - 5} more' if len(bad) > 5 else ''
+      raise ConfigError(f'{path} was measured with another config: {shown}{more}; '
+                        'use another workdir, or remove that one to measure again')
+  return done['rows']
+
+
+def _write(workdir: str, stem: str, rows: list[dict[str, Any]], meta: dict[str, Any],
+           config: ml_collections.ConfigDict) -> None:
+  """STEM.json (the rows, `meta`, the config they were measured with and
+  their provenance) and STEM.md."""
   if jax.process_index() > 0:
     return
   os.makedirs(workdir, exist_ok=True)
   made_by = provenance_lib.record()
-  metrics_lib.write_atomic(os.path.join(workdir, f'{stem}.json'),
-                           json.dumps({'rows': rows, **meta, 'provenance': made_by}, indent=2))
+  metrics_lib.write_atomic(os.path.join(workdir, f'{stem}.json'), json.dumps(
+      {'rows': rows, **meta, 'config': json.loads(to_json(config)), 'provenance': made_by},
+      indent=2))
   first = (('representation', 'layer', 'val_top1', 'top1', 'chosen', 'knn_top1')
            if stem == 'layers' else ('labels',))
   said = (f'\nl2 and layer chosen on {meta["selected_on"]} (val_top1); top1 reported on '
