@@ -36,7 +36,7 @@ def _init(m, batch, decoder=True):
   return unoptimised_jit(lambda k, b: m.init(k, b, decoder=decoder))(jax.random.key(0), batch)
 
 
-_corrupt = jax.jit(tasks_lib.corrupt, static_argnums=(2, 3))
+_corrupt = unoptimised_jit(tasks_lib.corrupt, static_argnums=(2, 3))
 
 
 def _batch(b=4, views=2, size=32, seed=0):
@@ -180,8 +180,9 @@ def test_no_task_reads_a_masked_patch_and_targets_come_from_the_uncorrupted_view
   images = batch['image'][:, 0]
   view = _corrupt(jax.random.key(2), images, m.spec, tasks_lib.TRANSFORMS)
   cells = m._cells(view, m.tasks)
-  run = jax.jit(lambda v: m.net.apply({'params': params}, m._inputs(v), cells, masked=v.masked,
-                                      unpositioned=v.unpositioned, train=False)[0])
+  run = unoptimised_jit(lambda v: m.net.apply({'params': params}, m._inputs(v), cells,
+                                              masked=v.masked, unpositioned=v.unpositioned,
+                                              train=False)[0])
   noisy = np.asarray(view.inputs).copy()
   mask = np.asarray(view.masked)
   noisy[mask] = np.random.default_rng(0).uniform(size=noisy[mask].shape)
@@ -189,7 +190,7 @@ def test_no_task_reads_a_masked_patch_and_targets_come_from_the_uncorrupted_view
   for task, out in run(view).items():
     np.testing.assert_allclose(run(changed)[task], out, atol=1e-6, err_msg=task)
   # Targets: the colour of a grayscale patch is its true colour, not gray.
-  targets = jax.jit(m._colour_targets)
+  targets = unoptimised_jit(m._colour_targets)
   target, gray = targets(view), targets(view._replace(pixels=view.inputs))
   assert not np.allclose(target, gray)
 
@@ -208,9 +209,9 @@ def test_withheld_positions_hide_the_pairs_cells():
     bump = jax.random.normal(jax.random.key(9), (params['vit']['pos_embed'].shape[-1],))
     # (a random direction: a constant one would vanish in every LayerNorm)
     moved['vit']['pos_embed'] = params['vit']['pos_embed'].at[anchor].add(bump)
-    encode = jax.jit(lambda p: m.net.apply({'params': p}, m._inputs(view), masked=None,
-                                           unpositioned=view.unpositioned, train=False,
-                                           method=MultiTaskViT.encode)[0])
+    encode = unoptimised_jit(lambda p: m.net.apply({'params': p}, m._inputs(view), masked=None,
+                                                   unpositioned=view.unpositioned, train=False,
+                                                   method=MultiTaskViT.encode)[0])
     tokens = [encode(p) for p in (params, moved)]
     assert np.allclose(tokens[0], tokens[1], atol=1e-6) == invariant, shortcut
 
@@ -315,7 +316,7 @@ def test_every_head_has_its_shape_and_the_representations_theirs():
   params = _init(m, batch)
   images = batch['image'][:, 0]
   view = _corrupt(jax.random.key(1), images, m.spec, tasks_lib.TRANSFORMS)
-  out, tokens = jax.jit(lambda v: m.net.apply(
+  out, tokens = unoptimised_jit(lambda v: m.net.apply(
       {'params': params}, m._inputs(v), m._cells(v, m.tasks), masked=v.masked,
       unpositioned=v.unpositioned, train=False))(view)
   bins = len(m.bins)
@@ -325,7 +326,7 @@ def test_every_head_has_its_shape_and_the_representations_theirs():
       'log_vars': (6,)}
   assert tokens.shape == (3, 3 + 64, 16)
   backbone = _init(m, batch, decoder=False)
-  rep = jax.jit(lambda p, x: m.represent(p, {'image': x}))(backbone, images)
+  rep = unoptimised_jit(lambda p, x: m.represent(p, {'image': x}))(backbone, images)
   assert set(rep) == set(m.representations()) and all(v.shape == (3, 16) for v in rep.values())
   # The backbone alone: no heads, no weighting, no mask token.
   assert set(backbone) == {'vit'} and 'mask_token' not in backbone['vit']
@@ -338,8 +339,8 @@ def test_pictures_show_every_tasks_panel():
   m = _method()
   batch = _batch(b=2)
   params = _init(m, batch)
-  draw = lambda m, p: jax.jit(lambda p, x: m.pictures(p, x, jax.random.key(3)))(  # noqa: E731
-      p, batch['image'][:, 0])
+  draw = lambda m, p: unoptimised_jit(  # noqa: E731
+      lambda p, x: m.pictures(p, x, jax.random.key(3)))(p, batch['image'][:, 0])
   pictures = np.asarray(draw(m, params))
   assert pictures.dtype == np.uint8 and pictures.shape[0] == 2
   width = pictures.shape[2]
@@ -429,7 +430,7 @@ def test_separate_passes_give_each_task_its_own_view():
                                       (('jigsaw',), ('jigsaw',))]
   batch = _batch()
   params = _init(m, batch)
-  loss, aux = jax.jit(lambda p: m.loss(p, batch, jax.random.key(1), state={}))(params)
+  loss, aux = unoptimised_jit(lambda p: m.loss(p, batch, jax.random.key(1), state={}))(params)
   assert np.isfinite(float(loss)) and all(f'{t}/loss' in aux.metrics for t in m.tasks)
 
 
