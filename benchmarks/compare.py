@@ -487,8 +487,10 @@ def table(results: dict[str, Any]) -> str:
       else:
         chosen_as = f'{s["representation"]}, {s["l2"]:g}'
         reps[chosen_as] = reps.get(chosen_as, 0) + 1
-    lr = f'{r["lr"]:g}' + (f' ({diverged} of {len(r["seeds"])} seeds diverged)'
-                            if diverged else '')
+    notes = [edge] if (edge := _grid_edge(r['lr'], r['held_out_by_lr'])) else []
+    if diverged:
+      notes.append(f'{diverged} of {len(r["seeds"])} seeds diverged')
+    lr = f'{r["lr"]:g}' + (f' ({"; ".join(notes)})' if notes else '')
     lines.append('| ' + ' | '.join(
         [entry.name, lr, f'{c["params"] / 1e6:.2f}M',
          f'{1e3 * c["seconds_per_step"]:.0f}', f'{minutes:.1f}', f'{tflops:.1f}']
@@ -505,12 +507,23 @@ def table(results: dict[str, Any]) -> str:
   text = '\n'.join(lines)
   if sweeps:
     text += ('\n\nHeld-out top-1 % of the seed-0 probe by pretraining lr (what chose it): '
-             + '; '.join(sweeps) + '.')
+             + '; '.join(sweeps) + '. An lr chosen at the top or the bottom of the grid '
+             'says that the method might do better beyond it.')
   if refs:
     text += (f'\n\nUpper reference: the reference ViT trained from scratch on all the labels '
              f'but the 1000 held out (configs/finetune.py:mae_tiny_scratch): '
              f'{_spread(refs["supervised"])} test top-1.')
   return text
+
+
+def _grid_edge(lr: float, held_out_by_lr: dict[str, float | None]) -> str | None:
+  """'top of the grid' / 'bottom of the grid' when `lr` is the grid's
+  largest / smallest (a diverged lr counts: past it is no better)."""
+  grid = [float(k) for k in held_out_by_lr]
+  if len(grid) < 2:
+    return None
+  return ('top of the grid' if lr == max(grid) else
+          'bottom of the grid' if lr == min(grid) else None)
 
 
 def plot(results: dict[str, Any], path: str, data: str) -> None:

@@ -151,6 +151,12 @@ def test_compare_chooses_the_lr_on_held_out_and_evaluates_only_the_chosen_one(
   assert '| 30.0 ± 0.0 (n=2) |' in table  # the diverged seed is left out of the spread
   assert f'| {compare.ENTRIES[1].name} | every lr diverged |' in table
   assert f'{entry.name} 0.0003 40.0, 0.001 50.0, 0.003 60.0, 0.01 diverged' in table
+  # Chosen at the grid's edge: the table says so.
+  results[entry.key]['held_out_by_lr'] = {'0.0003': 0.4, '0.001': 0.5, '0.003': 0.6}
+  assert (f'| {entry.name} | 0.003 (top of the grid; 1 of 3 seeds diverged) |'
+          in compare.table(results))
+  results[entry.key].update(lr=3e-4, held_out_by_lr={'0.0003': 0.6, '0.001': 0.5})
+  assert f'| {entry.name} | 0.0003 (bottom of the grid; 1 of' in compare.table(results)
 
 
 def test_compare_records_a_diverged_fine_tune_and_a_seed_0_rerun_that_diverged(
