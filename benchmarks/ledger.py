@@ -18,7 +18,13 @@ in the table. The file also records the benchmark's setting (e.g. the images
 seen, --quick): a ledger of another setting is refused as a whole.
 
 Writes are atomic (a temporary file renamed over the old one), so a run
-killed mid-write leaves the previous ledger intact.
+killed mid-write leaves the previous ledger intact. Several processes may
+share one ledger (e.g. `--methods` split over machines with a common
+filesystem, or two processes on one): each write holds a lease on the
+file (ssl_jax.locking, a `.lock/` beside it, gone after) and merges its
+entry into the file as it is then, so no process drops another's entries,
+and a unit another process has finished meanwhile is read, not measured
+again.
 """
 
 from __future__ import annotations
@@ -39,19 +45,25 @@ class Ledger:
     """`path` None keeps the entries in memory only (nothing is written)."""
     self.path = path
     self.setting = json.loads(json.dumps(setting))  # as it reads back
-    self.entries: dict[str, dict[str, Any]] = {}
-    if path and os.path.exists(path):
-      with open(path, encoding='utf-8') as f:
-        try:
-          stored = json.load(f)
-        except ValueError as e:
-          raise LedgerError(f'{path} is not a ledger ({e}): pass another --ledger, or '
-                               'restore it from git') from None
-      if stored.get('setting') != self.setting:
-        raise LedgerError(
-            f'{path} holds measurements of another setting ({stored.get("setting")}); this run '
-            f'is {self.setting}: pass another --ledger, or move that file away')
-      self.entries = stored.get('entries', {})
+    self.entries: dict[str, dict[str, Any]] = self._stored()
+
+  def _stored(self) -> dict[str, dict[str, Any]]:
+    """The entries in the file now ({} without one); LedgerError for a
+    file that is not a ledger or holds another setting."""
+    path = self.path
+    if not (path and os.path.exists(path)):
+      return {}
+    with open(path, encoding='utf-8') as f:
+      try:
+        stored = json.load(f)
+      except ValueError as e:
+        raise LedgerError(f'{path} is not a ledger ({e}): pass another --ledger, or '
+                          'restore it from git') from None
+    if stored.get('setting') != self.setting:
+      raise LedgerError(
+          f'{path} holds measurements of another setting ({stored.get("setting")}); this run '
+          f'is {self.setting}: pass another --ledger, or move that file away')
+    return stored.get('entries', {})
 
   def get(self, key: str, spec: Any) -> Any | None:
     """The stored value of `key`, or None when it is not measured yet;
@@ -72,16 +84,28 @@ class Ledger:
         {'spec': spec, 'value': value, 'produced_by': provenance.record()}))
     if not self.path:
       return
-    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-    tmp = f'{self.path}.tmp{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump({'setting': self.setting, 'entries': self.entries}, f, indent=1, sort_keys=True)
-      f.write('\n')
-    os.replace(tmp, self.path)
+    from ssl_jax import locking  # pylint: disable=g-import-not-at-top
+    directory = os.path.dirname(os.path.abspath(self.path))
+    os.makedirs(directory, exist_ok=True)
+    with locking.Lease(directory, f'ledger-{os.path.basename(self.path)}', what='ledger',
+                       wait=True, poll=0.05):
+      # What other processes sharing the file have added since, and this entry.
+      self.entries = {**self._stored(), key: self.entries[key]}
+      tmp = f'{self.path}.tmp{os.getpid()}'
+      with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump({'setting': self.setting, 'entries': self.entries}, f, indent=1,
+                  sort_keys=True)
+        f.write('\n')
+      os.replace(tmp, self.path)
 
   def measured(self, key: str, spec: Any, measure: Callable[[], Any]) -> Any:
-    """The stored value of `key`, or `measure()` stored under it."""
+    """The stored value of `key`, or `measure()` stored under it. Before
+    measuring, the file is read again: another process sharing it may have
+    finished that unit."""
     value = self.get(key, spec)
+    if value is None and self.path and key in (stored := self._stored()):
+      self.entries = {**self.entries, key: stored[key]}
+      value = self.get(key, spec)
     if value is None:
       value = measure()
       self.put(key, spec, value)

@@ -30,6 +30,34 @@ def test_a_measured_unit_is_read_back_by_a_new_ledger_and_not_measured_again(tmp
   assert stored['entries']['row/seed0']['produced_by']['lock']  # what produced it
 
 
+def test_processes_sharing_a_ledger_keep_each_others_entries(tmp_path):
+  """Two ledgers on one file (two processes, e.g. --methods split over
+  machines): each write merges into the file as it is, so neither drops
+  the other's entries; a unit the other finished is read, not measured."""
+  import threading
+  path = str(tmp_path / 'results' / 'bench.json')
+  a, b = Ledger(path, {'quick': False}), Ledger(path, {'quick': False})
+  a.put('x/seed0', None, 1)
+  b.put('y/seed0', None, 2)  # b read the file before a wrote x
+  a.put('z/seed0', None, 3)
+  assert set(Ledger(path, {'quick': False}).entries) == {'x/seed0', 'y/seed0', 'z/seed0'}
+  late = Ledger(path, {'quick': False})
+  b.put('w/seed0', None, 4)
+  assert late.measured('w/seed0', None, lambda: pytest.fail('measured again')) == 4
+  # Writers at once: each write holds the file's lease.
+  books = [Ledger(path, {'quick': False}) for _ in range(4)]
+  threads = [threading.Thread(target=lambda i=i: [books[i].put(f't{i}/seed{k}', None, k)
+                                                  for k in range(8)]) for i in range(4)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  stored = Ledger(path, {'quick': False}).entries
+  assert {f't{i}/seed{k}' for i in range(4) for k in range(8)} <= set(stored)
+  assert len(stored) == 4 + 32
+  assert sorted(os.listdir(tmp_path / 'results')) == ['bench.json']  # no lock or temporary left
+
+
 def test_another_setting_or_definition_is_refused_with_what_differs(tmp_path):
   path = str(tmp_path / 'bench.json')
   Ledger(path, {'quick': False}).put('row/seed0', {'overrides': [['a', 1]]}, 0.5)
