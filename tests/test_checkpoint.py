@@ -160,6 +160,31 @@ def two_checkpoints(tmp_path_factory):
   return workdir
 
 
+def test_the_console_drops_orbaxs_warnings_about_reading_checkpoints_read_only(
+    two_checkpoints, caplog):
+  """Probes and reports open a pretraining's checkpoints read-only on
+  purpose: orbax's two warnings about it are dropped from the console, its
+  other warnings are kept, and so is this code's own output."""
+  import logging as pylogging
+
+  from ssl_jax.core import train
+  console = train._LibraryInfoFilter()
+  with caplog.at_level(pylogging.WARNING):
+    with ckpt_lib.Checkpointer(two_checkpoints, keep=None, read_only=True) as checkpointer:
+      assert checkpointer.latest_step() == 4
+  read_only = [r for r in caplog.records if 'read only' in r.getMessage().replace('_', ' ')]
+  assert len(read_only) >= 2, [r.getMessage() for r in caplog.records]  # orbax still says so
+  assert not any(console.filter(r) for r in read_only)
+
+  def record(level, path, message):
+    return pylogging.LogRecord('absl', level, path, 1, message, None, None)
+  orbax = os.path.join(os.sep, 'site-packages', 'orbax', 'checkpoint', 'manager.py')
+  assert console.filter(record(pylogging.WARNING, orbax, 'Some other orbax warning'))
+  assert not console.filter(record(pylogging.INFO, orbax, 'Saving checkpoint'))
+  assert console.filter(record(pylogging.INFO, __file__, 'step 10/100 | loss 1.0'))
+  assert console.filter(record(pylogging.ERROR, orbax, 'Given directory is read only=x'))
+
+
 def _damaged_copy(two_checkpoints, tmp_path, kind):
   workdir = str(tmp_path / 'w')
   shutil.copytree(two_checkpoints, workdir)

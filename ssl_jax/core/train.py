@@ -113,15 +113,23 @@ class Preemption:
 
 class _LibraryInfoFilter(pylogging.Filter):
   """Drops INFO records that libraries (orbax, clu, tensorflow) send through
-  absl, so the console shows the run's own progress; warnings pass."""
+  absl, so the console shows the run's own progress; warnings pass, but for
+  orbax's two about a read-only checkpoint directory: every probe, curve
+  point and report opens the pretraining's checkpoints read-only on purpose
+  (ssl_jax.core.checkpoint), so they say nothing to fix."""
 
   _QUIET = (f'{os.sep}orbax{os.sep}', f'{os.sep}clu{os.sep}',
             f'{os.sep}tensorflow{os.sep}', f'{os.sep}tensorflow_datasets{os.sep}',
             f'{os.sep}etils{os.sep}', f'{os.sep}jax{os.sep}')
+  _EXPECTED_WARNINGS = ('CheckpointManagerOptions.read_only=True, setting',
+                        'Given directory is read only=')
 
   def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno >= pylogging.WARNING or not any(
-        q in record.pathname for q in self._QUIET)
+    library = any(q in record.pathname for q in self._QUIET)
+    if record.levelno < pylogging.WARNING:
+      return not library
+    return not (library and record.levelno == pylogging.WARNING
+                and any(m in record.getMessage() for m in self._EXPECTED_WARNINGS))
 
 
 def quiet_library_logs() -> None:
