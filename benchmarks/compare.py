@@ -20,8 +20,13 @@ read for any choice). The linear probe is a logistic regression solved to
 convergence (L-BFGS, ssl_jax.core.feature_probe), so it has no learning
 rate to tune: what every method gets swept alike is its regularisation
 (the same l2 grid) and the representation it is read from, both chosen on
-the held-out images. A rate whose pretraining diverges (a non-finite loss)
-is recorded as diverged and left out of the choice, not retried. Only the
+the held-out images. A grid that stops short of a method's best is
+extended for it, by one rule for all: while the best rate is the grid's
+largest (smallest), the next one past it on the 1-3-10 sequence (3e-3 ->
+1e-2 -> 3e-2) is pretrained and probed too, at most EXTENSIONS (2) each
+way; a rate still at the edge after that is marked in the table. A rate
+whose pretraining diverges (a non-finite loss) is recorded as diverged and
+left out of the choice, not retried (and ends the extension). Only the
 chosen rate's network gets the other evaluations and the plot's curve
 (its pretraining read back, or run again to the same weights); seeds
 1 .. --seeds-1 pretrain at it.
@@ -75,8 +80,8 @@ compared (the table's foot names every commit that measured it).
 pretraining 8x and fine-tunes 4x shorter, one learning rate), not a
 measurement.
 
-Units of the full run: 24 pretrainings that choose the lrs (8 methods x 3)
-and 16 more seeds; 40 layer sweeps on all the labels, 24 on 10%, 32
+Units of the full run: 24 pretrainings that choose the lrs (8 methods x 3,
+and one or two more for a method whose best is at an edge) and 16 more seeds; 40 layer sweeps on all the labels, 24 on 10%, 32
 one-representation curve probes, 24 fine-tunes; the references' 3 seeds.
 On 2 CPU cores that is about 13 hours, estimated from each method's
 measured tiny run (one pretraining of every method about 100 minutes, five
@@ -122,6 +127,9 @@ PROTOCOL = {'curve_points': CURVE_POINTS, 'finetune_images': FINETUNE_IMAGES,
             'test_split': TEST_SPLIT}
 REFERENCE_NETWORK = 'mae'  # the ViT of the reference rows (MAE's tiny encoder)
 PIXELS_SIZE = 32
+# Further lrs tried past an edge of the --lrs grid, each way, while the
+# best is at that edge (run_entry).
+EXTENSIONS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,21 +375,56 @@ def _spec(entry: Entry) -> dict[str, Any]:
   return {'method': entry.method, 'variant': entry.variant, 'protocol': PROTOCOL}
 
 
+def _best(held_out: dict[float, float | None]) -> float | None:
+  """The lr of the highest held-out top-1 (ties: the one nearest 1e-3);
+  None when every lr diverged."""
+  finite = [lr for lr, v in held_out.items() if v is not None]
+  if not finite:
+    return None
+  return max(finite, key=lambda lr: (held_out[lr], -abs(math.log(lr / 1e-3))))
+
+
+def beyond(lr: float, grid: list[float], up: bool) -> float:
+  """The next lr past `lr`, an edge of `grid`, upwards or downwards: on the
+  1-3-10 sequence (3e-3 -> 1e-2 -> 3e-2, 3e-4 -> 1e-4 -> 3e-5), or by the
+  grid's own geometric step for an lr off that sequence."""
+  k = math.floor(math.log10(lr) + 1e-9)
+  mantissa = lr / 10**k
+  for m, (over, under) in ((1, (3, 0.3)), (3, (10, 1))):
+    if math.isclose(mantissa, m, rel_tol=1e-6):
+      return float(f'{(over if up else under) * 10**k:.1g}')
+  step = (max(grid) / min(grid)) ** (1 / (len(grid) - 1))
+  return float(f'{lr * step if up else lr / step:.3g}')
+
+
 def run_entry(entry: Entry, root: str, s: Setting, lrs: tuple[float, ...],
               seeds: int, ledger: Ledger) -> dict[str, Any]:
   """Pretrains `entry` at every lr (seed 0) and probes each on all the
   labels, chooses the lr by the probes' held-out top-1, then measures
   everything else at that lr only (seed 0's 10% evaluations and curve, the
-  other seeds). 'lr' is None when every lr diverged."""
-  selection = {lr: selection_point(entry, lr, root, s, ledger) for lr in lrs}
-  held_out = {lr: p.get('val100') for lr, p in selection.items()}
-  keys = [f'{entry.key}/lr{lr:g}/select' for lr in lrs]
-  finite = [lr for lr in lrs if held_out[lr] is not None]
-  by_lr = {f'{lr:g}': held_out[lr] for lr in lrs}
-  if not finite:
-    logging.warning('%s: every lr diverged (%s)', entry.name, ', '.join(map(str, lrs)))
+  other seeds). While the chosen lr is the grid's largest (smallest), the
+  next one past it (`beyond`) is tried too, up to EXTENSIONS each way: the
+  same rule for every method, so that none is held to a grid that stops
+  short of its best. 'lr' is None when every lr diverged."""
+  grid = sorted(lrs)
+  selection = {lr: selection_point(entry, lr, root, s, ledger) for lr in grid}
+  while len(lrs) > 1 and (best := _best({lr: p.get('val100') for lr, p in selection.items()})):
+    up = best == max(grid)
+    past = sum(lr > max(lrs) for lr in grid) if up else sum(lr < min(lrs) for lr in grid)
+    if not (up or best == min(grid)) or past >= EXTENSIONS:
+      break
+    lr = beyond(best, grid, up)
+    logging.info('%s: lr %g is the best of %s, the grid\'s %s: trying %g', entry.name, best,
+                 grid, 'largest' if up else 'smallest', lr)
+    grid = sorted(grid + [lr])
+    selection[lr] = selection_point(entry, lr, root, s, ledger)
+  held_out = {lr: selection[lr].get('val100') for lr in grid}
+  keys = [f'{entry.key}/lr{lr:g}/select' for lr in grid]
+  by_lr = {f'{lr:g}': held_out[lr] for lr in grid}
+  best = _best(held_out)
+  if best is None:
+    logging.warning('%s: every lr diverged (%s)', entry.name, ', '.join(map(str, grid)))
     return {'lr': None, 'held_out_by_lr': by_lr, 'seeds': [], 'curve': [], 'keys': keys}
-  best = max(finite, key=lambda lr: (held_out[lr], -abs(math.log(lr / 1e-3))))
   logging.info('%s: lr %g chosen (held-out top-1 by lr: %s)', entry.name, best, held_out)
   per_seed = [measured_point(entry, best, seed, root, s, ledger,
                              selected=selection[best] if seed == 0 else None)
@@ -507,8 +550,9 @@ def table(results: dict[str, Any]) -> str:
   text = '\n'.join(lines)
   if sweeps:
     text += ('\n\nHeld-out top-1 % of the seed-0 probe by pretraining lr (what chose it): '
-             + '; '.join(sweeps) + '. An lr chosen at the top or the bottom of the grid '
-             'says that the method might do better beyond it.')
+             + '; '.join(sweeps) + '. The --lrs grid is extended past its edge for a '
+             'method whose best is there (at most two rates each way); an lr marked '
+             '"top/bottom of the grid" is still at the edge after that.')
   if refs:
     text += (f'\n\nUpper reference: the reference ViT trained from scratch on all the labels '
              f'but the 1000 held out (configs/finetune.py:mae_tiny_scratch): '

@@ -187,6 +187,44 @@ def test_compare_chooses_the_lr_on_held_out_and_evaluates_only_the_chosen_one(
   assert f'| {entry.name} | 0.0003 (bottom of the grid; 1 of' in compare.table(results)
 
 
+@pytest.mark.parametrize('held_out, tried, chosen, marked', [
+    # The best at the top: the next lr up, and the one after while it is best.
+    ({1e-2: 0.6, 3e-2: 0.55}, [1e-2, 3e-2], 1e-2, False),
+    ({1e-2: 0.6, 3e-2: 0.7}, [1e-2, 3e-2], 3e-2, True),  # two past the edge at most
+    ({1e-2: None}, [1e-2], 3e-3, False),  # a diverged lr ends it
+    # The best at the bottom: downwards alike.
+    ({3e-4: 0.8, 1e-4: 0.7}, [1e-4], 3e-4, False),
+])
+def test_compare_tries_lrs_past_an_edge_of_the_grid_while_the_best_is_there(
+    tmp_path, monkeypatch, held_out, tried, chosen, marked):
+  from benchmarks import compare
+  values = {3e-4: 0.3, 1e-3: 0.4, 3e-3: 0.5, **held_out}
+  selected = []
+
+  def fake_selection_point(entry, lr, root, s, ledger):
+    selected.append(lr)
+    if values[lr] is None:
+      return {'diverged': 'loss is nan'}
+    return {'val100': values[lr], 'probe100': 0.5, 'knn': 0.1, 'ridge10': 0.1,
+            'representation': 'tokens', 'l2': 1e-4, 'steps': 10}
+
+  def fake_measured_point(entry, lr, seed, root, s, ledger, selected=None):
+    return {'probe100': 0.5, 'knn': 0.1, 'ridge10': 0.1, 'probe10': 0.2, 'finetune10': 0.3,
+            'representation': 'tokens', 'l2': 1e-4, 'curve': []}
+
+  monkeypatch.setattr(compare, 'selection_point', fake_selection_point)
+  monkeypatch.setattr(compare, 'measured_point', fake_measured_point)
+  setting = compare.Setting(images=640, quick=False, data_dir=None)
+  got = compare.run_entry(compare.ENTRIES[0], str(tmp_path), setting, (3e-4, 1e-3, 3e-3), 1,
+                          Ledger(None, {}))
+  assert selected == [3e-4, 1e-3, 3e-3] + tried and got['lr'] == pytest.approx(chosen)
+  assert list(got['held_out_by_lr']) == [f'{lr:g}' for lr in sorted(selected)]
+  assert len(got['keys']) == len(selected) + 1
+  got['cost'] = {'params': 1e6, 'seconds_per_step': 0.5, 'flops_per_step': 2e9}
+  row = compare.table({compare.ENTRIES[0].key: got}).splitlines()[2]
+  assert ('of the grid' in row) == marked, row
+
+
 def test_compare_records_a_diverged_fine_tune_and_a_seed_0_rerun_that_diverged(
     tmp_path, monkeypatch):
   """A fine-tune whose loss diverges is a result (None in the ledger, left
