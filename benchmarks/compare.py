@@ -81,8 +81,9 @@ pretraining 8x and fine-tunes 4x shorter, one learning rate), not a
 measurement.
 
 Units of the full run: 24 pretrainings that choose the lrs (8 methods x 3,
-and one or two more for a method whose best is at an edge) and 16 more seeds; 40 layer sweeps on all the labels, 24 on 10%, 32
-one-representation curve probes, 24 fine-tunes; the references' 3 seeds.
+and one or two more for a method whose best is at an edge) and 16 more
+seeds; 40 layer sweeps on all the labels, 24 on 10%, 32 one-representation
+curve probes, 24 fine-tunes; the references' 3 seeds.
 On 2 CPU cores that is about 13 hours, estimated from each method's
 measured tiny run (one pretraining of every method about 100 minutes, five
 such sets, iGPT's two nearly half of each; the evaluations about 4 hours);

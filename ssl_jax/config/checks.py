@@ -142,6 +142,14 @@ def with_added_keys(saved: dict, added: dict | None = None) -> dict:
   return out
 
 
+def differences(saved: dict, current: dict, keys: list[str], there: str, here: str) -> str:
+  """'KEY (THERE: its saved value, HERE: its current value), ...' for the
+  first five `keys` of the two flat configs, then ' and N more'."""
+  shown = ', '.join(f'{k} ({there}: {saved.get(k, "<missing>")!r}, '
+                    f'{here}: {current.get(k, "<missing>")!r})' for k in keys[:5])
+  return shown + (f' and {len(keys) - 5} more' if len(keys) > 5 else '')
+
+
 def incompatible_keys(saved: dict, current: dict, added: dict | None = None) -> list[str]:
   """Keys whose values differ between a checkpoint's config and this run's,
   other than RESUMABLE_KEYS, RESUMABLE_PREFIXES and RESUMABLE_SUFFIXES; a key missing from one

@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssl_jax.config.checks import ConfigError, flatten, to_json
+from ssl_jax.config.checks import ConfigError, differences, flatten, to_json
 from ssl_jax.core import assembly, validation
 from ssl_jax.core import metrics as metrics_lib
 from ssl_jax.core import provenance as provenance_lib
@@ -238,10 +238,8 @@ def rows_of(config: ml_collections.ConfigDict, workdir: str, mode: str = 'layers
     bad = [k for k in sorted(set(saved) | set(now))
            if saved.get(k, '<missing>') != now.get(k, '<missing>') and k not in _PATH_KEYS]
     if bad:
-      shown = ', '.join(f'{k} (there: {saved.get(k, "<missing>")!r}, now: '
-                        f'{now.get(k, "<missing>")!r})' for k in bad[:5])
-      more = f' and {len(bad) - 5} more' if len(bad) > 5 else ''
-      raise ConfigError(f'{path} was measured with another config: {shown}{more}; '
+      raise ConfigError(f'{path} was measured with another config: '
+                        f'{differences(saved, now, bad, "there", "now")}; '
                         'use another workdir, or remove that one to measure again')
   return done['rows']
 

@@ -26,7 +26,7 @@ from absl import logging
 from etils import epath
 
 from ssl_jax import drawing, peers, tasks
-from ssl_jax.config.checks import flatten, incompatible_keys, to_json
+from ssl_jax.config.checks import differences, flatten, incompatible_keys, to_json
 from ssl_jax.core import assembly, validation
 from ssl_jax.core import checkpoint as ckpt_lib
 from ssl_jax.core import flops as flops_lib
@@ -215,13 +215,10 @@ def _check_compatible(config, meta: dict[str, Any], directory: str, step: int) -
   current = json.loads(to_json(config))
   bad = incompatible_keys(saved, current, tasks.added_keys(config))
   if bad:
-    shown = ', '.join(f'{k} (checkpoint: {flatten(saved).get(k, "<missing>")!r}, '
-                      f'now: {flatten(current).get(k, "<missing>")!r})'
-                      for k in bad[:5])
-    more = f' and {len(bad) - 5} more' if len(bad) > 5 else ''
+    shown = differences(flatten(saved), flatten(current), bad, 'checkpoint', 'now')
     raise ckpt_lib.CheckpointError(
         f'checkpoint {step} in {directory} was written by an incompatible config: '
-        f'{shown}{more}. Resume with the same values, or use a new --workdir.')
+        f'{shown}. Resume with the same values, or use a new --workdir.')
   images = validation.images_per_step(config)
   if meta['data']['next_index'] != step * images:
     raise ckpt_lib.CheckpointError(
