@@ -155,6 +155,21 @@ def parse_flags(argv: list[str]) -> list[str]:
   return []  # not reached
 
 
+def check_config(config, mode: str) -> None:
+  """Refuses a bad config (exit status 2, one line) before TensorFlow loads
+  with the input pipeline: in the seconds JAX takes to load, not the ten or
+  so that both take. Each mode validates the config again, as it does when
+  called as a library."""
+  import jax
+  from ssl_jax.config import ConfigError
+  from ssl_jax.core import validation  # imports no TensorFlow (test_architecture)
+  processes = 1 if mode in ('layers', 'low_data') else jax.process_count()  # as each mode does
+  try:
+    validation.validate(config, jax.device_count(), processes)
+  except ConfigError as e:
+    fail(f'error: {e}', EXIT_USER_ERROR)
+
+
 def execute(config, workdir: str, mode: str = 'train', num_seeds: int | None = None,
             stop_after: int | None = None) -> None:
   """Runs `mode` ('train', 'sweep', 'layers', 'low_data', 'seeds' with
@@ -218,6 +233,8 @@ def main(argv):
     fail(f'error: --lock_timeout={_LOCK_TIMEOUT.value}: must be > 0 seconds', EXIT_USER_ERROR)
   if not _PEER_TIMEOUT.value > 0:
     fail(f'error: --peer_timeout={_PEER_TIMEOUT.value}: must be > 0 seconds', EXIT_USER_ERROR)
+  from ssl_jax.core import console
+  console.quiet_library_logs()  # before JAX starts its backends: their INFO records are not ours
   from ssl_jax import peers  # after flag parsing, so that --help stays fast
   if _COORDINATOR.value is not None:
     peers.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
@@ -227,14 +244,13 @@ def main(argv):
   watch = peers.Watch(_PEER_TIMEOUT.value).start()
 
   from ssl_jax import locking
-  from ssl_jax.core import train
-  logging.set_verbosity(logging.INFO)
-  train.quiet_library_logs()
   if _LOCK_TIMEOUT.value is not None:
     locking.DEFAULT_TIMEOUT_S = _LOCK_TIMEOUT.value
   mode = ('sweep' if _SWEEP.value else 'layers' if _LAYER_SWEEP.value else
           'low_data' if _LOW_DATA.value else 'seeds' if _SEEDS.value else 'train')
   try:
+    check_config(_CONFIG.value, mode)
+    logging.set_verbosity(logging.INFO)
     execute(_CONFIG.value, _WORKDIR.value, mode, _SEEDS.value, _STOP_AFTER.value)
   except BaseException as e:
     code = e.code if isinstance(e, SystemExit) else 1

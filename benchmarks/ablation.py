@@ -190,7 +190,7 @@ def script(rows_of, *, name: str, default_workdir: str, title: str, knn: bool):
 
   def main(argv):
     del argv
-    from ssl_jax.core import provenance, train
+    from ssl_jax.core import console, provenance
     rows = rows_of()
     if listed.value:
       for i, row in enumerate(rows):
@@ -204,7 +204,7 @@ def script(rows_of, *, name: str, default_workdir: str, title: str, knn: bool):
     print('produced by:', provenance.line(), flush=True)
     book = ledger_lib.from_flag(ledger, quick=quick.value,
                                 setting={'benchmark': name, 'quick': quick.value})
-    train.quiet_library_logs()
+    console.quiet_library_logs()
     t0 = time.perf_counter()
     try:
       table = run(rows, chosen, seeds=seeds.value, workdir=workdir.value, quick=quick.value,

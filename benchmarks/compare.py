@@ -625,7 +625,7 @@ def script():
 
   def main(argv):
     del argv
-    from ssl_jax.core import provenance, train
+    from ssl_jax.core import console, provenance
     known = [e.key for e in ENTRIES] + ['references']
     picked = methods.value or known
     bad = [m for m in picked if m not in known]
@@ -644,7 +644,7 @@ def script():
     print('produced by:', provenance.line(), flush=True)
     ledger = ledger_lib.from_flag(ledger_file, quick=s.quick, setting={
         'benchmark': 'compare', 'quick': s.quick, 'images': s.images, 'lrs': list(lrs)})
-    train.quiet_library_logs()
+    console.quiet_library_logs()
     t0 = time.perf_counter()
     results = {}
     try:

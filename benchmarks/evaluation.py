@@ -82,9 +82,9 @@ def _cell(config, workdir: str) -> dict:
 def main(argv):
   del argv
   from ssl_jax.core import provenance  # pylint: disable=g-import-not-at-top
-  from ssl_jax.core import seeds, train
+  from ssl_jax.core import console, seeds
   print('produced by:', provenance.line(), flush=True)
-  train.quiet_library_logs()
+  console.quiet_library_logs()
   root, quick, method = _WORKDIR.value, _QUICK.value, _METHOD.value
   pre_root = os.path.join(root, 'pretrain')
   pretrain_config = _shorten(importlib.import_module(f'configs.{method}').get_config('tiny'),

@@ -10,7 +10,7 @@ import conftest  # sets the fake devices before jax is imported
 from absl import logging
 
 import main as cli
-from ssl_jax.core import train
+from ssl_jax.core import console
 
 
 def main(workdir, data_dir, total_steps, every):
@@ -18,7 +18,7 @@ def main(workdir, data_dir, total_steps, every):
                                     'total_steps': int(total_steps),
                                     'checkpoint.every': int(every)})
   logging.set_verbosity(logging.INFO)
-  train.quiet_library_logs()
+  console.quiet_library_logs()
   cli.execute(config, workdir)  # main.py's own outcome -> exit status
 
 

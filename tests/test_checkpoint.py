@@ -167,8 +167,8 @@ def test_the_console_drops_orbaxs_warnings_about_reading_checkpoints_read_only(
   other warnings are kept, and so is this code's own output."""
   import logging as pylogging
 
-  from ssl_jax.core import train
-  console = train._LibraryInfoFilter()
+  from ssl_jax.core import console as console_lib
+  console = console_lib.LibraryInfoFilter()
   with caplog.at_level(pylogging.WARNING):
     with ckpt_lib.Checkpointer(two_checkpoints, keep=None, read_only=True) as checkpointer:
       assert checkpointer.latest_step() == 4

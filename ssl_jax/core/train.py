@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging as pylogging
 import os
 import signal
 import time
@@ -109,35 +108,6 @@ class Preemption:
       Preemption._open[-1].requested = True
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
-
-
-class _LibraryInfoFilter(pylogging.Filter):
-  """Drops INFO records that libraries (orbax, clu, tensorflow) send through
-  absl, so the console shows the run's own progress; warnings pass, but for
-  orbax's two about a read-only checkpoint directory: every probe, curve
-  point and report opens the pretraining's checkpoints read-only on purpose
-  (ssl_jax.core.checkpoint), so they say nothing to fix."""
-
-  _QUIET = (f'{os.sep}orbax{os.sep}', f'{os.sep}clu{os.sep}',
-            f'{os.sep}tensorflow{os.sep}', f'{os.sep}tensorflow_datasets{os.sep}',
-            f'{os.sep}etils{os.sep}', f'{os.sep}jax{os.sep}')
-  _EXPECTED_WARNINGS = ('CheckpointManagerOptions.read_only=True, setting',
-                        'Given directory is read only=')
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    library = any(q in record.pathname for q in self._QUIET)
-    if record.levelno < pylogging.WARNING:
-      return not library
-    return not (library and record.levelno == pylogging.WARNING
-                and any(m in record.getMessage() for m in self._EXPECTED_WARNINGS))
-
-
-def quiet_library_logs() -> None:
-  """Installs the filter above on absl's logger and on absl's handler, which
-  also prints what libraries log through Python's own loggers (idempotent)."""
-  for target in (pylogging.getLogger('absl'), logging.get_absl_handler()):
-    if not any(isinstance(f, _LibraryInfoFilter) for f in target.filters):
-      target.addFilter(_LibraryInfoFilter())
 
 
 def _format_eta(seconds: float) -> str:

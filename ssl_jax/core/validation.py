@@ -14,7 +14,7 @@ import ml_collections
 from ssl_jax.config.checks import (ConfigError, boolean, get, is_int, is_number, one_of,
                                    positive_int, require)
 from ssl_jax.core import optim
-from ssl_jax.data import pipeline
+from ssl_jax.data import options
 from ssl_jax.methods import registry
 from ssl_jax.tasks import CLASSIFICATION, HEAD_INITS, HEADS, MODES
 from ssl_jax.tasks.whitening import KINDS as WHITEN_KINDS
@@ -27,7 +27,7 @@ def _data_option(config, key: str, check, *args) -> None:
   naming the key (so an option is validated by one function)."""
   try:
     check(*args)
-  except pipeline.DataError as e:
+  except options.DataError as e:
     raise ConfigError(f'config.{key}={get(config, key)!r} is not allowed: {e}') from None
 
 
@@ -56,8 +56,8 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int,
   if 'skip_bad_images' in config.data:
     boolean(config, 'data.skip_bad_images')
   if 'crop' in config.data:  # the pipeline's own check: data options are validated once
-    _data_option(config, 'data.crop', pipeline.check_crop, config.data.crop)
-    _data_option(config, 'data.pad', pipeline.check_pad, config.data.pad,
+    _data_option(config, 'data.crop', options.check_crop, config.data.crop)
+    _data_option(config, 'data.pad', options.check_pad, config.data.pad,
                  config.data.image_size)
 
   o = 'optimizer.'
@@ -195,7 +195,7 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
                       f'{config.backbone.objective!r}: must be 0 (it needs a fine-tune of a '
                       'backbone method with the generative_finetune capability)')
   backbone.validate_probe(config)
-  _data_option(config, 'data.randaugment', pipeline.check_randaugment,
+  _data_option(config, 'data.randaugment', options.check_randaugment,
                tuple(config.data.randaugment) or None)
   require(config, 'data.label_fraction', lambda v: is_number(v) and 0 < v <= 1,
            'a number in (0, 1] (the fraction of training labels used)')
@@ -278,10 +278,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
     validate_online_probe(config)
     # The method's views against the data options, with the pipeline's check.
     try:
-      pipeline.check_views(method.views(config), method.share_geometry(config),
+      options.check_views(method.views(config), method.share_geometry(config),
                            randaugment=tuple(config.data.get('randaugment', ())) or None,
                            crop=config.data.get('crop', 'resized'))
-    except pipeline.DataError as e:
+    except options.DataError as e:
       raise ConfigError(f'config.objective={config.objective!r} declares views that this '
                         f'config\'s data options cannot give: {e}') from None
 

@@ -1,41 +1,35 @@
-"""Input data: the built-in shapes dataset and the index-based pipeline."""
+"""Input data: the built-in shapes dataset and the index-based pipeline.
 
-from ssl_jax.data.pipeline import class_balanced_subset
-from ssl_jax.data.pipeline import class_spread_ids
-from ssl_jax.data.pipeline import DataError
-from ssl_jax.data.pipeline import example_ids
-from ssl_jax.data.pipeline import FolderSource
-from ssl_jax.data.pipeline import imagenet_subset_name
-from ssl_jax.data.pipeline import iterate
-from ssl_jax.data.pipeline import iterate_numpy
-from ssl_jax.data.pipeline import make_dataset
-from ssl_jax.data.pipeline import make_source
-from ssl_jax.data.pipeline import measure_throughput
-from ssl_jax.data.pipeline import Source
-from ssl_jax.data.pipeline import SubsetSource
-from ssl_jax.data.pipeline import TfdsSource
-from ssl_jax.data.views import ViewSpec
-from ssl_jax.data.shapes import CLASS_NAMES
-from ssl_jax.data.shapes import prepare as prepare_shapes
-from ssl_jax.data.shapes import render
+The names below load on first use (PEP 562), each from its module: the
+methods and config validation take ``ViewSpec`` and ``DataError`` without
+loading TensorFlow, which only the pipeline's and the dataset's names need.
+"""
 
-__all__ = [
-    'CLASS_NAMES',
-    'DataError',
-    'ViewSpec',
-    'FolderSource',
-    'Source',
-    'SubsetSource',
-    'TfdsSource',
-    'class_balanced_subset',
-    'class_spread_ids',
-    'example_ids',
-    'imagenet_subset_name',
-    'iterate',
-    'iterate_numpy',
-    'make_dataset',
-    'make_source',
-    'measure_throughput',
-    'prepare_shapes',
-    'render',
-]
+import importlib
+
+_WHERE = {  # name: (module, attribute)
+    'CLASS_NAMES': ('shapes', 'CLASS_NAMES'),
+    'DataError': ('errors', 'DataError'),
+    'ViewSpec': ('options', 'ViewSpec'),
+    'prepare_shapes': ('shapes', 'prepare'),
+    'render': ('shapes', 'render'),
+    **{name: ('pipeline', name) for name in (
+        'FolderSource', 'Source', 'SubsetSource', 'TfdsSource', 'class_balanced_subset',
+        'class_spread_ids', 'example_ids', 'imagenet_subset_name', 'iterate',
+        'iterate_numpy', 'make_dataset', 'make_source', 'measure_throughput')},
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+  if name not in _WHERE:  # a submodule not imported yet: the import system loads it
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  module, attribute = _WHERE[name]
+  value = getattr(importlib.import_module(f'{__name__}.{module}'), attribute)
+  globals()[name] = value  # found here from now on
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_WHERE))

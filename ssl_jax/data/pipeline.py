@@ -68,7 +68,6 @@ Use :func:`make_source` and :func:`make_dataset`; iterate with
 from __future__ import annotations
 
 import abc
-import collections.abc
 import functools
 import math
 import os
@@ -87,7 +86,10 @@ from ssl_jax.data import shapes
 from ssl_jax.data import views as views_lib
 from ssl_jax.data import splits
 from ssl_jax.data.errors import DataError
-from ssl_jax.data.views import ViewSpec  # Re-exported: pipeline.ViewSpec.
+# The options' checks and ViewSpec need no TF (ssl_jax.data.options), so that
+# validating a config loads none; pipeline.ViewSpec is re-exported.
+from ssl_jax.data.options import (ViewSpec, check_crop, check_pad, check_randaugment,
+                                  check_views)
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = folder_lib.IMAGE_EXTENSIONS
@@ -1088,9 +1090,6 @@ def _pad_and_random_crop(image: tf.Tensor, key: tf.Tensor, image_size: int,
   return image
 
 
-CROPS = ('resized', 'pad')
-
-
 def _train_image(image, g, *, seed, image_size, min_area, flip,
                  randaugment=None, crop='resized', pad=4) -> tf.Tensor:
   crop_key, flip_key = _augment_keys(g, seed)
@@ -1135,85 +1134,6 @@ def _train_views(image, g, *, seed, image_size, views, share_geometry
     out.append(views_lib.photometric(base, _view_photometric_key(g, v, seed),
                                      spec, image_size))
   return tf.stack(out)
-
-
-def check_views(views, share_geometry, *, randaugment,
-                crop) -> tuple[ViewSpec, ...] | None:
-  """Validates ``make_dataset``'s ``views`` and ``share_geometry``."""
-  if not isinstance(share_geometry, bool):
-    raise DataError('share_geometry must be True or False, got '
-                    f'{share_geometry!r}.')
-  if views is None:
-    if share_geometry:
-      raise DataError('share_geometry=True needs views=[ViewSpec(...), ...] '
-                      '(it shares view 0\'s crop and flip with the other '
-                      'views); got views=None.')
-    return None
-  if isinstance(views, (ViewSpec, str)) or not isinstance(
-      views, collections.abc.Sequence):
-    raise DataError('views must be None or a sequence of ViewSpec (one per '
-                    f'view), got {views!r}.')
-  views = tuple(views)
-  if not views:
-    raise DataError('views must hold at least one ViewSpec, got an empty '
-                    'sequence (use views=None for single-view batches).')
-  for v, spec in enumerate(views):
-    if not isinstance(spec, ViewSpec):
-      raise DataError(f'views[{v}] must be a ViewSpec, got {spec!r}.')
-  if share_geometry:
-    for v, spec in enumerate(views[1:], 1):
-      if spec.geometry() != views[0].geometry():
-        raise DataError(
-            'share_geometry=True gives every view the crop and flip of view '
-            '0, so every view must have the same (min_area, aspect, flip): '
-            f'views[0] has {views[0].geometry()}, views[{v}] has '
-            f'{spec.geometry()}.')
-  if randaugment is not None:
-    raise DataError(
-        f'randaugment={randaugment!r} is single-view only: it cannot be '
-        'combined with views (use randaugment=None, or views=None).')
-  if crop == 'pad':
-    raise DataError(
-        "crop='pad' is single-view only: it cannot be combined with views "
-        "(use crop='resized' and ViewSpec.min_area/aspect, or views=None).")
-  return views
-
-
-def check_crop(crop: str) -> None:
-  """Validates ``make_dataset``'s ``crop`` (and the config's data.crop)."""
-  if crop not in CROPS:
-    raise DataError(f'crop must be one of {CROPS}, got {crop!r}.')
-
-
-def check_pad(pad: int, image_size: int) -> None:
-  """Validates ``make_dataset``'s ``pad`` (and the config's data.pad)."""
-  if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < image_size:
-    raise DataError(f'pad must be an integer in [0, image_size={image_size}) (reflection '
-                    f'padding of crop=\'pad\'), got {pad!r}.')
-
-
-def check_randaugment(randaugment) -> tuple[int, float, float] | None:
-  """Validates ``make_dataset``'s ``randaugment`` argument."""
-  if randaugment is None:
-    return None
-  usage = ('randaugment must be None or (num_ops, magnitude, magnitude_std) '
-           'with num_ops an integer >= 1, 0 <= magnitude <= 10 and '
-           f'magnitude_std >= 0 (e.g. (2, 9.0, 0.5)); got {randaugment!r}')
-  try:
-    num_ops, magnitude, magnitude_std = randaugment
-  except (TypeError, ValueError):
-    raise DataError(usage + '.') from None
-  integer, real = (int, np.integer), (int, float, np.integer, np.floating)
-  if isinstance(num_ops, bool) or not isinstance(num_ops, integer) or (
-      num_ops < 1):
-    raise DataError(f'{usage}: bad num_ops.')
-  if isinstance(magnitude, bool) or not isinstance(magnitude, real) or not (
-      0.0 <= magnitude <= 10.0):
-    raise DataError(f'{usage}: bad magnitude.')
-  if isinstance(magnitude_std, bool) or not isinstance(
-      magnitude_std, real) or not magnitude_std >= 0.0:  # Also rejects NaN.
-    raise DataError(f'{usage}: bad magnitude_std.')
-  return int(num_ops), float(magnitude), float(magnitude_std)
 
 
 def _eval_image(image, *, image_size, crop_fraction) -> tf.Tensor:

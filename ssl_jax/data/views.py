@@ -61,155 +61,20 @@ centre crop per example, ``[b, S, S, 3]``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
-import numbers
 
 import tensorflow as tf
 
-from ssl_jax.data.errors import DataError
+# ViewSpec lives in ssl_jax.data.options, without TF: validating a config
+# loads no TF.
+from ssl_jax.data.options import ViewSpec
 
-# SimCLR's augmentation (Chen et al. 2020, appendix A) at strength 1.
-SIMCLR_JITTER_PROB = 0.8
-SIMCLR_GRAYSCALE_PROB = 0.2
-SIMCLR_BLUR_PROB = 0.5
-SIMCLR_BLUR_SIGMA = (0.1, 2.0)
 # Blur kernel: 2r + 1 taps, r = max(1, (S // _BLUR_KERNEL_DIVISOR) // 2).
 _BLUR_KERNEL_DIVISOR = 10
-_INCEPTION_ASPECT = (3.0 / 4.0, 4.0 / 3.0)
+
 # Subkeys of a view's photometric key, one per random decision.
 (_JITTER_APPLY, _JITTER_ORDER, _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE,
  _GRAYSCALE_APPLY, _BLUR_APPLY, _BLUR_SIGMA, _NUM_KEYS) = range(10)
-
-
-def _error(message: str) -> Exception:
-  return DataError(message)
-
-
-def _is_real(x) -> bool:
-  return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _real(name, value, allowed: str, ok) -> float:
-  """``float(value)`` if a finite real with ``ok(value)``, else DataError."""
-  if not (_is_real(value) and math.isfinite(value) and ok(float(value))):
-    raise _error(f'ViewSpec.{name} must be {allowed}, got {value!r}.')
-  return float(value)
-
-
-def _range(name, value, allowed: str, ok) -> tuple[float, float]:
-  """A (low, high) pair of finite reals with ok(low) and low <= high."""
-  message = f'ViewSpec.{name} must be a pair (low, high) with {allowed}, ' \
-            f'got {value!r}.'
-  try:
-    low, high = value
-  except (TypeError, ValueError):
-    raise _error(message) from None
-  if not (_is_real(low) and _is_real(high) and math.isfinite(low)
-          and math.isfinite(high) and ok(float(low)) and low <= high):
-    raise _error(message)
-  return float(low), float(high)
-
-
-@dataclasses.dataclass(frozen=True)
-class ViewSpec:
-  """How to draw one view of a training example (see the module docstring).
-
-  Attributes:
-    min_area: in (0, 1]; the random resized crop's area lower bound
-      (fraction of the image).
-    aspect: (low, high), 0 < low <= high; the crop's aspect ratio range.
-    flip: random horizontal flip (probability 1/2).
-    jitter_prob: in [0, 1]; probability of colour jitter.
-    brightness, contrast, saturation: >= 0; jitter strengths (factor in
-      ``[max(0, 1 - x), 1 + x]``; 0: that op is skipped).
-    hue: in [0, 0.5]; hue shift in ``[-hue, hue]`` turns (0: skipped).
-    grayscale_prob: in [0, 1]; probability of grayscale.
-    blur_prob: in [0, 1]; probability of Gaussian blur.
-    blur_sigma: (low, high), 0 < low <= high; blur sigma range in pixels.
-  """
-
-  min_area: float = 0.08
-  aspect: tuple[float, float] = _INCEPTION_ASPECT
-  flip: bool = True
-  jitter_prob: float = 0.0
-  brightness: float = 0.0
-  contrast: float = 0.0
-  saturation: float = 0.0
-  hue: float = 0.0
-  grayscale_prob: float = 0.0
-  blur_prob: float = 0.0
-  blur_sigma: tuple[float, float] = SIMCLR_BLUR_SIGMA
-
-  def __post_init__(self):
-    probability = 'a probability in [0, 1]'
-    checked = {
-        'min_area': _real('min_area', self.min_area, 'in (0, 1]',
-                          lambda x: 0.0 < x <= 1.0),
-        'aspect': _range('aspect', self.aspect, '0 < low <= high',
-                         lambda x: x > 0.0),
-        'jitter_prob': _real('jitter_prob', self.jitter_prob, probability,
-                             lambda x: 0.0 <= x <= 1.0),
-        'grayscale_prob': _real('grayscale_prob', self.grayscale_prob,
-                                probability, lambda x: 0.0 <= x <= 1.0),
-        'blur_prob': _real('blur_prob', self.blur_prob, probability,
-                           lambda x: 0.0 <= x <= 1.0),
-        'hue': _real('hue', self.hue, 'in [0, 0.5] (a fraction of a turn)',
-                     lambda x: 0.0 <= x <= 0.5),
-        'blur_sigma': _range('blur_sigma', self.blur_sigma,
-                             '0 < low <= high (pixels)', lambda x: x > 0.0),
-    }
-    for name in ('brightness', 'contrast', 'saturation'):
-      checked[name] = _real(name, getattr(self, name),
-                            'a finite real >= 0 (0: off)', lambda x: x >= 0.0)
-    if not isinstance(self.flip, bool):
-      raise _error(f'ViewSpec.flip must be True or False, got {self.flip!r}.')
-    for name, value in checked.items():  # Canonical floats and tuples.
-      object.__setattr__(self, name, value)
-
-  @classmethod
-  def simclr(cls, strength: float = 1.0, **overrides) -> ViewSpec:
-    """SimCLR's augmentation at colour strength ``strength``.
-
-    Jitter (p=0.8) with brightness, contrast, saturation ``0.8 * strength``
-    and hue ``0.2 * strength``, grayscale (p=0.2), blur (p=0.5, sigma in
-    [0.1, 2.0]), Inception crop of area >= 0.08 and flip; ``overrides``
-    replace any field (e.g. ``blur_prob=1.0`` for BYOL's first view).
-    """
-    if not _is_real(strength):
-      raise _error(f'ViewSpec.simclr strength must be a real >= 0, got '
-                   f'{strength!r}.')
-    fields = dict(jitter_prob=SIMCLR_JITTER_PROB, brightness=0.8 * strength,
-                  contrast=0.8 * strength, saturation=0.8 * strength,
-                  hue=0.2 * strength, grayscale_prob=SIMCLR_GRAYSCALE_PROB,
-                  blur_prob=SIMCLR_BLUR_PROB, blur_sigma=SIMCLR_BLUR_SIGMA)
-    fields.update(overrides)
-    return cls(**fields)
-
-  @classmethod
-  def amdim(cls, **overrides) -> ViewSpec:
-    """AMDIM's training augmentation (Bachman et al. 2019, its public code
-    for STL-10 and ImageNet as we read it), which DV2 4.1 uses: a random
-    resized crop of area 0.3-1 and aspect ratio 0.7-1.4, a flip, colour
-    jitter (p=0.8) with brightness, contrast, saturation 0.4 and hue 0.125,
-    grayscale (p=0.25), no blur; ``overrides`` replace any field."""
-    fields = dict(min_area=0.3, aspect=(0.7, 1.4), flip=True, jitter_prob=0.8,
-                  brightness=0.4, contrast=0.4, saturation=0.4, hue=0.125,
-                  grayscale_prob=0.25)
-    fields.update(overrides)
-    return cls(**fields)
-
-  @property
-  def has_photometric(self) -> bool:
-    """Whether any photometric op can change the view."""
-    jitter = self.jitter_prob > 0 and any(
-        (self.brightness, self.contrast, self.saturation, self.hue))
-    return jitter or self.grayscale_prob > 0 or self.blur_prob > 0
-
-  def geometry(self) -> tuple[float, tuple[float, float], bool]:
-    """The settings that fix the view's crop and flip."""
-    return self.min_area, self.aspect, self.flip
 
 
 # ----------------------------------------------------------------------------
