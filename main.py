@@ -162,7 +162,7 @@ def check_config(config, mode: str) -> None:
   called as a library."""
   import jax
   from ssl_jax.config import ConfigError
-  from ssl_jax.core import validation  # imports no TensorFlow (test_architecture)
+  from ssl_jax.core import validation  # imports no TensorFlow (test_config checks it)
   processes = 1 if mode in ('layers', 'low_data') else jax.process_count()  # as each mode does
   try:
     validation.validate(config, jax.device_count(), processes)
