@@ -227,8 +227,10 @@ def finetune_config(variant: str) -> ml_collections.ConfigDict:
   "finetuning settings"; classifier.representation picks another); 4.1:
   AdamW (weight decay 1e-4), lr 1e-4, batch 32, 5k steps (250 warmup,
   cosine). tiny and tiny_scratch (random initialisation: the no-pretrain
-  row of Table 2) share one short recipe: 1000 steps of batch 32 at lr 3e-4
-  on whole images with flips, 10% of the labels, a LeCun-normal classifier."""
+  row of Table 2) share one short recipe: 1000 steps of batch 32 at lr 1e-2
+  on whole images with flips, 10% of the labels, a LeCun-normal classifier
+  on the features standardised one by one
+  (configs/common.py:patch_network_finetune_config says how it was chosen)."""
   scratch = variant == 'tiny_scratch'
   p = get_config('tiny' if scratch else variant or None)
   c = common.patch_network_finetune_config(p, variant in ('tiny', 'tiny_scratch'),

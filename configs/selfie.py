@@ -181,8 +181,10 @@ def finetune_config(variant: str) -> ml_collections.ConfigDict:
   stage: AdamW, lr 1e-4, batch 32, 5k steps, 250 warmup steps, cosine.
   tiny (init.workdir: a tiny pretraining) and tiny_scratch (random
   initialisation) share one short recipe: 1000 steps of batch 32 at lr
-  3e-4 on whole images with flips, 10% of the labels, a LeCun-normal
-  classifier (a zero one sends a random backbone no gradient at first)."""
+  1e-2 on whole images with flips, 10% of the labels, a LeCun-normal
+  classifier (a zero one sends a random backbone no gradient at first) on
+  the features standardised one by one
+  (configs/common.py:patch_network_finetune_config says how it was chosen)."""
   scratch = variant == 'tiny_scratch'
   p = get_config('tiny' if scratch else variant or None)
   return common.patch_network_finetune_config(p, variant.endswith('tiny') or scratch,

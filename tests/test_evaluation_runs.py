@@ -80,7 +80,11 @@ def test_raw_pixel_probe_runs_through_the_same_loop(reference, tmp_path):
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_low_label_finetune_trains_the_backbone_and_resumes_exactly(reference, tmp_path):
-  config = _probe_config(reference, 'finetune', **{'data.label_fraction': 0.1})
+  # With the head's per-feature standardisation (Selfie's and DV2's tiny
+  # recipe): fitted once to the starting backbone, never refitted on resume.
+  config = _probe_config(reference, 'finetune', **{
+      'data.label_fraction': 0.1, 'classifier.whiten': True,
+      'classifier.whiten_kind': 'per_feature', 'classifier.whiten_examples': 48})
   whole = train.run(config, str(tmp_path / 'whole'))
   # The 10% subset: 190 of the 1900 training images left after the 100 held
   # out (10 per class), 19 per class, none of them held out.
@@ -102,6 +106,20 @@ def test_low_label_finetune_trains_the_backbone_and_resumes_exactly(reference, t
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(tuned),
                                                         jax.tree.leaves(pretrained)))
   assert second.evaluation['eval/top1'] == whole.evaluation['eval/top1']
+  # The standardisation is the pretrained features' (the first 48 training
+  # images outside the held-out ones, evaluation views), unchanged by training.
+  trainer = assembly.Trainer(config, num_classes=10)
+  evaluator = Evaluator(config, trainer.task, trainer.mesh, 10)
+  held = assembly.build_source(config).held_out.ids
+  source = pipeline.SubsetSource(open_split(config, 'train'),
+                                 splits.remaining_ids(2000, held)[:48])
+  start = dict(whole.state.params, backbone={
+      k: v for k, v in reference[2].state.params['model'].items() if k != 'decoder'})
+  mean, matrix = whitening_lib.per_feature(
+      evaluator.features(start, source, config.classifier.representation)[0])
+  for head in (whole.state.params['head'], second.state.params['head']):
+    np.testing.assert_allclose(head['feature_mean'], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(head['whitening'], matrix, rtol=1e-5)
 
 
 @pytest.fixture

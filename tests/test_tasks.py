@@ -102,11 +102,22 @@ def test_whitening_makes_ill_conditioned_features_white():
     whitening_lib.whitening(x[:1])
 
 
-def test_whitening_is_for_frozen_features_only():
+def test_a_fine_tune_may_standardise_its_features_but_not_whiten_them():
+  # A fine-tune's head may standardise each feature by statistics fitted
+  # once to the starting backbone and then fixed while the backbone trains
+  # (whiten_kind='per_feature'); the full whitening is for frozen features.
   config = small_classifier_config('finetune', **{'classifier.whiten': True})
-  with pytest.raises(validation.ConfigError, match="classifier.whiten=True is not allowed with "
-                     "classifier.mode='finetune'"):
+  with pytest.raises(validation.ConfigError, match="classifier.whiten_kind='full' is not "
+                     "allowed with classifier.mode='finetune' and whiten=True: must be "
+                     "'per_feature'"):
     validation.validate(config, 1, 1)
+  config.classifier.whiten_kind = 'per_feature'
+  validation.validate(config, 1, 1)
+  task = tasks.build(config, 10)
+  labels = task.param_labels(jax.eval_shape(task.init, jax.random.key(0), BATCH))
+  assert labels['head']['feature_mean'] == labels['head']['whitening'] == 'frozen'
+  assert set(jax.tree.leaves(labels['head']['classifier'])) == {'train'}
+  assert set(jax.tree.leaves(labels['backbone'])) == {'train'}
 
 
 @pytest.mark.slow

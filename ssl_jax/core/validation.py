@@ -170,11 +170,14 @@ def validate_classification(config: ml_collections.ConfigDict) -> None:
                       "allowed with classifier.mode='linear': must be 0 (the frozen "
                       'backbone sees whole images)')
   boolean(config, c + 'whiten')
-  if config.classifier.whiten and config.classifier.mode != 'linear':
-    raise ConfigError(f'config.classifier.whiten=True is not allowed with classifier.mode='
-                      f"{config.classifier.mode!r}: the whitening is fitted once to frozen "
-                      'features, so it needs mode=\'linear\' (or set whiten=False)')
   one_of(config, c + 'whiten_kind', WHITEN_KINDS)
+  if (config.classifier.whiten and config.classifier.mode != 'linear'
+      and config.classifier.whiten_kind != 'per_feature'):
+    raise ConfigError(f'config.classifier.whiten_kind={config.classifier.whiten_kind!r} is '
+                      f'not allowed with classifier.mode={config.classifier.mode!r} and '
+                      "whiten=True: must be 'per_feature' (a fixed standardisation of the "
+                      "starting features, which the backbone then trains under; 'full' "
+                      "decorrelates features that must stay frozen, mode='linear')")
   require(config, c + 'whiten_examples', lambda v: is_int(v) and v >= 2,
           'an integer >= 2 (training images whose features fit the whitening)')
   for key in ('mixup', 'cutmix'):
