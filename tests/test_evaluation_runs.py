@@ -26,6 +26,18 @@ def _probe_config(reference, mode='linear', **overrides):
                                           'init.workdir': ref_dir, **overrides})
 
 
+def _first_features(config, params, n):
+  """`config.classifier.representation`'s features under `params` of the
+  first `n` training images outside the held-out ones, in evaluation views:
+  the images a head's whitening is fitted to."""
+  trainer = assembly.Trainer(config, num_classes=10)
+  evaluator = Evaluator(config, trainer.task, trainer.mesh, 10)
+  held = assembly.build_source(config).held_out.ids  # never read by the whitening
+  source = pipeline.SubsetSource(open_split(config, 'train'),
+                                 splits.remaining_ids(2000, held)[:n])
+  return evaluator.features(params, source, config.classifier.representation)[0]
+
+
 def _records(workdir, name='metrics.jsonl'):
   with open(os.path.join(workdir, name)) as f:
     return [json.loads(line) for line in f]
@@ -42,13 +54,8 @@ def test_linear_probe_keeps_the_pretrained_backbone_frozen(reference, tmp_path):
                   jax.tree.leaves(pretrained), strict=True):
     np.testing.assert_array_equal(a, b)
   # The head whitens the pretrained features of the first 48 training images.
-  trainer = assembly.Trainer(config, num_classes=10)
-  evaluator = Evaluator(config, trainer.task, trainer.mesh, 10)
-  held = assembly.build_source(config).held_out.ids  # never read by the whitening
-  source = pipeline.SubsetSource(open_split(config, 'train'),
-                                 splits.remaining_ids(2000, held)[:48])
-  features, _ = evaluator.features(result.state.params, source, 'attention_pool')
-  mean, matrix = whitening_lib.whitening(features)
+  assert config.classifier.representation == 'attention_pool'
+  mean, matrix = whitening_lib.whitening(_first_features(config, result.state.params, 48))
   head = result.state.params['head']
   np.testing.assert_allclose(head['feature_mean'], mean, rtol=1e-5, atol=1e-6)
   metric = np.asarray(head['whitening']) @ np.asarray(head['whitening']).T
@@ -108,15 +115,9 @@ def test_low_label_finetune_trains_the_backbone_and_resumes_exactly(reference, t
   assert second.evaluation['eval/top1'] == whole.evaluation['eval/top1']
   # The standardisation is the pretrained features' (the first 48 training
   # images outside the held-out ones, evaluation views), unchanged by training.
-  trainer = assembly.Trainer(config, num_classes=10)
-  evaluator = Evaluator(config, trainer.task, trainer.mesh, 10)
-  held = assembly.build_source(config).held_out.ids
-  source = pipeline.SubsetSource(open_split(config, 'train'),
-                                 splits.remaining_ids(2000, held)[:48])
   start = dict(whole.state.params, backbone={
       k: v for k, v in reference[2].state.params['model'].items() if k != 'decoder'})
-  mean, matrix = whitening_lib.per_feature(
-      evaluator.features(start, source, config.classifier.representation)[0])
+  mean, matrix = whitening_lib.per_feature(_first_features(config, start, 48))
   for head in (whole.state.params['head'], second.state.params['head']):
     np.testing.assert_allclose(head['feature_mean'], mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(head['whitening'], matrix, rtol=1e-5)

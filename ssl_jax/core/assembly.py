@@ -292,9 +292,9 @@ def initial_state(trainer: Trainer, abstract: Any, init_from: InitCheckpoint | N
 
 
 def fit_whitening(config, task, evaluator: Evaluator, state: Any) -> Any:
-  """`state` with a linear probe's whitening fitted to the frozen features
-  of the first `classifier.whiten_examples` images of data.split outside its
-  held-out part (eval-mode views; labels unused, so a label fraction sees
+  """`state` with the head's whitening fitted to the starting backbone's
+  features of the first `classifier.whiten_examples` images of data.split
+  outside its held-out part (eval-mode views; labels unused, so a label fraction sees
   the same statistics)."""
   c = config.classifier
   split = open_split(config, config.data.split)
@@ -327,8 +327,8 @@ class Run:
     return self.trainer.task.method
 
   def new_state(self, abstract: Any | None = None, *, whiten: bool = True) -> Any:
-    """A fresh run's initial state (initialised, the backbone restored, a
-    linear probe's whitening fitted unless whiten=False), in its shardings;
+    """A fresh run's initial state (initialised, the backbone restored, the
+    head's whitening fitted unless whiten=False), in its shardings;
     closes the init checkpoint."""
     abstract = self.trainer.abstract_state() if abstract is None else abstract
     state = initial_state(self.trainer, abstract, self.init_from)

@@ -65,8 +65,9 @@ class ClassifierHead(nn.Module):
 
   whiten=True: the features are first mapped to (x - feature_mean) @
   whitening, two parameters that start as the identity map and are meant to
-  be set once from the frozen features' statistics (ssl_jax.tasks.whitening)
-  and then kept frozen. An invertible linear map followed by a linear
+  be set once from the starting backbone's feature statistics
+  (ssl_jax.tasks.whitening) and then kept frozen, also while a fine-tune
+  trains the backbone. An invertible linear map followed by a linear
   classifier is still a linear classifier of x: whitening only preconditions
   the optimisation.
   """

@@ -150,7 +150,7 @@ class Classification:
 
   def param_labels(self, params: Any) -> Any:
     head = jax.tree.map(lambda _: 'train', params['head'])
-    if self.whiten:  # set once from the frozen features (`with_whitening`)
+    if self.whiten:  # set once from the starting features (`with_whitening`)
       head.update(feature_mean='frozen', whitening='frozen')
     return {'backbone': label_params(self.backbone, params['backbone'],
                                      'frozen' if self.mode == 'linear' else 'train'),
@@ -158,7 +158,7 @@ class Classification:
 
   def with_whitening(self, params: Any, features: np.ndarray) -> Any:
     """`params` with the head's whitening fitted to `features` [n, D] of the
-    frozen backbone (each leaf keeps the sharding of the one it replaces)."""
+    starting backbone (each leaf keeps the sharding of the one it replaces)."""
     mean, matrix = whitening_lib.fit(features, self.whiten_kind)
     head = dict(params['head'])
     for name, value in (('feature_mean', mean), ('whitening', matrix)):

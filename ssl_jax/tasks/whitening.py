@@ -1,4 +1,6 @@
-"""The whitening a linear probe fits once to its frozen features."""
+"""The whitening a classifier head fits once to its backbone's features: a
+linear probe's to the frozen features, a fine-tune's (per feature only) to
+the starting backbone's."""
 
 from __future__ import annotations
 
