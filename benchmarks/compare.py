@@ -51,12 +51,18 @@ all 4000 test images, read once after every choice):
   10-shot ridge  closed-form ridge on 10 labels per class of the training
                features, on the probe's chosen representation (mean of the
                monitors' 3 draws)
-References, over the same seeds: random init (the ViT of MAE's and
-RandSAC's tiny encoder, 4 blocks 64 wide, as each seed initialises it:
-probed the same way and fine-tuned from scratch on 10% of the labels), raw
-pixels (32x32x3, the probes only), and the upper one, the same ViT
-trained from scratch on all the labels (configs/finetune.py:mae_tiny_scratch,
-its own 1000 steps of 64).
+References, over the same seeds, for the two network families of the
+table (REFERENCE_NETWORKS): the ViT of MAE's and RandSAC's tiny encoder (4
+blocks 64 wide) and the patch network of Selfie's and DV2's (read as
+Selfie reads it, 'image_res4'). Each one's random init, as each seed
+initialises it, probed the same way and fine-tuned from scratch on 10% of
+the labels (configs/finetune.py:mae_tiny_scratch, selfie_tiny_scratch:
+the recipes of the rows' fine-tunes), and its upper reference: the same
+network trained from scratch on all the labels, its recipe's own 1000
+steps. Without the patch network's, the fine-tune column would credit
+Selfie's and DV2's pretraining with what their network does alone: on
+this dataset it fits the 10% labels from scratch. And raw pixels (32x32x3,
+the probes only).
 
 Beside each row: parameters (pretraining, decoder and heads included),
 ms/step and FLOPs per step (the compiled step timed back to back in one
@@ -83,7 +89,9 @@ measurement.
 Units of the full run: 24 pretrainings that choose the lrs (8 methods x 3,
 and one or two more for a method whose best is at an edge) and 16 more
 seeds; 40 layer sweeps on all the labels, 24 on 10%, 32 one-representation
-curve probes, 24 fine-tunes; the references' 3 seeds.
+curve probes, 24 fine-tunes; the references' 3 seeds of each network
+(random init's layer sweeps and fine-tune, the upper reference) and of
+the pixels.
 On 2 CPU cores that is about 13 hours, estimated from each method's
 measured tiny run (one pretraining of every method about 100 minutes, five
 such sets, iGPT's two nearly half of each; the evaluations about 4 hours);
@@ -126,7 +134,10 @@ TEST_SPLIT = 'test'  # all 4000 test images (the tiny configs read 1000)
 PROTOCOL = {'curve_points': CURVE_POINTS, 'finetune_images': FINETUNE_IMAGES,
             'label_fraction': LABEL_FRACTION, 'ridge_shots': RIDGE_SHOTS,
             'test_split': TEST_SPLIT}
-REFERENCE_NETWORK = 'mae'  # the ViT of the reference rows (MAE's tiny encoder)
+# The networks of the reference rows: (ledger and directory name, the
+# table's name, the ENTRIES key whose tiny network and recipes it uses).
+REFERENCE_NETWORKS = (('vit', "ViT (MAE's tiny encoder)", 'mae'),
+                      ('patch_network', "patch network (Selfie's tiny)", 'selfie'))
 PIXELS_SIZE = 32
 # Further lrs tried past an edge of the --lrs grid, each way, while the
 # best is at that edge (run_entry).
@@ -436,42 +447,65 @@ def run_entry(entry: Entry, root: str, s: Setting, lrs: tuple[float, ...],
           'keys': keys + [f'{entry.key}/lr{best:g}/seed{seed}' for seed in range(seeds)]}
 
 
-def _reference_spec() -> dict[str, Any]:
-  return {'network': REFERENCE_NETWORK, 'pixels': PIXELS_SIZE, 'protocol': PROTOCOL}
+def _reference_spec(key: str) -> dict[str, Any]:
+  """What a reference unit was measured with: its network's method, or the
+  pixels' size."""
+  if key == 'pixels':
+    return {'pixels': PIXELS_SIZE, 'protocol': PROTOCOL}
+  method = next(m for k, _, m in REFERENCE_NETWORKS if k == key)
+  return {'network': method, 'protocol': PROTOCOL}
+
+
+def _reference_specs() -> dict[str, dict[str, Any]]:
+  return {f'references/{k}/': _reference_spec(k)
+          for k in [n for n, _, _ in REFERENCE_NETWORKS] + ['pixels']}
 
 
 def run_references(root: str, s: Setting, seeds: int, ledger: Ledger) -> dict[str, Any]:
-  """Random init of the reference ViT, raw pixels, and the ViT trained from
-  scratch on all the labels (each seed from the ledger or measured into it)."""
-  vit = next(e for e in ENTRIES if e.method == REFERENCE_NETWORK)
+  """Per REFERENCE_NETWORKS network and seed, its random init (probed, and
+  fine-tuned from scratch on 10% of the labels) and its training from
+  scratch on all the labels; raw pixels' probes per seed. Each unit
+  (references/NETWORK/seedS, references/pixels/seedS) from the ledger or
+  measured into it."""
 
-  def measure(seed: int) -> dict[str, Any]:
-    config = pretrain_config(vit, 1e-3, seed, s)
-    workdir = os.path.join(root, 'references', f'seed{seed}')
-    random = evaluations(vit, config, seed, None, os.path.join(workdir, 'random'), s)
-    pixels = []
+  def network(method: str, seed: int, workdir: str) -> dict[str, Any]:
+    entry = next(e for e in ENTRIES if e.key == method)
+    config = pretrain_config(entry, 1e-3, seed, s)  # its network; nothing pretrains
+    random = evaluations(entry, config, seed, None, os.path.join(workdir, 'random'), s)
+    # The upper reference keeps its recipe's own length (1000 steps).
+    tune = finetune_config(entry, config, seed, None, s, 1.0, images=None)
+    return {'random': random,
+            'supervised': fine_tuned(tune, os.path.join(workdir, 'supervised'))}
+
+  def pixels(seed: int, workdir: str) -> dict[str, Any]:
+    rows = []
     for fraction, name in ((1.0, 'probe100'), (LABEL_FRACTION, 'probe10')):
       c = linear_probe.get_config('pixels_tiny')
       c.data.image_size = PIXELS_SIZE
       c.seed = seed
       c.data.label_fraction = fraction
       c.feature_probe.update(dict(train_examples=None, ridge_shots=RIDGE_SHOTS))
-      pixels.append(chosen(sweep(s.on_data(c, probe=True),
-                                 os.path.join(workdir, 'pixels', name))))
-    # The upper reference keeps its recipe's own length (1000 steps of 64).
-    tune = finetune_config(vit, config, seed, None, s, 1.0, images=None)
-    return {'random': random,
-            'pixels': {'probe100': pixels[0]['top1'], 'knn': pixels[0]['knn_top1'],
-                       'ridge10': pixels[0].get('ridge_10shot_top1'),
-                       'probe10': pixels[1]['top1'], 'representation': 'pixels'},
-            'supervised': fine_tuned(tune, os.path.join(workdir, 'supervised'))}
+      rows.append(chosen(sweep(s.on_data(c, probe=True), os.path.join(workdir, name))))
+    return {'probe100': rows[0]['top1'], 'knn': rows[0]['knn_top1'],
+            'ridge10': rows[0].get('ridge_10shot_top1'), 'probe10': rows[1]['top1'],
+            'representation': 'pixels'}
 
-  got = [ledger.measured(f'references/seed{seed}', _reference_spec(),
-                         lambda seed=seed: measure(seed))
-         for seed in range(seeds)]
-  return {'random': [g['random'] for g in got], 'pixels': [g['pixels'] for g in got],
-          'supervised': [g['supervised'] for g in got],
-          'keys': [f'references/seed{seed}' for seed in range(seeds)]}
+  def unit(key: str, seed: int, measure) -> dict[str, Any]:
+    workdir = os.path.join(root, 'references', key, f'seed{seed}')
+    return ledger.measured(f'references/{key}/seed{seed}', _reference_spec(key),
+                           lambda: measure(seed, workdir))
+
+  out = {'networks': {}, 'keys': []}
+  for key, name, method in REFERENCE_NETWORKS:
+    got = [unit(key, seed, lambda seed, workdir, m=method: network(m, seed, workdir))
+           for seed in range(seeds)]
+    out['networks'][key] = {'name': name, 'method': method,
+                            'random': [g['random'] for g in got],
+                            'supervised': [g['supervised'] for g in got]}
+  out['pixels'] = [unit('pixels', seed, pixels) for seed in range(seeds)]
+  out['keys'] = [f'references/{k}/seed{seed}' for k in list(out['networks']) + ['pixels']
+                 for seed in range(seeds)]
+  return out
 
 
 def cost(entry: Entry, lr: float, s: Setting, timing_steps: int) -> dict[str, float]:
@@ -542,12 +576,12 @@ def table(results: dict[str, Any]) -> str:
         + [', '.join(f'{k} x{n}' for k, n in sorted(reps.items()))]) + ' |')
   refs = results.get('references')
   if refs:
-    for name, rows in (('random init (reference ViT)', refs['random']),
-                       (f'raw pixels ({PIXELS_SIZE}x{PIXELS_SIZE}x3)', refs['pixels'])):
+    rows_of = [(f'random init: {n["name"]}', n['random']) for n in refs['networks'].values()]
+    rows_of.append((f'raw pixels ({PIXELS_SIZE}x{PIXELS_SIZE}x3)', refs['pixels']))
+    for name, rows in rows_of:
       lines.append('| ' + ' | '.join(
           [name, '-', '-', '-', '-', '-'] + [_spread([s.get(k) for s in rows]) for k in keys]
-          + [rows[0]['representation'] if name.startswith('raw') else
-             ', '.join(sorted({s['representation'] for s in rows}))]) + ' |')
+          + [', '.join(sorted({s['representation'] for s in rows}))]) + ' |')
   text = '\n'.join(lines)
   if sweeps:
     text += ('\n\nHeld-out top-1 % of the seed-0 probe by pretraining lr (what chose it): '
@@ -555,9 +589,16 @@ def table(results: dict[str, Any]) -> str:
              'method whose best is there (at most two rates each way); an lr marked '
              '"top/bottom of the grid" is still at the edge after that.')
   if refs:
-    text += (f'\n\nUpper reference: the reference ViT trained from scratch on all the labels '
-             f'but the 1000 held out (configs/finetune.py:mae_tiny_scratch): '
-             f'{_spread(refs["supervised"])} test top-1.')
+    text += ('\n\nUpper references, each network trained from scratch on all the labels '
+             'but the 1000 held out (configs/finetune.py:METHOD_tiny_scratch, its own 1000 '
+             'steps), test top-1: ' + '; '.join(
+                 f'{n["name"]} ({n["method"]}_tiny_scratch) {_spread(n["supervised"])}'
+                 for n in refs['networks'].values())
+             + '. A random-init row\'s fine-tune 10% is its network\'s recipe on the 10% '
+             'labels from scratch: read a method\'s fine-tune against its own network '
+             'family\'s (the ViT for PatchFormer, RandSAC, the multi-task ViT and MAE; '
+             'the patch network for Selfie and DV2; none here for iGPT\'s pixel '
+             'transformer).')
   return text
 
 
@@ -585,8 +626,9 @@ def plot(results: dict[str, Any], path: str, data: str) -> None:
             'o-', label=entry.name)
   refs = results.get('references')
   if refs:
-    for rows, name, style in ((refs['random'], 'random init', ':'),
-                              (refs['pixels'], 'raw pixels', '--')):
+    lines = [(n['random'], f'random init, {n["name"]}', style)
+             for n, style in zip(refs['networks'].values(), (':', '-.'))]
+    for rows, name, style in lines + [(refs['pixels'], 'raw pixels', '--')]:
       ax.axhline(100 * sum(s['probe100'] for s in rows) / len(rows), color='grey',
                  linestyle=style, label=name)
   ax.set_xlabel('pretraining minutes on this machine (steps x measured ms/step)')
@@ -649,7 +691,7 @@ def script():
     results = {}
     try:
       ledger.check({**{f'{e.key}/': _spec(e) for e in ENTRIES},  # before anything runs
-                    'references/': _reference_spec()})
+                    **_reference_specs()})
       for entry in ENTRIES:
         if entry.key in picked:
           results[entry.key] = run_entry(entry, root, s, lrs, seeds.value, ledger)

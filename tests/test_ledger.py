@@ -267,6 +267,68 @@ def test_compare_records_a_diverged_fine_tune_and_a_seed_0_rerun_that_diverged(
   assert os.path.getsize(tmp_path / 'compare.png') > 0
 
 
+def test_compare_references_each_network_family_from_scratch_and_resume_per_unit(
+    tmp_path, monkeypatch):
+  """Random init and the supervised upper reference of both network
+  families (the ViT, and Selfie's and DV2's patch network, whose
+  from-scratch fine-tune the table must show beside theirs), raw pixels,
+  each seed a ledger unit of its own that a rerun reads back."""
+  from benchmarks import compare
+  calls = []
+
+  def fake_evaluations(entry, config, seed, init, workdir, s):
+    calls.append(('random', entry.key, seed, init, os.path.relpath(workdir, tmp_path)))
+    v = {'mae': 0.2, 'selfie': 0.3}[entry.key] + seed / 100
+    return {'knn': v, 'probe100': v, 'probe10': v, 'finetune10': 3 * v, 'ridge10': v,
+            'representation': f'{entry.key} features'}
+
+  def fake_fine_tuned(config, workdir):
+    calls.append(('supervised', config.data.label_fraction, config.total_steps,
+                  config.init.workdir, os.path.relpath(workdir, tmp_path)))
+    return 0.9 if 'patch_network' in workdir else 0.8
+
+  def fake_sweep(config, workdir):
+    calls.append(('pixels', config.data.label_fraction, os.path.relpath(workdir, tmp_path)))
+    return [{'chosen': True, 'top1': 0.25, 'knn_top1': 0.2, 'ridge_10shot_top1': 0.15}]
+
+  monkeypatch.setattr(compare, 'evaluations', fake_evaluations)
+  monkeypatch.setattr(compare, 'fine_tuned', fake_fine_tuned)
+  monkeypatch.setattr(compare, 'sweep', fake_sweep)
+  setting = compare.Setting(images=640, quick=False, data_dir=None)
+  path = str(tmp_path / 'compare.json')
+  got = compare.run_references(str(tmp_path), setting, 2, Ledger(path, {'c': 1}))
+  assert [c[:4] for c in calls if c[0] == 'random'] == [
+      ('random', 'mae', 0, None), ('random', 'mae', 1, None),
+      ('random', 'selfie', 0, None), ('random', 'selfie', 1, None)]
+  # The upper references: all the labels, from scratch, their recipes' own 1000 steps.
+  assert [c[1:] for c in calls if c[0] == 'supervised'] == [
+      (1.0, 1000, None, f'references/{net}/seed{seed}/supervised')
+      for net in ('vit', 'patch_network') for seed in (0, 1)]
+  assert [c[1] for c in calls if c[0] == 'pixels'] == [1.0, 0.1, 1.0, 0.1]
+  assert got['keys'] == [f'references/{k}/seed{s}' for k in ('vit', 'patch_network', 'pixels')
+                         for s in (0, 1)]
+  assert got['networks']['patch_network']['supervised'] == [0.9, 0.9]
+  assert got['networks']['vit']['random'][1]['probe100'] == pytest.approx(0.21)
+
+  # A rerun measures only the unit it lacks.
+  ledger = Ledger(path, {'c': 1})
+  del ledger.entries['references/patch_network/seed1']
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump({'entries': ledger.entries, 'setting': {'c': 1}}, f)
+  calls.clear()
+  again = compare.run_references(str(tmp_path), setting, 2, Ledger(path, {'c': 1}))
+  assert [c[:3] for c in calls] == [('random', 'selfie', 1), ('supervised', 1.0, 1000)]
+  assert again['networks'] == got['networks']
+
+  table = compare.table({'references': got})
+  assert "| random init: patch network (Selfie's tiny) | - | - | - | - | - | 30.5 ± 0.7 (n=2) | 30.5" in table
+  assert "| random init: ViT (MAE's tiny encoder) | - |" in table
+  assert '| raw pixels (32x32x3) | - | - | - | - | - | 20.0 ± 0.0' in table
+  assert "patch network (Selfie's tiny) (selfie_tiny_scratch) 90.0 ± 0.0" in table
+  compare.plot({'references': got}, str(tmp_path / 'compare.png'), 'data')
+  assert os.path.getsize(tmp_path / 'compare.png') > 0
+
+
 def test_compare_fine_tunes_every_method_for_the_same_images_on_every_test_image():
   from benchmarks import compare
   setting = compare.Setting(images=64_000, quick=False, data_dir=None)
