@@ -229,12 +229,12 @@ def finetune_config(variant: str) -> ml_collections.ConfigDict:
   cosine). tiny and tiny_scratch (random initialisation: the no-pretrain
   row of Table 2) share one short recipe: 1000 steps of batch 32 at lr 1e-2
   on whole images with flips, 10% of the labels, a LeCun-normal classifier
-  on the features standardised one by one
+  on the features standardised one by one (tiny_scratch: the raw features)
   (configs/common.py:patch_network_finetune_config says how it was chosen)."""
   scratch = variant == 'tiny_scratch'
   p = get_config('tiny' if scratch else variant or None)
   c = common.patch_network_finetune_config(p, variant in ('tiny', 'tiny_scratch'),
-                                           'double_view')
+                                           'double_view', scratch=scratch)
   if variant not in ('tiny', 'tiny_scratch'):
     _labelled(c)
   return c

@@ -109,7 +109,8 @@ lr 1e-4, batch 32, 5k steps (250 warmup, cosine), a linear classifier on
 compares 'image_view' and 'patch_view' too). STL-10 reads the 5k labelled
 images, 10% of them held out (4.1). The tiny variants share one short
 recipe (1000 steps at lr 1e-2, 10% of the labels, a LeCun-normal head on
-the features standardised one by one: configs/common.py says why):
+the features standardised one by one, from scratch on the raw ones:
+configs/common.py says why):
 
   python main.py --config=configs/finetune.py:dv2_tiny \
       --config.init.workdir=workdirs/dv2_tiny --workdir=workdirs/dv2_tiny_ft10

@@ -183,9 +183,9 @@ def finetune_config(variant: str) -> ml_collections.ConfigDict:
   initialisation) share one short recipe: 1000 steps of batch 32 at lr
   1e-2 on whole images with flips, 10% of the labels, a LeCun-normal
   classifier (a zero one sends a random backbone no gradient at first) on
-  the features standardised one by one
+  the features standardised one by one (tiny_scratch: the raw features)
   (configs/common.py:patch_network_finetune_config says how it was chosen)."""
   scratch = variant == 'tiny_scratch'
   p = get_config('tiny' if scratch else variant or None)
   return common.patch_network_finetune_config(p, variant.endswith('tiny') or scratch,
-                                              'image_res4')
+                                              'image_res4', scratch=scratch)

@@ -30,6 +30,21 @@ def test_paper_values():
           c.patchformer.target.label_noise) == (2, 8, 0.01)
 
 
+def test_patch_networks_standardise_a_pretrained_backbones_features_not_a_random_ones():
+  # Statistics fitted to a random network go stale as soon as it trains
+  # (configs/common.py:patch_network_finetune_config): from scratch, the
+  # tiny recipe reads the raw features; everything else is the same recipe.
+  from configs import finetune
+  for method in ('selfie', 'dv2'):
+    tuned, scratch = (finetune.get_config(f'{method}_{v}') for v in ('tiny', 'tiny_scratch'))
+    assert (tuned.classifier.whiten, tuned.classifier.whiten_kind) == (True, 'per_feature')
+    assert scratch.classifier.whiten is False and scratch.init.workdir is None
+    for c in (tuned, scratch):
+      c.classifier.whiten = None
+      c.init.workdir = None
+    assert tuned.to_dict() == scratch.to_dict(), method
+
+
 @pytest.mark.parametrize('key,value,message', [
     ('patchformer.mask_ratio', 1.5, 'config.patchformer.mask_ratio=1.5 is not allowed: must be a number in (0, 1)'),
     ('patchformer.mask_ratio', 0.0, 'patchformer.mask_ratio=0.0'),
