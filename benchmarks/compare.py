@@ -51,18 +51,23 @@ all 4000 test images, read once after every choice):
   10-shot ridge  closed-form ridge on 10 labels per class of the training
                features, on the probe's chosen representation (mean of the
                monitors' 3 draws)
-References, over the same seeds, for the two network families of the
-table (REFERENCE_NETWORKS): the ViT of MAE's and RandSAC's tiny encoder (4
-blocks 64 wide) and the patch network of Selfie's and DV2's (read as
-Selfie reads it, 'image_res4'). Each one's random init, as each seed
-initialises it, probed the same way and fine-tuned from scratch on 10% of
-the labels (configs/finetune.py:mae_tiny_scratch, selfie_tiny_scratch:
-the recipes of the rows' fine-tunes), and its upper reference: the same
-network trained from scratch on all the labels, its recipe's own 1000
-steps. Without the patch network's, the fine-tune column would credit
-Selfie's and DV2's pretraining with what their network does alone: on
-this dataset it fits the 10% labels from scratch. And raw pixels (32x32x3,
-the probes only).
+References, over the same seeds, for every network of the table
+(REFERENCE_NETWORKS): PatchFormer's; the ViT of MAE's tiny encoder (4
+blocks 64 wide, 4x4 patches at 32x32), which RandSAC's and the multi-task
+ViT's tiny networks share (their readouts and recipes differ: the ViT's
+reference runs MAE's); iGPT's transformer (AR's causal one, BERT's too,
+whose attention is not causal: one network fewer to run); Selfie's and
+DV2's patch networks (DV2's has a fourth stack and an exchange layer, and
+reads 'double_view'). Each one's random init, as each seed initialises it,
+probed the same way and fine-tuned from scratch on 10% of the labels
+(configs/finetune.py:METHOD_tiny_scratch: its method's own recipe, from
+random weights; Selfie's and DV2's read the raw features there), and its
+upper reference: the same network trained from scratch on all the labels,
+the recipe's own length. A method's probes and fine-tune are to be read
+against its own network's random init: on this dataset Selfie's and DV2's
+networks fit the 10% labels from scratch (99.8% and 99.7% held-out
+top-1), so a single reference network would credit their pretraining with
+what their network does alone. And raw pixels (32x32x3, the probes only).
 
 Beside each row: parameters (pretraining, decoder and heads included),
 ms/step and FLOPs per step (the compiled step timed back to back in one
@@ -89,9 +94,9 @@ measurement.
 Units of the full run: 24 pretrainings that choose the lrs (8 methods x 3,
 and one or two more for a method whose best is at an edge) and 16 more
 seeds; 40 layer sweeps on all the labels, 24 on 10%, 32 one-representation
-curve probes, 24 fine-tunes; the references' 3 seeds of each network
-(random init's layer sweeps and fine-tune, the upper reference) and of
-the pixels.
+curve probes, 24 fine-tunes; the references' 3 seeds of each of the 5
+networks (random init's two layer sweeps and fine-tune, the upper
+reference) and of the pixels.
 On 2 CPU cores that is about 13 hours, estimated from each method's
 measured tiny run (one pretraining of every method about 100 minutes, five
 such sets, iGPT's two nearly half of each; the evaluations about 4 hours);
@@ -134,10 +139,6 @@ TEST_SPLIT = 'test'  # all 4000 test images (the tiny configs read 1000)
 PROTOCOL = {'curve_points': CURVE_POINTS, 'finetune_images': FINETUNE_IMAGES,
             'label_fraction': LABEL_FRACTION, 'ridge_shots': RIDGE_SHOTS,
             'test_split': TEST_SPLIT}
-# The networks of the reference rows: (ledger and directory name, the
-# table's name, the ENTRIES key whose tiny network and recipes it uses).
-REFERENCE_NETWORKS = (('vit', "ViT (MAE's tiny encoder)", 'mae'),
-                      ('patch_network', "patch network (Selfie's tiny)", 'selfie'))
 PIXELS_SIZE = 32
 # Further lrs tried past an edge of the --lrs grid, each way, while the
 # best is at that edge (run_entry).
@@ -161,6 +162,25 @@ ENTRIES = (
     Entry('DV2', 'dv2', 'tiny', 'dv2'),
     Entry('multi-task ViT', 'multitask_vit', 'tiny', 'multitask_vit'),
     Entry('MAE', 'mae', 'tiny', 'mae'),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+  key: str                  # its ledger and directory name
+  name: str                 # the table's
+  method: str               # the ENTRIES key whose tiny network and recipes it runs
+  rows: tuple[str, ...]     # the ENTRIES keys whose network it is
+
+
+# The networks of the reference rows, one per distinct tiny network.
+REFERENCE_NETWORKS = (
+    Reference('patchformer', "PatchFormer's network", 'patchformer', ('patchformer',)),
+    Reference('vit', "ViT (MAE's tiny encoder)", 'mae', ('randsac', 'multitask_vit', 'mae')),
+    Reference('igpt', "iGPT's transformer (causal, as AR's)", 'igpt_ar',
+              ('igpt_ar', 'igpt_bert')),
+    Reference('selfie', "Selfie's patch network", 'selfie', ('selfie',)),
+    Reference('dv2', "DV2's patch network", 'dv2', ('dv2',)),
 )
 
 
@@ -215,6 +235,9 @@ def probe_config(entry: Entry, pretrain, seed: int, init: str | None, s: Setting
                  fraction: float = 1.0):
   c = linear_probe.get_config(f'{entry.method}_tiny')
   _backbone(c, pretrain)
+  if init is None:  # a random network: what its method prepares (iGPT's palette)
+    # comes from the pretraining's data, as the _tiny_scratch fine-tunes'.
+    c.backbone.data.update({k: pretrain.data.get(k) for k in ('name', 'split', 'data_dir')})
   c.data.image_size = pretrain.data.image_size
   c.seed, c.init.workdir = seed, init
   c.data.label_fraction = fraction
@@ -228,7 +251,8 @@ def finetune_config(entry: Entry, pretrain, seed: int, init: str | None, s: Sett
   its steps set for `images` images seen (its own batch, lr and schedule;
   warmup scaled alike); images=None keeps the recipe's own length."""
   c = finetune.get_config(f'{entry.method}_tiny' if init else f'{entry.method}_tiny_scratch')
-  _backbone(c, pretrain)
+  if init:  # from scratch, the recipe's own network (iGPT's: token_init 'palette')
+    _backbone(c, pretrain)
   c.data.image_size = pretrain.data.image_size
   c.seed, c.init.workdir, c.data.label_fraction = seed, init, fraction
   if images is not None:
@@ -448,17 +472,21 @@ def run_entry(entry: Entry, root: str, s: Setting, lrs: tuple[float, ...],
 
 
 def _reference_spec(key: str) -> dict[str, Any]:
-  """What a reference unit was measured with: its network's method, or the
-  pixels' size."""
+  """What a reference unit was measured with: its network's method and
+  variant, or the pixels' size."""
   if key == 'pixels':
     return {'pixels': PIXELS_SIZE, 'protocol': PROTOCOL}
-  method = next(m for k, _, m in REFERENCE_NETWORKS if k == key)
-  return {'network': method, 'protocol': PROTOCOL}
+  entry = _entry(next(r for r in REFERENCE_NETWORKS if r.key == key).method)
+  return {'network': entry.method, 'variant': entry.variant, 'protocol': PROTOCOL}
 
 
 def _reference_specs() -> dict[str, dict[str, Any]]:
   return {f'references/{k}/': _reference_spec(k)
-          for k in [n for n, _, _ in REFERENCE_NETWORKS] + ['pixels']}
+          for k in [r.key for r in REFERENCE_NETWORKS] + ['pixels']}
+
+
+def _entry(key: str) -> Entry:
+  return next(e for e in ENTRIES if e.key == key)
 
 
 def run_references(root: str, s: Setting, seeds: int, ledger: Ledger) -> dict[str, Any]:
@@ -469,10 +497,10 @@ def run_references(root: str, s: Setting, seeds: int, ledger: Ledger) -> dict[st
   measured into it."""
 
   def network(method: str, seed: int, workdir: str) -> dict[str, Any]:
-    entry = next(e for e in ENTRIES if e.key == method)
+    entry = _entry(method)
     config = pretrain_config(entry, 1e-3, seed, s)  # its network; nothing pretrains
     random = evaluations(entry, config, seed, None, os.path.join(workdir, 'random'), s)
-    # The upper reference keeps its recipe's own length (1000 steps).
+    # The upper reference keeps its recipe's own length.
     tune = finetune_config(entry, config, seed, None, s, 1.0, images=None)
     return {'random': random,
             'supervised': fine_tuned(tune, os.path.join(workdir, 'supervised'))}
@@ -496,12 +524,13 @@ def run_references(root: str, s: Setting, seeds: int, ledger: Ledger) -> dict[st
                            lambda: measure(seed, workdir))
 
   out = {'networks': {}, 'keys': []}
-  for key, name, method in REFERENCE_NETWORKS:
-    got = [unit(key, seed, lambda seed, workdir, m=method: network(m, seed, workdir))
+  for ref in REFERENCE_NETWORKS:
+    got = [unit(ref.key, seed, lambda seed, workdir, m=ref.method: network(m, seed, workdir))
            for seed in range(seeds)]
-    out['networks'][key] = {'name': name, 'method': method,
-                            'random': [g['random'] for g in got],
-                            'supervised': [g['supervised'] for g in got]}
+    out['networks'][ref.key] = {
+        'name': ref.name, 'method': _entry(ref.method).method,
+        'rows': [_entry(k).name for k in ref.rows],
+        'random': [g['random'] for g in got], 'supervised': [g['supervised'] for g in got]}
   out['pixels'] = [unit('pixels', seed, pixels) for seed in range(seeds)]
   out['keys'] = [f'references/{k}/seed{seed}' for k in list(out['networks']) + ['pixels']
                  for seed in range(seeds)]
@@ -576,7 +605,8 @@ def table(results: dict[str, Any]) -> str:
         + [', '.join(f'{k} x{n}' for k, n in sorted(reps.items()))]) + ' |')
   refs = results.get('references')
   if refs:
-    rows_of = [(f'random init: {n["name"]}', n['random']) for n in refs['networks'].values()]
+    rows_of = [(f'random init: {n["name"]} (for {", ".join(n["rows"])})', n['random'])
+               for n in refs['networks'].values()]
     rows_of.append((f'raw pixels ({PIXELS_SIZE}x{PIXELS_SIZE}x3)', refs['pixels']))
     for name, rows in rows_of:
       lines.append('| ' + ' | '.join(
@@ -590,15 +620,13 @@ def table(results: dict[str, Any]) -> str:
              '"top/bottom of the grid" is still at the edge after that.')
   if refs:
     text += ('\n\nUpper references, each network trained from scratch on all the labels '
-             'but the 1000 held out (configs/finetune.py:METHOD_tiny_scratch, its own 1000 '
-             'steps), test top-1: ' + '; '.join(
+             'but the held-out ones (configs/finetune.py:METHOD_tiny_scratch, its own '
+             'length), test top-1: ' + '; '.join(
                  f'{n["name"]} ({n["method"]}_tiny_scratch) {_spread(n["supervised"])}'
                  for n in refs['networks'].values())
-             + '. A random-init row\'s fine-tune 10% is its network\'s recipe on the 10% '
-             'labels from scratch: read a method\'s fine-tune against its own network '
-             'family\'s (the ViT for PatchFormer, RandSAC, the multi-task ViT and MAE; '
-             'the patch network for Selfie and DV2; none here for iGPT\'s pixel '
-             'transformer).')
+             + '. A random-init row\'s fine-tune 10% is its method\'s fine-tune from '
+             'random weights: read each method\'s probes and fine-tune against the row of '
+             'its own network.')
   return text
 
 
@@ -626,11 +654,12 @@ def plot(results: dict[str, Any], path: str, data: str) -> None:
             'o-', label=entry.name)
   refs = results.get('references')
   if refs:
-    lines = [(n['random'], f'random init, {n["name"]}', style)
-             for n, style in zip(refs['networks'].values(), (':', '-.'))]
+    styles = [':', '-.', (0, (1, 4)), (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+    lines = [(n['random'], f'random init, {n["name"]}', styles[k % len(styles)])
+             for k, n in enumerate(refs['networks'].values())]
     for rows, name, style in lines + [(refs['pixels'], 'raw pixels', '--')]:
       ax.axhline(100 * sum(s['probe100'] for s in rows) / len(rows), color='grey',
-                 linestyle=style, label=name)
+                 linestyle=style, linewidth=1, label=name)
   ax.set_xlabel('pretraining minutes on this machine (steps x measured ms/step)')
   ax.set_ylabel('linear probe top-1 (%), seed 0')
   ax.set_title(f'Linear probe against pretraining time ({data})')

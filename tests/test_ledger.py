@@ -267,25 +267,29 @@ def test_compare_records_a_diverged_fine_tune_and_a_seed_0_rerun_that_diverged(
   assert os.path.getsize(tmp_path / 'compare.png') > 0
 
 
-def test_compare_references_each_network_family_from_scratch_and_resume_per_unit(
+def test_compare_references_every_network_from_scratch_and_resumes_per_unit(
     tmp_path, monkeypatch):
-  """Random init and the supervised upper reference of both network
-  families (the ViT, and Selfie's and DV2's patch network, whose
-  from-scratch fine-tune the table must show beside theirs), raw pixels,
-  each seed a ledger unit of its own that a rerun reads back."""
+  """Random init and the supervised upper reference of every distinct
+  network of the table (a method's gain is read against its own network's:
+  Selfie's and DV2's fit the 10% labels from scratch), raw pixels, each
+  network and seed a ledger unit of its own that a rerun reads back."""
   from benchmarks import compare
+  from ssl_jax.core import validation
+  from ssl_jax.methods.igpt import palette
   calls = []
+  value = {'patchformer': 0.1, 'mae': 0.2, 'igpt_ar': 0.15, 'selfie': 0.3, 'dv2': 0.4}
 
   def fake_evaluations(entry, config, seed, init, workdir, s):
     calls.append(('random', entry.key, seed, init, os.path.relpath(workdir, tmp_path)))
-    v = {'mae': 0.2, 'selfie': 0.3}[entry.key] + seed / 100
-    return {'knn': v, 'probe100': v, 'probe10': v, 'finetune10': 3 * v, 'ridge10': v,
+    v = value[entry.key] + seed / 100
+    return {'knn': v, 'probe100': v, 'probe10': v, 'finetune10': 2 * v, 'ridge10': v,
             'representation': f'{entry.key} features'}
 
   def fake_fine_tuned(config, workdir):
-    calls.append(('supervised', config.data.label_fraction, config.total_steps,
-                  config.init.workdir, os.path.relpath(workdir, tmp_path)))
-    return 0.9 if 'patch_network' in workdir else 0.8
+    calls.append(('supervised', config.data.label_fraction, config.init.workdir,
+                  os.path.relpath(workdir, tmp_path)))
+    return 0.5 + value[workdir.split(os.sep)[-3].replace('vit', 'mae').replace(
+        'igpt', 'igpt_ar')]
 
   def fake_sweep(config, workdir):
     calls.append(('pixels', config.data.label_fraction, os.path.relpath(workdir, tmp_path)))
@@ -297,34 +301,67 @@ def test_compare_references_each_network_family_from_scratch_and_resume_per_unit
   setting = compare.Setting(images=640, quick=False, data_dir=None)
   path = str(tmp_path / 'compare.json')
   got = compare.run_references(str(tmp_path), setting, 2, Ledger(path, {'c': 1}))
-  assert [c[:4] for c in calls if c[0] == 'random'] == [
-      ('random', 'mae', 0, None), ('random', 'mae', 1, None),
-      ('random', 'selfie', 0, None), ('random', 'selfie', 1, None)]
-  # The upper references: all the labels, from scratch, their recipes' own 1000 steps.
-  assert [c[1:] for c in calls if c[0] == 'supervised'] == [
-      (1.0, 1000, None, f'references/{net}/seed{seed}/supervised')
-      for net in ('vit', 'patch_network') for seed in (0, 1)]
-  assert [c[1] for c in calls if c[0] == 'pixels'] == [1.0, 0.1, 1.0, 0.1]
-  assert got['keys'] == [f'references/{k}/seed{s}' for k in ('vit', 'patch_network', 'pixels')
+  nets = [('patchformer', 'patchformer'), ('vit', 'mae'), ('igpt', 'igpt_ar'),
+          ('selfie', 'selfie'), ('dv2', 'dv2')]
+  assert [c for c in calls if c[0] == 'random'] == [
+      ('random', method, seed, None, f'references/{key}/seed{seed}/random')
+      for key, method in nets for seed in (0, 1)]
+  # The upper references: all the labels, from scratch.
+  assert [c for c in calls if c[0] == 'supervised'] == [
+      ('supervised', 1.0, None, f'references/{key}/seed{seed}/supervised')
+      for key, _ in nets for seed in (0, 1)]
+  assert [c for c in calls if c[0] == 'pixels'] == [
+      ('pixels', fraction, f'references/pixels/seed{seed}/{name}')
+      for seed in (0, 1) for fraction, name in ((1.0, 'probe100'), (0.1, 'probe10'))]
+  assert got['keys'] == [f'references/{k}/seed{s}' for k in [k for k, _ in nets] + ['pixels']
                          for s in (0, 1)]
-  assert got['networks']['patch_network']['supervised'] == [0.9, 0.9]
+  assert got['networks']['selfie']['supervised'] == pytest.approx([0.8, 0.8])
   assert got['networks']['vit']['random'][1]['probe100'] == pytest.approx(0.21)
+  assert got['networks']['vit']['rows'] == ['RandSAC', 'multi-task ViT', 'MAE']
+
+  # Each network's from-scratch fine-tunes are its method's _tiny_scratch
+  # recipe from random weights (Selfie's and DV2's on the raw features).
+  for key, method in nets:
+    entry = next(e for e in compare.ENTRIES if e.key == method)
+    config = compare.pretrain_config(entry, 1e-3, 0, setting)
+    tenth = compare.finetune_config(entry, config, 0, None, setting, 0.1)
+    upper = compare.finetune_config(entry, config, 0, None, setting, 1.0, images=None)
+    for tune in (tenth, upper):
+      assert tune.init.workdir is None, key
+      if method in ('selfie', 'dv2'):
+        assert tune.classifier.whiten is False, key
+    assert tenth.total_steps * tenth.batch_size == compare.FINETUNE_IMAGES, key
+    assert upper.data.label_fraction == 1.0, key
+    probe = compare.probe_config(entry, config, 0, None, setting)
+    validation.validate(probe, 1, 1)
+    if method == 'igpt_ar':  # the recipe's own network, not the pretraining's
+      assert tenth.backbone.igpt.model.token_init == 'palette'
+      # The random network's probe reads the palette its fine-tune fits.
+      assert palette.resolve_path(probe.backbone) == palette.resolve_path(tenth.backbone)
 
   # A rerun measures only the unit it lacks.
   ledger = Ledger(path, {'c': 1})
-  del ledger.entries['references/patch_network/seed1']
+  del ledger.entries['references/selfie/seed1']
   with open(path, 'w', encoding='utf-8') as f:
     json.dump({'entries': ledger.entries, 'setting': {'c': 1}}, f)
   calls.clear()
   again = compare.run_references(str(tmp_path), setting, 2, Ledger(path, {'c': 1}))
-  assert [c[:3] for c in calls] == [('random', 'selfie', 1), ('supervised', 1.0, 1000)]
+  assert [c[:3] for c in calls] == [('random', 'selfie', 1), ('supervised', 1.0, None)]
   assert again['networks'] == got['networks']
+  # A unit measured for another network is refused before anything runs.
+  ledger = Ledger(path, {'c': 1})
+  ledger.entries['references/dv2/seed0']['spec']['network'] = 'selfie'
+  with pytest.raises(LedgerError, match='references/dv2/seed0'):
+    ledger.check(compare._reference_specs())
 
   table = compare.table({'references': got})
-  assert "| random init: patch network (Selfie's tiny) | - | - | - | - | - | 30.5 ± 0.7 (n=2) | 30.5" in table
-  assert "| random init: ViT (MAE's tiny encoder) | - |" in table
-  assert '| raw pixels (32x32x3) | - | - | - | - | - | 20.0 ± 0.0' in table
-  assert "patch network (Selfie's tiny) (selfie_tiny_scratch) 90.0 ± 0.0" in table
+  assert ("| random init: Selfie's patch network (for Selfie) | - | - | - | - | - | "
+          '30.5 ± 0.7 (n=2) | 30.5 ± 0.7 (n=2) | 30.5 ± 0.7 (n=2) | 61.0 ± 1.4 (n=2) | '
+          "30.5 ± 0.7 (n=2) | selfie features |") in table
+  assert ("| random init: ViT (MAE's tiny encoder) (for RandSAC, multi-task ViT, MAE) | - |"
+          in table)
+  assert '| raw pixels (32x32x3) | - | - | - | - | - | 20.0 ± 0.0 (n=2) | 25.0' in table
+  assert "DV2's patch network (dv2_tiny_scratch) 90.0 ± 0.0 (n=2)" in table
   compare.plot({'references': got}, str(tmp_path / 'compare.png'), 'data')
   assert os.path.getsize(tmp_path / 'compare.png') > 0
 
