@@ -523,7 +523,7 @@ def run_references(root: str, s: Setting, seeds: int, ledger: Ledger) -> dict[st
     return ledger.measured(f'references/{key}/seed{seed}', _reference_spec(key),
                            lambda: measure(seed, workdir))
 
-  out = {'networks': {}, 'keys': []}
+  out = {'networks': {}}
   for ref in REFERENCE_NETWORKS:
     got = [unit(ref.key, seed, lambda seed, workdir, m=ref.method: network(m, seed, workdir))
            for seed in range(seeds)]

@@ -277,6 +277,9 @@ def test_compare_references_every_network_from_scratch_and_resumes_per_unit(
   from ssl_jax.core import validation
   from ssl_jax.methods.igpt import palette
   calls = []
+  # Each reference network's key and the ENTRIES key whose network it runs.
+  nets = {'patchformer': 'patchformer', 'vit': 'mae', 'igpt': 'igpt_ar', 'selfie': 'selfie',
+          'dv2': 'dv2'}
   value = {'patchformer': 0.1, 'mae': 0.2, 'igpt_ar': 0.15, 'selfie': 0.3, 'dv2': 0.4}
 
   def fake_evaluations(entry, config, seed, init, workdir, s):
@@ -288,8 +291,7 @@ def test_compare_references_every_network_from_scratch_and_resumes_per_unit(
   def fake_fine_tuned(config, workdir):
     calls.append(('supervised', config.data.label_fraction, config.init.workdir,
                   os.path.relpath(workdir, tmp_path)))
-    return 0.5 + value[workdir.split(os.sep)[-3].replace('vit', 'mae').replace(
-        'igpt', 'igpt_ar')]
+    return 0.5 + value[nets[workdir.split(os.sep)[-3]]]  # .../NETWORK/seedS/supervised
 
   def fake_sweep(config, workdir):
     calls.append(('pixels', config.data.label_fraction, os.path.relpath(workdir, tmp_path)))
@@ -301,28 +303,25 @@ def test_compare_references_every_network_from_scratch_and_resumes_per_unit(
   setting = compare.Setting(images=640, quick=False, data_dir=None)
   path = str(tmp_path / 'compare.json')
   got = compare.run_references(str(tmp_path), setting, 2, Ledger(path, {'c': 1}))
-  nets = [('patchformer', 'patchformer'), ('vit', 'mae'), ('igpt', 'igpt_ar'),
-          ('selfie', 'selfie'), ('dv2', 'dv2')]
   assert [c for c in calls if c[0] == 'random'] == [
       ('random', method, seed, None, f'references/{key}/seed{seed}/random')
-      for key, method in nets for seed in (0, 1)]
+      for key, method in nets.items() for seed in (0, 1)]
   # The upper references: all the labels, from scratch.
   assert [c for c in calls if c[0] == 'supervised'] == [
       ('supervised', 1.0, None, f'references/{key}/seed{seed}/supervised')
-      for key, _ in nets for seed in (0, 1)]
+      for key in nets for seed in (0, 1)]
   assert [c for c in calls if c[0] == 'pixels'] == [
       ('pixels', fraction, f'references/pixels/seed{seed}/{name}')
       for seed in (0, 1) for fraction, name in ((1.0, 'probe100'), (0.1, 'probe10'))]
-  assert got['keys'] == [f'references/{k}/seed{s}' for k in [k for k, _ in nets] + ['pixels']
-                         for s in (0, 1)]
+  assert got['keys'] == [f'references/{k}/seed{s}' for k in [*nets, 'pixels'] for s in (0, 1)]
   assert got['networks']['selfie']['supervised'] == pytest.approx([0.8, 0.8])
   assert got['networks']['vit']['random'][1]['probe100'] == pytest.approx(0.21)
   assert got['networks']['vit']['rows'] == ['RandSAC', 'multi-task ViT', 'MAE']
 
   # Each network's from-scratch fine-tunes are its method's _tiny_scratch
   # recipe from random weights (Selfie's and DV2's on the raw features).
-  for key, method in nets:
-    entry = next(e for e in compare.ENTRIES if e.key == method)
+  for key, method in nets.items():
+    entry = compare._entry(method)
     config = compare.pretrain_config(entry, 1e-3, 0, setting)
     tenth = compare.finetune_config(entry, config, 0, None, setting, 0.1)
     upper = compare.finetune_config(entry, config, 0, None, setting, 1.0, images=None)
