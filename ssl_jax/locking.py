@@ -20,7 +20,8 @@ Protocol (in `DIR/.lock/`):
    every `timeout / 4` seconds. If another live claim is 'held', this attempt
    deletes its claim and is refused (`Busy`, naming the holder). If the others
    are only 'pending' (two attempts racing), it deletes its claim, backs off
-   for a random time and tries again.
+   for a random time and tries again. A claim that cannot be parsed counts as
+   'pending' until its file is `timeout` seconds old.
    Two attempts cannot both hold: each lists after writing its own claim, so
    whichever lists second sees the other's claim.
 3. `release()` stops the heartbeat and deletes the claim (and, on a local
@@ -192,8 +193,28 @@ def _read(path: str) -> str | None:
     if _is_local(path):
       with open(path) as f:
         return f.read()
+    # Read in chunks until the end, never `GFile.read()`: with no length it
+    # sizes the read by a second look-up of the name, and a claim rewritten
+    # between the open and that look-up (pending -> held is 3 bytes shorter)
+    # is then read cut short.
+    chunks = []
     with _gfile().GFile(path, 'r') as f:
-      return f.read()
+      while chunk := f.read(1 << 16):
+        chunks.append(chunk)
+    return ''.join(chunks)
+  except _storage_errors() as e:
+    if _not_found(e):
+      return None
+    raise
+
+
+def _mtime(path: str) -> float | None:
+  """When the file was last written (seconds since the epoch); None if it
+  does not exist."""
+  try:
+    if _is_local(path):
+      return os.stat(path).st_mtime
+    return _gfile().stat(path).mtime_nanos / 1e9
   except _storage_errors() as e:
     if _not_found(e):
       return None
@@ -314,8 +335,20 @@ class Lease:
         out.append(Claim(path, str(d['host']), int(d['pid']), float(d['started']),
                          float(d['heartbeat']), str(d['state']), str(d.get('command', '')),
                          str(d.get('machine', ''))))
-      except (ValueError, KeyError, TypeError):  # not a claim of ours: a stale one
-        logging.warning('ignoring unreadable lock claim %s', path)
+      except (ValueError, KeyError, TypeError):
+        # A torn read or a file that is not a claim of ours. Ignoring it could
+        # let two attempts hold at once, so it counts as a live contender
+        # ('pending': the reader backs off) until its file is `timeout`
+        # seconds old; then it is stale and taken over like any other.
+        try:
+          changed = _mtime(path)
+        except _storage_errors():
+          changed = time.time()
+        if changed is None:  # released between listing and reading
+          continue
+        logging.warning('cannot parse lock claim %s: counted as a contender until it is '
+                        '%g s old', path, self.timeout)
+        out.append(Claim(path, '?', 0, changed, changed, 'pending'))
     return out
 
   def busy_message(self, holder: Claim) -> str:

@@ -172,6 +172,53 @@ def test_racing_holders_never_overlap(tmp_path, root):
   assert max(overlaps) == 1
 
 
+def test_a_claim_read_while_rewritten_on_a_bucket_is_read_whole():
+  """On ram:// (and gs://) `GFile.read()` sizes its read by a second look-up
+  of the name: a claim rewritten in between ('pending' -> 'held', shorter)
+  came back cut short, was ignored as unreadable, and two racers held at
+  once. `_read` reads to the end instead."""
+  path = f'ram://bucket{time.time_ns()}/w/{locking.LOCK_DIR}/workdir.1.claim'
+  texts = [json.dumps({'state': state, 'heartbeat': time.time()})
+           for state in ('pending', 'held')]
+  locking._write(path, texts[0])
+  stop = threading.Event()
+
+  def rewrite():
+    i = 0
+    while not stop.is_set():
+      i += 1
+      locking._write(path, texts[i % 2])
+
+  writer = threading.Thread(target=rewrite)
+  writer.start()
+  try:
+    read = [locking._read(path) for _ in range(5000)]
+  finally:
+    stop.set()
+    writer.join()
+  assert set(read) <= set(texts), [t for t in read if t not in texts][:3]
+
+
+def test_a_claim_that_cannot_be_parsed_holds_off_others_until_it_is_stale(
+    tmp_path, monkeypatch, caplog):
+  """Never ignored as if absent (that let two attempts hold at once): it is
+  a contender until its file is `timeout` seconds old, then taken over."""
+  monkeypatch.setattr(locking, '_ATTEMPTS', 2)
+  lock_dir = tmp_path / locking.LOCK_DIR
+  lock_dir.mkdir()
+  torn = lock_dir / 'workdir.0-torn.claim'
+  torn.write_text('{"host": "vm", "pid": 12')
+  with pytest.raises(locking.Busy):
+    locking.Lease(str(tmp_path), timeout=30).acquire()
+  assert claims(tmp_path) == [torn.name]  # the refused attempt left nothing
+  old = time.time() - 31
+  os.utime(torn, (old, old))
+  with caplog.at_level('WARNING'):
+    with locking.Lease(str(tmp_path), timeout=30):
+      assert not torn.exists()
+  assert 'taking over' in caplog.text
+
+
 def test_refused_on_a_bucket_names_the_holder():
   directory = f'ram://bucket{time.time_ns()}/w'
   with locking.Lease(directory, timeout=30):
