@@ -103,6 +103,8 @@ class Claim:
   machine: str = ''   # this boot of this machine's pid namespace (see _machine)
 
   def describe(self) -> str:
+    if self.host == '?':  # counted as a contender without being read (see _claims)
+      return f'a claim that cannot be read, {self.path}'
     start = time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(self.started))
     return f'host {self.host}, pid {self.pid}, started {start}'
 

@@ -208,7 +208,7 @@ def test_a_claim_that_cannot_be_parsed_holds_off_others_until_it_is_stale(
   lock_dir.mkdir()
   torn = lock_dir / 'workdir.0-torn.claim'
   torn.write_text('{"host": "vm", "pid": 12')
-  with pytest.raises(locking.Busy):
+  with pytest.raises(locking.Busy, match=f'a claim that cannot be read, {torn}'):
     locking.Lease(str(tmp_path), timeout=30).acquire()
   assert claims(tmp_path) == [torn.name]  # the refused attempt left nothing
   old = time.time() - 31
