@@ -96,11 +96,12 @@ and one or two more for a method whose best is at an edge) and 16 more
 seeds; 40 layer sweeps on all the labels, 24 on 10%, 32 one-representation
 curve probes, 24 fine-tunes; the references' 3 seeds of each of the 5
 networks (random init's two layer sweeps and fine-tune, the upper
-reference) and of the pixels.
-On 2 CPU cores that is about 13 hours, estimated from each method's
-measured tiny run (one pretraining of every method about 100 minutes, five
-such sets, iGPT's two nearly half of each; the evaluations about 4 hours);
-the README's comparison section states the measured time once it has run.
+reference) and one run of the pixels' probes.
+On 2 CPU cores the methods' units are about 13 hours, estimated from each
+method's measured tiny run (one pretraining of every method about 100
+minutes, five such sets, iGPT's two nearly half of each; the evaluations
+about 4 hours), and the references come on top; the README's comparison
+section states the measured time once it has run.
 
   python benchmarks/compare.py --workdir=/tmp/ssl_jax_compare
 """
@@ -516,7 +517,7 @@ def run_references(root: str, s: Setting, seeds: int, ledger: Ledger) -> dict[st
       rows.append(chosen(sweep(s.on_data(c, probe=True), os.path.join(workdir, name))))
     return {'probe100': rows[0]['top1'], 'knn': rows[0]['knn_top1'],
             'ridge10': rows[0].get('ridge_10shot_top1'), 'probe10': rows[1]['top1'],
-            'representation': 'pixels'}
+            'representation': 'pixels', 'representation10': 'pixels'}
 
   def unit(key: str, seed: int, measure) -> dict[str, Any]:
     workdir = os.path.join(root, 'references', key, f'seed{seed}')
@@ -531,9 +532,42 @@ def run_references(root: str, s: Setting, seeds: int, ledger: Ledger) -> dict[st
         'name': ref.name, 'method': _entry(ref.method).method,
         'rows': [_entry(k).name for k in ref.rows],
         'random': [g['random'] for g in got], 'supervised': [g['supervised'] for g in got]}
-  out['pixels'] = [unit('pixels', seed, pixels) for seed in range(seeds)]
-  out['keys'] = [f'references/{k}/seed{seed}' for k in list(out['networks']) + ['pixels']
-                 for seed in range(seeds)]
+  # Raw pixels draw nothing from a seed (fixed features, a probe solved to
+  # convergence, the same subsets): one run, not three equal ones.
+  out['pixels'] = [unit('pixels', 0, pixels)]
+  out['keys'] = [f'references/{k}/seed{seed}' for k in out['networks']
+                 for seed in range(seeds)] + ['references/pixels/seed0']
+  out['differences'] = recipe_differences(s)
+  return out
+
+
+# Keys of a fine-tune config that are not its recipe: the starting weights
+# and network (set from the pretraining), bookkeeping, the --sweep length.
+_NOT_RECIPE = ('init.', 'backbone.', 'checkpoint.', 'log_every', 'sweep.', 'seed')
+
+
+def recipe_differences(s: Setting) -> dict[str, dict[str, dict[str, list]]]:
+  """{network: {row: {key: [the row's fine-tune, from scratch]}}}: where
+  each row's fine-tune from its pretrained weights (METHOD_tiny) and its
+  network's from random weights (REF_tiny_scratch) differ, beyond the
+  weights they start from."""
+  from ssl_jax.config import checks
+
+  def recipe(entry: Entry, init: str | None) -> dict[str, Any]:
+    c = finetune_config(entry, pretrain_config(entry, 1e-3, 0, s), 0, init, s, LABEL_FRACTION)
+    flat = checks.flatten(c.to_dict())
+    flat = {**{k: v for k, v in checks.ADDED_KEYS.items() if k.split('.')[0] in c}, **flat}
+    return {k: v for k, v in flat.items() if not k.startswith(_NOT_RECIPE)}
+
+  out = {}
+  for ref in REFERENCE_NETWORKS:
+    scratch = recipe(_entry(ref.method), None)
+    out[ref.key] = {}
+    for key in ref.rows:
+      tuned = recipe(_entry(key), '/pretrained')
+      out[ref.key][_entry(key).name] = {
+          k: [tuned.get(k), scratch.get(k)] for k in sorted(set(tuned) | set(scratch))
+          if tuned.get(k) != scratch.get(k)}
   return out
 
 
@@ -550,7 +584,8 @@ def cost(entry: Entry, lr: float, s: Setting, timing_steps: int) -> dict[str, fl
   dt, flops, _ = time_compiled_step(config, timing_steps)
   abstract = assembly.assemble(config, data=False).trainer.abstract_state()
   params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
-  return {'params': params, 'seconds_per_step': dt, 'flops_per_step': flops or float('nan')}
+  # None when XLA gives no count (the table shows '-'; JSON has no NaN).
+  return {'params': params, 'seconds_per_step': dt, 'flops_per_step': flops or None}
 
 
 # -- the table and the plot ------------------------------------------------------------
@@ -561,6 +596,8 @@ def _spread(values: list[float | None]) -> str:
   values = [v for v in values if v is not None]
   if not values:
     return '-'
+  if len(values) == 1:  # no spread to show: not '± 0.0'
+    return f'{100 * values[0]:.1f} (n=1)'
   return seeds_lib.format_spread(seeds_lib.spread(values), percent=True)
 
 
@@ -569,7 +606,7 @@ def table(results: dict[str, Any]) -> str:
   keys = ['knn', 'probe100', 'probe10', 'finetune10', 'ridge10']
   head = (['method', 'lr (chosen)', 'parameters', 'ms/step', 'pretraining min',
            'pretraining TFLOPs'] + [f'{c} top-1 %' for c in cols]
-          + ['probe 100%: representation, l2 (x seeds)'])
+          + ['probe 100%: representation, l2 (x seeds)', 'probe 10%: representation, l2'])
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   sweeps = []
   for entry in ENTRIES:
@@ -585,33 +622,40 @@ def table(results: dict[str, Any]) -> str:
       continue
     c = r['cost']
     minutes = r['steps'] * c['seconds_per_step'] / 60
-    tflops = r['steps'] * c['flops_per_step'] / 1e12
-    reps = {}
+    tflops = ('-' if c['flops_per_step'] is None
+              else f'{r["steps"] * c["flops_per_step"] / 1e12:.1f}')
+    reps, reps10 = {}, {}
     diverged = 0
     for s in r['seeds']:
       if 'diverged' in s:
         diverged += 1
-      else:
-        chosen_as = f'{s["representation"]}, {s["l2"]:g}'
-        reps[chosen_as] = reps.get(chosen_as, 0) + 1
+        continue
+      for got, rep, l2 in ((reps, 'representation', 'l2'),
+                           (reps10, 'representation10', 'l2_10')):
+        if rep in s:
+          chosen_as = f'{s[rep]}, {s[l2]:g}'
+          got[chosen_as] = got.get(chosen_as, 0) + 1
     notes = [edge] if (edge := _grid_edge(r['lr'], r['held_out_by_lr'])) else []
     if diverged:
       notes.append(f'{diverged} of {len(r["seeds"])} seeds diverged')
     lr = f'{r["lr"]:g}' + (f' ({"; ".join(notes)})' if notes else '')
     lines.append('| ' + ' | '.join(
         [entry.name, lr, f'{c["params"] / 1e6:.2f}M',
-         f'{1e3 * c["seconds_per_step"]:.0f}', f'{minutes:.1f}', f'{tflops:.1f}']
+         f'{1e3 * c["seconds_per_step"]:.0f}', f'{minutes:.1f}', tflops]
         + [_spread([s.get(k) for s in r['seeds']]) for k in keys]
-        + [', '.join(f'{k} x{n}' for k, n in sorted(reps.items()))]) + ' |')
+        + [', '.join(f'{k} x{n}' for k, n in sorted(got.items()))
+           for got in (reps, reps10)]) + ' |')
   refs = results.get('references')
   if refs:
     rows_of = [(f'random init: {n["name"]} (for {", ".join(n["rows"])})', n['random'])
                for n in refs['networks'].values()]
-    rows_of.append((f'raw pixels ({PIXELS_SIZE}x{PIXELS_SIZE}x3)', refs['pixels']))
+    rows_of.append((f'raw pixels ({PIXELS_SIZE}x{PIXELS_SIZE}x3; one run, nothing in it '
+                    'is drawn from a seed)', refs['pixels']))
     for name, rows in rows_of:
       lines.append('| ' + ' | '.join(
           [name, '-', '-', '-', '-', '-'] + [_spread([s.get(k) for s in rows]) for k in keys]
-          + [', '.join(sorted({s['representation'] for s in rows}))]) + ' |')
+          + [', '.join(sorted({s[k] for s in rows}))
+             for k in ('representation', 'representation10')]) + ' |')
   text = '\n'.join(lines)
   if sweeps:
     text += ('\n\nHeld-out top-1 % of the seed-0 probe by pretraining lr (what chose it): '
@@ -624,10 +668,28 @@ def table(results: dict[str, Any]) -> str:
              'length), test top-1: ' + '; '.join(
                  f'{n["name"]} ({n["method"]}_tiny_scratch) {_spread(n["supervised"])}'
                  for n in refs['networks'].values())
-             + '. A random-init row\'s fine-tune 10% is its method\'s fine-tune from '
-             'random weights: read each method\'s probes and fine-tune against the row of '
-             'its own network.')
+             + '. Read each method\'s probes and fine-tune against the random-init row of '
+             'its own network. That row\'s fine-tune 10% is the same recipe from random '
+             'weights (configs/finetune.py:METHOD_tiny_scratch), '
+             + _differences_text(refs.get('differences', {})) + '.')
   return text
+
+
+def _differences_text(differences: dict[str, dict[str, dict[str, list]]]) -> str:
+  """Where each row's fine-tune recipe and its network's from scratch
+  differ, in words."""
+  same, parts = [], []
+  for rows in differences.values():
+    for row, diff in rows.items():
+      if not diff:
+        same.append(row)
+      else:
+        parts.append(f'{row}\'s ' + ', '.join(f'{k} {a} (from scratch: {b})'
+                                               for k, (a, b) in diff.items()))
+  if not parts:
+    return 'for every row'
+  return (f'for {", ".join(same)}; the others\' own differ in ' if same
+          else 'except that the rows\' own differ in ') + '; '.join(parts)
 
 
 def _grid_edge(lr: float, held_out_by_lr: dict[str, float | None]) -> str | None:
@@ -644,7 +706,7 @@ def plot(results: dict[str, Any], path: str, data: str) -> None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+  fig, ax = plt.subplots(figsize=(10, 4.5), dpi=120)
   for entry in ENTRIES:
     r = results.get(entry.key)
     if r is None or r['lr'] is None:
@@ -661,10 +723,11 @@ def plot(results: dict[str, Any], path: str, data: str) -> None:
       ax.axhline(100 * sum(s['probe100'] for s in rows) / len(rows), color='grey',
                  linestyle=style, linewidth=1, label=name)
   ax.set_xlabel('pretraining minutes on this machine (steps x measured ms/step)')
-  ax.set_ylabel('linear probe top-1 (%), seed 0')
-  ax.set_title(f'Linear probe against pretraining time ({data})')
+  ax.set_ylabel('linear probe top-1 (%)')
+  ax.set_title(f'Linear probe against pretraining time ({data}): each method\'s seed-0 '
+               'run; references (grey) their mean', fontsize=9)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, loc='lower right')
+  ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5))  # beside the curves
   fig.tight_layout()
   tmp = f'{path}.tmp{os.getpid()}.png'
   fig.savefig(tmp)
@@ -738,8 +801,9 @@ def script():
         f'\nMeasured by: {p}' for p in ledger.producers(
             k for r in results.values() for k in r['keys']))
     title = (f'Every method on {s.data}, {s.images // (8 if s.quick else 1)} images seen each; '
-             f'mean ± std over {seeds.value} seeds; lr chosen from {", ".join(map(str, lrs))} '
-             f'on held-out images; {time.perf_counter() - t0:.0f} s in this invocation')
+             f'mean ± std over {seeds.value} seeds; lr chosen on held-out images from '
+             f'{", ".join(map(str, lrs))}, extended past an edge where the best was there '
+             f'(below); {time.perf_counter() - t0:.0f} s in this invocation')
     with open(os.path.join(root, 'compare.md'), 'w', encoding='utf-8') as f:
       f.write(f'{title}\n\n{text}\n')
     plot(results, os.path.join(root, 'compare.png'), s.data)

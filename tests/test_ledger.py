@@ -133,7 +133,7 @@ def test_compare_chooses_the_lr_on_held_out_and_evaluates_only_the_chosen_one(
 
   def fake_low_label(entry, config, seed, init, workdir, s):
     low.append((lr_of(workdir), seed))
-    return {'probe10': 0.2, 'finetune10': 0.3}
+    return {'probe10': 0.2, 'finetune10': 0.3, 'representation10': 'layer_2', 'l2_10': 1e-3}
 
   def fake_curve(entry, config, workdir, representation, final_top1, s):
     curves.append(lr_of(workdir))
@@ -177,6 +177,8 @@ def test_compare_chooses_the_lr_on_held_out_and_evaluates_only_the_chosen_one(
   table = compare.table(results)
   assert f'| {entry.name} | 0.003 (1 of 3 seeds diverged) | 1.00M | 500 | 0.1 |' in table
   assert '| 30.0 ± 0.0 (n=2) |' in table  # the diverged seed is left out of the spread
+  # What each probe chose (and how many seeds chose it), the 100% one and the 10% one.
+  assert '| tokens, 0.0001 x2 | layer_2, 0.001 x2 |' in table
   assert f'| {compare.ENTRIES[1].name} | every lr diverged |' in table
   assert f'{entry.name} 0.0003 40.0, 0.001 50.0, 0.003 60.0, 0.01 diverged' in table
   # Chosen at the grid's edge: the table says so.
@@ -261,7 +263,11 @@ def test_compare_records_a_diverged_fine_tune_and_a_seed_0_rerun_that_diverged(
   table = compare.table({compare.ENTRIES[0].key: {**got, 'cost': {
       'params': 1e6, 'seconds_per_step': 0.5, 'flops_per_step': 2e9}}})
   assert '| 0.001 (1 of 2 seeds diverged) |' in table
-  assert '| - | 10.0 ± 0.0 (n=1) | tokens, 0.0001 x1 |' in table  # fine-tune: diverged
+  assert '| - | 10.0 (n=1) | tokens, 0.0001 x1 |' in table  # fine-tune: diverged
+  # No FLOP count from XLA: '-', not 'nan'.
+  table = compare.table({compare.ENTRIES[0].key: {**got, 'cost': {
+      'params': 1e6, 'seconds_per_step': 0.5, 'flops_per_step': None}}})
+  assert '| 1.00M | 500 | 0.1 | - |' in table
   compare.plot({compare.ENTRIES[0].key: {**got, 'cost': {'seconds_per_step': 0.5}}},
                str(tmp_path / 'compare.png'), 'data')
   assert os.path.getsize(tmp_path / 'compare.png') > 0
@@ -286,7 +292,8 @@ def test_compare_references_every_network_from_scratch_and_resumes_per_unit(
     calls.append(('random', entry.key, seed, init, os.path.relpath(workdir, tmp_path)))
     v = value[entry.key] + seed / 100
     return {'knn': v, 'probe100': v, 'probe10': v, 'finetune10': 2 * v, 'ridge10': v,
-            'representation': f'{entry.key} features'}
+            'representation': f'{entry.key} features',
+            'representation10': f'{entry.key} features 10%'}
 
   def fake_fine_tuned(config, workdir):
     calls.append(('supervised', config.data.label_fraction, config.init.workdir,
@@ -310,10 +317,20 @@ def test_compare_references_every_network_from_scratch_and_resumes_per_unit(
   assert [c for c in calls if c[0] == 'supervised'] == [
       ('supervised', 1.0, None, f'references/{key}/seed{seed}/supervised')
       for key in nets for seed in (0, 1)]
+  # Raw pixels draw nothing from a seed: one run.
   assert [c for c in calls if c[0] == 'pixels'] == [
-      ('pixels', fraction, f'references/pixels/seed{seed}/{name}')
-      for seed in (0, 1) for fraction, name in ((1.0, 'probe100'), (0.1, 'probe10'))]
-  assert got['keys'] == [f'references/{k}/seed{s}' for k in [*nets, 'pixels'] for s in (0, 1)]
+      ('pixels', fraction, f'references/pixels/seed0/{name}')
+      for fraction, name in ((1.0, 'probe100'), (0.1, 'probe10'))]
+  assert got['keys'] == ([f'references/{k}/seed{s}' for k in nets for s in (0, 1)]
+                         + ['references/pixels/seed0'])
+  # Where each row's fine-tune recipe and its network's from scratch differ.
+  differences = got['differences']
+  assert differences['patchformer'] == {'PatchFormer': {}}
+  assert differences['vit']['MAE'] == {}
+  assert differences['vit']['multi-task ViT'] == {'classifier.representation': ['cls', 'tokens']}
+  assert differences['selfie'] == {'Selfie': {'classifier.whiten': [True, False]}}
+  assert differences['igpt']['iGPT AR']['classifier.generative_weight'] == [1.0, 0.0]
+  assert differences['igpt']['iGPT AR'] == differences['igpt']['iGPT BERT']
   assert got['networks']['selfie']['supervised'] == pytest.approx([0.8, 0.8])
   assert got['networks']['vit']['random'][1]['probe100'] == pytest.approx(0.21)
   assert got['networks']['vit']['rows'] == ['RandSAC', 'multi-task ViT', 'MAE']
@@ -356,10 +373,13 @@ def test_compare_references_every_network_from_scratch_and_resumes_per_unit(
   table = compare.table({'references': got})
   assert ("| random init: Selfie's patch network (for Selfie) | - | - | - | - | - | "
           '30.5 ± 0.7 (n=2) | 30.5 ± 0.7 (n=2) | 30.5 ± 0.7 (n=2) | 61.0 ± 1.4 (n=2) | '
-          "30.5 ± 0.7 (n=2) | selfie features |") in table
+          "30.5 ± 0.7 (n=2) | selfie features | selfie features 10% |") in table
   assert ("| random init: ViT (MAE's tiny encoder) (for RandSAC, multi-task ViT, MAE) | - |"
           in table)
-  assert '| raw pixels (32x32x3) | - | - | - | - | - | 20.0 ± 0.0 (n=2) | 25.0' in table
+  assert ('| raw pixels (32x32x3; one run, nothing in it is drawn from a seed) | - | - | - | - | '
+          '- | 20.0 (n=1) | 25.0 (n=1) |') in table
+  assert ("Selfie's classifier.whiten True (from scratch: False)" in table
+          and 'for PatchFormer, MAE;' in table), table
   assert "DV2's patch network (dv2_tiny_scratch) 90.0 ± 0.0 (n=2)" in table
   compare.plot({'references': got}, str(tmp_path / 'compare.png'), 'data')
   assert os.path.getsize(tmp_path / 'compare.png') > 0
