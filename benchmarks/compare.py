@@ -797,9 +797,10 @@ def script():
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, 'compare.json'), 'w', encoding='utf-8') as f:
       json.dump(results, f, indent=1)
-    text = table(results) + '\n' + ''.join(
-        f'\nMeasured by: {p}' for p in ledger.producers(
-            k for r in results.values() for k in r['keys']))
+    keys = [k for r in results.values() for k in r['keys']]
+    text = (table(results) + '\n' + ''.join(f'\nMeasured by: {p}'
+                                             for p in ledger.producers(keys))
+            + f'\n\nTime: {ledger.time_line(keys)}.')
     title = (f'Every method on {s.data}, {s.images // (8 if s.quick else 1)} images seen each; '
              f'mean ± std over {seeds.value} seeds; lr chosen on held-out images from '
              f'{", ".join(map(str, lrs))}, extended past an edge where the best was there '

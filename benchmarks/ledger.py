@@ -11,7 +11,9 @@ skips every unit already in it and measures only the rest; the table is
 made from the entries.
 
 Each entry records what produced it (ssl_jax.core.provenance: commit,
-requirements.lock, versions, devices, time) and the definition it measured
+requirements.lock, versions, devices, time), how long it took (`seconds`:
+the wall time of the process that finished it, from its last resume, with
+whatever else shared the machine) and the definition it measured
 (`spec`: a row's overrides, a method's config); an entry whose definition no
 longer matches the benchmark's is an error that names it, not a stale number
 in the table. The file also records the benchmark's setting (e.g. the images
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Callable
 
 
@@ -39,7 +42,7 @@ class LedgerError(ValueError):
 
 
 class Ledger:
-  """A JSON file {'setting': ..., 'entries': {key: {'spec', 'value', 'produced_by'}}}."""
+  """A JSON file {'setting': ..., 'entries': {key: {'spec', 'value', 'produced_by', 'seconds'}}}."""
 
   def __init__(self, path: str | None, setting: dict[str, Any]):
     """`path` None keeps the entries in memory only (nothing is written)."""
@@ -78,10 +81,12 @@ class Ledger:
           f'defines it as {spec}: delete that entry (or pass another --ledger) to measure it again')
     return entry['value']
 
-  def put(self, key: str, spec: Any, value: Any) -> None:
+  def put(self, key: str, spec: Any, value: Any, seconds: float | None = None) -> None:
     from ssl_jax.core import provenance  # pylint: disable=g-import-not-at-top
-    self.entries[key] = json.loads(json.dumps(
-        {'spec': spec, 'value': value, 'produced_by': provenance.record()}))
+    entry = {'spec': spec, 'value': value, 'produced_by': provenance.record()}
+    if seconds is not None:
+      entry['seconds'] = round(seconds, 1)
+    self.entries[key] = json.loads(json.dumps(entry))
     if not self.path:
       return
     from ssl_jax import locking  # pylint: disable=g-import-not-at-top
@@ -107,8 +112,9 @@ class Ledger:
       self.entries = {**self.entries, key: stored[key]}
       value = self.get(key, spec)
     if value is None:
+      t0 = time.perf_counter()
       value = measure()
-      self.put(key, spec, value)
+      self.put(key, spec, value, seconds=time.perf_counter() - t0)
       value = self.entries[key]['value']
     return value
 
@@ -120,6 +126,18 @@ class Ledger:
       for prefix, spec in specs.items():
         if key.startswith(prefix):
           self.get(key, spec)
+
+  def time_line(self, keys) -> str:
+    """What the entries `keys` took, in words (entries written before the
+    ledger kept times have none and are counted apart)."""
+    keys = list(keys)
+    timed = [self.entries[k]['seconds'] for k in keys if 'seconds' in self.entries[k]]
+    text = (f'{len(timed)} of its {len(keys)} units took {sum(timed) / 3600:.1f} h in the '
+            'processes that finished them (wall time from their last resume, sharing the '
+            'machine with whatever else ran)')
+    if len(timed) < len(keys):
+      text += f'; {len(keys) - len(timed)} untimed (measured before the ledger kept times)'
+    return text
 
   def producers(self, keys) -> list[str]:
     """One provenance line per distinct commit among the entries `keys`

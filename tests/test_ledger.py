@@ -4,6 +4,7 @@ any machine, and refuses entries of another setting or definition."""
 
 import json
 import os
+import time
 
 import pytest
 
@@ -17,6 +18,7 @@ def test_a_measured_unit_is_read_back_by_a_new_ledger_and_not_measured_again(tmp
 
   def measure():
     calls.append(1)
+    time.sleep(0.2)
     return {'probe': 0.5}
 
   first = Ledger(path, {'quick': False})
@@ -28,6 +30,13 @@ def test_a_measured_unit_is_read_back_by_a_new_ledger_and_not_measured_again(tmp
   with open(path) as f:
     stored = json.load(f)
   assert stored['entries']['row/seed0']['produced_by']['lock']  # what produced it
+  assert 0.2 <= stored['entries']['row/seed0']['seconds'] < 60  # and how long it took
+  # An entry from before the ledger kept times is counted apart.
+  again.entries['row/seed1'] = {k: v for k, v in again.entries['row/seed0'].items()
+                                if k != 'seconds'}
+  line = again.time_line(['row/seed0', 'row/seed1'])
+  assert line.startswith('1 of its 2 units took 0.0 h in the processes'), line
+  assert line.endswith('; 1 untimed (measured before the ledger kept times)'), line
 
 
 def test_processes_sharing_a_ledger_keep_each_others_entries(tmp_path):
