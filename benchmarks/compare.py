@@ -555,8 +555,7 @@ def recipe_differences(s: Setting) -> dict[str, dict[str, dict[str, list]]]:
 
   def recipe(entry: Entry, init: str | None) -> dict[str, Any]:
     c = finetune_config(entry, pretrain_config(entry, 1e-3, 0, s), 0, init, s, LABEL_FRACTION)
-    flat = checks.flatten(c.to_dict())
-    flat = {**{k: v for k, v in checks.ADDED_KEYS.items() if k.split('.')[0] in c}, **flat}
+    flat = checks.flatten(checks.with_added_keys(c.to_dict()))
     return {k: v for k, v in flat.items() if not k.startswith(_NOT_RECIPE)}
 
   out = {}
@@ -596,8 +595,6 @@ def _spread(values: list[float | None]) -> str:
   values = [v for v in values if v is not None]
   if not values:
     return '-'
-  if len(values) == 1:  # no spread to show: not '± 0.0'
-    return f'{100 * values[0]:.1f} (n=1)'
   return seeds_lib.format_spread(seeds_lib.spread(values), percent=True)
 
 

@@ -102,8 +102,14 @@ class Claim:
   command: str = ''
   machine: str = ''   # this boot of this machine's pid namespace (see _machine)
 
+  @classmethod
+  def unread(cls, path: str, written: float) -> 'Claim':
+    """A claim whose contents could not be read, counted as a live 'pending'
+    contender (the reader backs off) with `written` as its heartbeat."""
+    return cls(path, '?', 0, written, written, 'pending')
+
   def describe(self) -> str:
-    if self.host == '?':  # counted as a contender without being read (see _claims)
+    if self.host == '?':  # Claim.unread
       return f'a claim that cannot be read, {self.path}'
     start = time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(self.started))
     return f'host {self.host}, pid {self.pid}, started {start}'
@@ -328,7 +334,7 @@ class Lease:
         text = _read(path)
       except _storage_errors() as e:  # cannot tell: count it as a live contender
         logging.warning('cannot read lock claim %s (%s)', path, _reason(e))
-        out.append(Claim(path, '?', 0, time.time(), time.time(), 'pending'))
+        out.append(Claim.unread(path, time.time()))
         continue
       if text is None:  # released between listing and reading
         continue
@@ -350,7 +356,7 @@ class Lease:
           continue
         logging.warning('cannot parse lock claim %s: counted as a contender until it is '
                         '%g s old', path, self.timeout)
-        out.append(Claim(path, '?', 0, changed, changed, 'pending'))
+        out.append(Claim.unread(path, changed))
     return out
 
   def busy_message(self, holder: Claim) -> str:

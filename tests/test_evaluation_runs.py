@@ -287,3 +287,4 @@ def test_seed_config_fills_the_pretraining_seed_and_spread_is_the_sample_std():
   assert seeds.spread([0.3]) == {'mean': 0.3, 'std': 0.0, 'n': 1}
   assert seeds.format_spread({'mean': 0.3111, 'std': 0.0123, 'n': 3}, True) == (
       '31.1 ± 1.2 (n=3)')
+  assert seeds.format_spread(seeds.spread([0.3111]), True) == '31.1 (n=1)'  # no '± 0.0'

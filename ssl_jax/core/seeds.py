@@ -68,8 +68,11 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def format_spread(s: dict[str, float], percent: bool) -> str:
-  """'31.1 ± 1.2 (n=3)' (percent) or '0.4321 ± 0.0123 (n=3)'."""
+  """'31.1 ± 1.2 (n=3)' (percent) or '0.4321 ± 0.0123 (n=3)'; one value
+  has no spread to show: '31.1 (n=1)', not '± 0.0'."""
   scale, digits = (100.0, 1) if percent else (1.0, 4)
+  if s['n'] == 1:
+    return f'{scale * s["mean"]:.{digits}f} (n=1)'
   return f'{scale * s["mean"]:.{digits}f} ± {scale * s["std"]:.{digits}f} (n={s["n"]})'
 
 
