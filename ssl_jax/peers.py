@@ -20,6 +20,9 @@ others' tail work (a last evaluation, writing tables) is not mistaken for
 a death; one that failed says so with its exit status (`leave(status)`),
 and the others stop at once with the same status instead of waiting for
 it (a bad config on process 0 is status 2 on every process, not a rerun).
+Where process 0's error was shared with the others (`first_on_process_zero`:
+opening the dataset), each of them raises it in its own words instead, so
+every process's last line names the cause.
 Everything written stays consistent: checkpoints are committed
 atomically, and the workdir's claim is taken over by the rerun.
 
@@ -47,6 +50,12 @@ EXIT_TEMPORARY = 75
 _PREFIX = 'ssl_jax/peers'
 ALIGN_TIMEOUT_S = 3600  # a slow peer (compiling a pod-sized step); a dead one: Watch
 _calls: dict[str, int] = {}  # tag -> how many times this process waited on it
+# Set on process 0 once it shared a failure of `first_on_process_zero` with
+# the others: each of them raises that error itself where it waits for it,
+# so their watches leave the ending to it (the user reads process 0's error
+# on every process, not 'process 0 failed'), for at most their timeout.
+_failure_shared = threading.Event()
+_SHARED = ' shared'  # follows the status a failed process publishes in that case
 
 
 def initialize(coordinator_address=None, num_processes=None, process_id=None, *,
@@ -101,6 +110,7 @@ def first_on_process_zero(fn, tag: str, errors: tuple[type[Exception], ...] = ()
       out = fn()
     except Exception as e:
       share(tag, f'{type(e).__name__}\n{e}')
+      _failure_shared.set()
       raise
     share(tag, '')
     return out
@@ -216,8 +226,9 @@ class Watch:
       self._stop.set()
       self._thread.join()
       key = f'{_PREFIX}/done/{self.me}' if status == 0 else f'{_PREFIX}/failed/{self.me}'
+      value = f'{status}{_SHARED if status and _failure_shared.is_set() else ""}'
       try:
-        _client().key_value_set(key, str(status), allow_overwrite=True)
+        _client().key_value_set(key, value, allow_overwrite=True)
       except Exception:  # noqa: BLE001 (the service is gone: nobody is watching)
         pass
 
@@ -254,6 +265,7 @@ class Watch:
     client = _client()
     beat = 0
     seen = {}  # process -> (its last counter, when it last moved)
+    told = {}  # process -> when it was seen failed with an error it shared
     while not self._stop.is_set():
       beat += 1
       now = time.monotonic()
@@ -271,8 +283,11 @@ class Watch:
           continue
         failed = entries.get(f'{_PREFIX}/failed/{p}')
         if failed is not None:
-          self._lost(f'process {p} of {self.count} failed with status {failed} (its log '
-                     'says why)', int(failed))
+          if failed.endswith(_SHARED) and now - told.setdefault(p, now) <= self.timeout_s:
+            continue  # this process's main thread raises that error itself, in its words
+          status = int(failed.removesuffix(_SHARED))
+          self._lost(f'process {p} of {self.count} failed with status {status} (its log '
+                     'says why)', status)
           return
         value = entries.get(f'{_PREFIX}/beat/{p}')
         if p not in seen or seen[p][0] != value:

@@ -74,6 +74,27 @@ def test_a_process_that_failed_ends_the_others_with_its_status():
   assert time.time() - start < 60
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('late_s', [0, 3])
+def test_an_error_process_zero_shared_is_the_last_line_of_the_others(late_s):
+  """Process 0's error inside first_on_process_zero reaches process 1 where
+  it waits for it; process 1's watch, which sees process 0 fail first (at
+  once, or seconds before process 1 reaches the call), leaves the ending
+  to it: the last line is the error itself on both, with the same status."""
+  port = _port()
+  procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', '_peers_shared.py'),
+                             str(port), str(i), str(late_s)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+           for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+  finally:
+    _reap(procs)
+  assert [p.returncode for p in procs] == [2, 2], outs
+  for out in outs:
+    assert out.strip().splitlines()[-1] == 'error: the dataset is not prepared', out[-1000:]
+
+
 class _Lines:
   """A process's output, read as it comes (a thread per process)."""
 
