@@ -221,8 +221,8 @@ def pretrain_config(entry: Entry, lr: float, seed: int, s: Setting):
   c.optimizer.lr = lr
   c.seed = seed
   every = steps // CURVE_POINTS
-  # The curve's checkpoints, with room for the extra ones that preemptions save.
-  c.checkpoint.update(dict(every=every, keep=CURVE_POINTS + 4))
+  # The curve's checkpoints are kept however many extra ones preemptions save.
+  c.checkpoint.update(dict(every=every, keep_period=every))
   c.eval.every = every
   return s.on_data(c, probe=False)
 

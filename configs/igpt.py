@@ -201,7 +201,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       split='validation[:10000]', train_split='train[:50000]', batch_size=512,
       every=50_000, crop_fraction=1.0, monitors=('fewshot', 'knn'), representation='')
   c.log_every = 100
-  c.checkpoint = ml_collections.ConfigDict(dict(every=5000, keep=3))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=5000, keep=3, keep_period=0))
 
   if variant in SIZES or variant == 'l48':
     g.model.update(SIZES['l' if variant == 'l48' else variant])

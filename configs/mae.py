@@ -121,7 +121,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       split='validation[:10000]', train_split='train[:100000]', batch_size=1024,
       every=10_000, crop_fraction=0.875, monitors=('fewshot', 'knn'), representation='cls')
   c.log_every = 100
-  c.checkpoint = ml_collections.ConfigDict(dict(every=2000, keep=3))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=2000, keep=3, keep_period=0))
 
   if variant == 'tiny':
     c.data.update(dict(name='ssl_jax_shapes', image_size=32, min_area=0.35))

@@ -184,7 +184,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       every=10_000, crop_fraction=0.875, monitors=('fewshot', 'knn'),
       representation='contrastive_token')
   c.log_every = 100
-  c.checkpoint = ml_collections.ConfigDict(dict(every=2000, keep=3))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=2000, keep=3, keep_period=0))
 
   if variant == 'cifar10':
     c.data.update(dict(name='cifar10', image_size=32, min_area=0.2))

@@ -153,7 +153,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       representation='attention_pool')
 
   c.log_every = 100
-  c.checkpoint = ml_collections.ConfigDict(dict(every=2000, keep=3))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=2000, keep=3, keep_period=0))
 
   if variant == 'tiny':
     c.total_steps = 1000

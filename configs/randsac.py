@@ -180,7 +180,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       every=10_000, crop_fraction=0.875, monitors=('fewshot', 'knn'),
       representation='encoder')
   c.log_every = 100
-  c.checkpoint = ml_collections.ConfigDict(dict(every=2000, keep=3))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=2000, keep=3, keep_period=0))
 
   cifar = variant.startswith(('cifar10', 'lowdata'))
   if cifar:

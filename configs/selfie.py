@@ -117,7 +117,7 @@ def skeleton(objective: str, *, data: str, split: str, image_size: int
   c.sharding = ml_collections.ConfigDict(dict(
       rule='replicate', fsdp_axis_size=1, fsdp_min_size=2**18))
   c.log_every = 100
-  c.checkpoint = ml_collections.ConfigDict(dict(every=5000, keep=3))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=5000, keep=3, keep_period=0))
   return c
 
 

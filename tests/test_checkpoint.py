@@ -73,6 +73,24 @@ def _round_trip(checkpointer, tmp_path):
     checkpointer.restore_state(3, {'w': jnp.zeros((3, 2)), 'step': jnp.array(0)})
 
 
+def test_keep_period_keeps_its_multiples_beside_the_last_keep(tmp_path):
+  """Steps 3 and 5 are saved off the period (preemptions): the last `keep`
+  and every multiple of `keep_period` stay, the others go."""
+  state = {'w': jnp.arange(3.0)}
+  with ckpt_lib.Checkpointer(str(tmp_path), keep=1, keep_period=2,
+                             asynchronous=False) as checkpointer:
+    for step in (2, 3, 4, 5, 6, 7):
+      checkpointer.save(step, state, {'step': step})
+    checkpointer.wait()
+    assert checkpointer.all_steps() == [2, 4, 6, 7]
+  with ckpt_lib.Checkpointer(str(tmp_path / 'none'), keep=1,
+                             asynchronous=False) as checkpointer:
+    for step in (2, 3, 4):
+      checkpointer.save(step, state, {'step': step})
+    checkpointer.wait()
+    assert checkpointer.all_steps() == [4]
+
+
 def test_checkpoints_from_before_the_method_state_restore(tmp_path):
   """A train state saved without `method_state` (written before the field
   existed) restores into today's TrainState with an empty method state; a

@@ -59,6 +59,7 @@ def test_patch_networks_standardise_a_pretrained_backbones_features_not_a_random
     ('sharding.fsdp_axis_size', 3, 'divides the 8 devices'),
     ('patchformer.augment.max_bits', 1, 'patchformer.augment.max_bits=1'),
     ('total_steps', 0, 'config.total_steps=0 is not allowed: must be an integer > 0'),
+    ('checkpoint.keep_period', -2, 'checkpoint.keep_period=-2 is not allowed: must be an integer >= 0'),
     ('patchformer.model.resnet_norm', 'batch', "resnet_norm='batch' is not allowed: must be one of ('layer', 'none')"),
 ])
 def test_bad_values(key, value, message):

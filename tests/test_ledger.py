@@ -349,6 +349,8 @@ def test_compare_references_every_network_from_scratch_and_resumes_per_unit(
   for key, method in nets.items():
     entry = compare._entry(method)
     config = compare.pretrain_config(entry, 1e-3, 0, setting)
+    # The curve's checkpoints outlive any number of preemption saves.
+    assert config.checkpoint.keep_period == config.checkpoint.every > 0, key
     tenth = compare.finetune_config(entry, config, 0, None, setting, 0.1)
     upper = compare.finetune_config(entry, config, 0, None, setting, 1.0, images=None)
     for tune in (tenth, upper):

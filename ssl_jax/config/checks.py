@@ -98,6 +98,7 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 # Keys that may change when a run resumes: they change neither the state's
 # structure nor the values a step computes.
 RESUMABLE_KEYS = ('total_steps', 'log_every', 'checkpoint.every', 'checkpoint.keep',
+                  'checkpoint.keep_period',
                   'data.data_dir', 'backbone.data.data_dir', 'data.skip_bad_images',
                   'sharding.rule',
                   'sharding.fsdp_axis_size', 'sharding.fsdp_min_size', 'init.workdir',
@@ -123,7 +124,8 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 # reproduces what a config without them did: a checkpoint whose config
 # lacks one resumes when the current value is that one.
 ADDED_KEYS = {'optimizer.name': 'adamw', 'data.held_out_examples': 0,
-              'classifier.whiten_kind': 'full', 'classifier.head_init': 'zeros'}
+              'classifier.whiten_kind': 'full', 'classifier.head_init': 'zeros',
+              'checkpoint.keep_period': 0}
 
 
 def with_added_keys(saved: dict, added: dict | None = None) -> dict:

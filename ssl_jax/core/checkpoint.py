@@ -203,17 +203,22 @@ def _whole_shards_on_the_cpu() -> None:
 
 class Checkpointer:
   """Keeps the last `keep` checkpoints of a run in `<workdir>/<subdir>`
-  (`checkpoints`; `best`: the parameters an early-stopping run selected)."""
+  (`checkpoints`; `best`: the parameters an early-stopping run selected),
+  and every one whose step is a multiple of `keep_period` (when > 0): a
+  run's checkpoints along the way survive however many extra ones its
+  preemptions save."""
 
-  def __init__(self, workdir: str, *, keep: int | None, asynchronous: bool = True,
-               read_only: bool = False, subdir: str = 'checkpoints'):
+  def __init__(self, workdir: str, *, keep: int | None, keep_period: int = 0,
+               asynchronous: bool = True, read_only: bool = False,
+               subdir: str = 'checkpoints'):
     _tidy_orbax_failures()
     _whole_shards_on_the_cpu()
     if '://' not in workdir:  # orbax needs absolute local paths
       workdir = os.path.abspath(workdir)
     self.directory = os.path.join(workdir, subdir)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only,
+        max_to_keep=keep, keep_period=keep_period or None, create=not read_only,
+        read_only=read_only,
         enable_async_checkpointing=asynchronous)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=('state', 'meta'))

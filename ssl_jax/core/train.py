@@ -296,7 +296,8 @@ def _run(config, workdir: str, run_: assembly.Run, lease, preemption: 'Preemptio
          stop_after: int | None, report_at_end: bool = True) -> RunResult:
   """`run` while holding the workdir."""
   trainer, evaluator = run_.trainer, run_.evaluator
-  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
+                                       keep_period=config.checkpoint.keep_period)
   # Early stopping keeps the best held-out evaluation's state apart.
   best_keeper = (ckpt_lib.Checkpointer(workdir, keep=None, subdir='best')
                  if selects_best(config) else contextlib.nullcontext())

@@ -94,6 +94,8 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int,
   positive_int(config, 'log_every')
   positive_int(config, 'checkpoint.every')
   positive_int(config, 'checkpoint.keep')
+  require(config, 'checkpoint.keep_period', lambda v: is_int(v) and v >= 0,
+          'an integer >= 0 (0: none kept beyond checkpoint.keep)')
   validate_eval(config, num_devices, num_processes)
 
 
