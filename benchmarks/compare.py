@@ -83,7 +83,13 @@ stopped; each finished unit (an lr's selection point, a seed's
 evaluations, a reference seed) goes into the ledger,
 benchmarks/results/compare.json by default (benchmarks/ledger.py), so a
 rerun on another machine, or of a later commit, measures only what is
-missing. An entry measured under another protocol (PROTOCOL: the curve's
+missing. Processes sharing the workdir and the ledger (the same command on
+several machines with a common filesystem, or two on one) share the work
+out: each unit is measured under a lease of its own (WORKDIR/units/KEY),
+so none is measured twice; a process that meets a unit another one holds
+measures the units that do not depend on it first, then waits for it and
+reads it from the ledger (and takes over a unit whose holder died).
+An entry measured under another protocol (PROTOCOL: the curve's
 points, the fine-tune's images, the label fraction, the ridge's shots, the
 test split) is refused before anything runs; the methods' configs are not
 compared (the table's foot names every commit that measured it).
@@ -109,13 +115,14 @@ section states the measured time once it has run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import math
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import app, flags, logging
 
@@ -379,7 +386,8 @@ def selection_point(entry: Entry, lr: float, root: str, s: Setting,
       return _diverged(entry, lr, 0, e)
     return {**probe100(entry, config, 0, os.path.join(workdir, 'pretrain'), workdir, s),
             'steps': config.total_steps}
-  return ledger.measured(f'{entry.key}/lr{lr:g}/select', _spec(entry), measure)
+  key = f'{entry.key}/lr{lr:g}/select'
+  return ledger.measured(key, _spec(entry), measure, hold=_hold(root, key))
 
 
 def measured_point(entry: Entry, lr: float, seed: int, root: str, s: Setting,
@@ -405,7 +413,73 @@ def measured_point(entry: Entry, lr: float, seed: int, root: str, s: Setting,
                              point['probe100'], s)
     point['steps'] = config.total_steps
     return point
-  return ledger.measured(f'{entry.key}/lr{lr:g}/seed{seed}', _spec(entry), measure)
+  key = f'{entry.key}/lr{lr:g}/seed{seed}'
+  return ledger.measured(key, _spec(entry), measure, hold=_hold(root, key))
+
+
+def _hold(root: str, key: str) -> str:
+  """The directory whose lease a process holds while it measures the unit
+  `key` (ledger.Ledger.measured): processes sharing the workdir and the
+  ledger never measure one unit at the same time."""
+  return os.path.join(root, 'units', key)
+
+
+def each(units: list[Callable[[], Any]]) -> list[Any]:
+  """[unit() for unit in units], for units that do not depend on one
+  another: one that another process is measuring (locking.Busy) does not
+  stop this process from measuring the others; once they have all been
+  tried, the first such Busy is raised (`share_out` comes back later)."""
+  from ssl_jax import locking
+  out, busy = [], None
+  for unit in units:
+    try:
+      out.append(unit())
+    except locking.Busy as e:
+      busy = busy or e
+  if busy is not None:
+    raise busy
+  return out
+
+
+def share_out(jobs: dict[str, Callable[[], Any]], poll_s: float = 30.0) -> dict[str, Any]:
+  """Every job's result ({name: job()}). A job that meets units other
+  processes are measuring (locking.Busy: processes sharing the workdir and
+  the ledger, such as the same command on several machines) is set aside
+  while this process runs the others, then tried again: every `poll_s`
+  seconds once only such jobs are left. It then reads those units from the
+  ledger once their holders stored them, and takes over any whose holder
+  died (its heartbeat stale)."""
+  from ssl_jax import locking
+  results, said = {}, None
+  while True:
+    busy = {}
+    for name, job in jobs.items():
+      if name not in results:
+        try:
+          results[name] = job()
+        except locking.Busy as e:
+          busy[name] = e
+    if not busy:
+      return {name: results[name] for name in jobs}
+    held = '; '.join(f'{name}: {e.holder.describe() if e.holder else _first_line(e)}'
+                     for name, e in busy.items())
+    if held != said:
+      logging.info('waiting for units that other processes are measuring (%s); looking '
+                   'again every %g s', held, poll_s)
+      said = held
+    time.sleep(poll_s)
+
+
+_said: set[str] = set()
+
+
+def _once(level: int, message: str, *args) -> None:
+  """Logs `message % args` the first time only: `share_out` runs a job
+  again after it met units measured elsewhere."""
+  text = message % args
+  if text not in _said:
+    _said.add(text)
+    logging.log(level, '%s', text)
 
 
 def _spec(entry: Entry) -> dict[str, Any]:
@@ -444,15 +518,16 @@ def run_entry(entry: Entry, root: str, s: Setting, lrs: tuple[float, ...],
   same rule for every method, so that none is held to a grid that stops
   short of its best. 'lr' is None when every lr diverged."""
   grid = sorted(lrs)
-  selection = {lr: selection_point(entry, lr, root, s, ledger) for lr in grid}
+  selection = dict(zip(grid, each([
+      functools.partial(selection_point, entry, lr, root, s, ledger) for lr in grid])))
   while len(lrs) > 1 and (best := _best({lr: p.get('val100') for lr, p in selection.items()})):
     up = best == max(grid)
     past = sum(lr > max(lrs) for lr in grid) if up else sum(lr < min(lrs) for lr in grid)
     if not (up or best == min(grid)) or past >= EXTENSIONS:
       break
     lr = beyond(best, grid, up)
-    logging.info('%s: lr %g is the best of %s, the grid\'s %s: trying %g', entry.name, best,
-                 grid, 'largest' if up else 'smallest', lr)
+    _once(logging.INFO, '%s: lr %g is the best of %s, the grid\'s %s: trying %g', entry.name,
+          best, grid, 'largest' if up else 'smallest', lr)
     grid = sorted(grid + [lr])
     selection[lr] = selection_point(entry, lr, root, s, ledger)
   held_out = {lr: selection[lr].get('val100') for lr in grid}
@@ -460,12 +535,13 @@ def run_entry(entry: Entry, root: str, s: Setting, lrs: tuple[float, ...],
   by_lr = {f'{lr:g}': held_out[lr] for lr in grid}
   best = _best(held_out)
   if best is None:
-    logging.warning('%s: every lr diverged (%s)', entry.name, ', '.join(map(str, grid)))
+    _once(logging.WARNING, '%s: every lr diverged (%s)', entry.name, ', '.join(map(str, grid)))
     return {'lr': None, 'held_out_by_lr': by_lr, 'seeds': [], 'curve': [], 'keys': keys}
-  logging.info('%s: lr %g chosen (held-out top-1 by lr: %s)', entry.name, best, held_out)
-  per_seed = [measured_point(entry, best, seed, root, s, ledger,
-                             selected=selection[best] if seed == 0 else None)
-              for seed in range(seeds)]
+  _once(logging.INFO, '%s: lr %g chosen (held-out top-1 by lr: %s)', entry.name, best,
+        held_out)
+  per_seed = each([functools.partial(measured_point, entry, best, seed, root, s, ledger,
+                                     selected=selection[best] if seed == 0 else None)
+                   for seed in range(seeds)])
   return {'lr': best, 'held_out_by_lr': by_lr, 'seeds': per_seed,
           # A seed-0 run that diverged (run again on another machine) has none.
           'curve': per_seed[0].get('curve', []), 'steps': selection[best]['steps'],
@@ -521,20 +597,24 @@ def run_references(root: str, s: Setting, seeds: int, ledger: Ledger) -> dict[st
 
   def unit(key: str, seed: int, measure) -> dict[str, Any]:
     workdir = os.path.join(root, 'references', key, f'seed{seed}')
-    return ledger.measured(f'references/{key}/seed{seed}', _reference_spec(key),
-                           lambda: measure(seed, workdir))
+    name = f'references/{key}/seed{seed}'
+    return ledger.measured(name, _reference_spec(key), lambda: measure(seed, workdir),
+                           hold=_hold(root, name))
 
+  # Raw pixels draw nothing from a seed (fixed features, a probe solved to
+  # convergence, the same subsets): one run, not three equal ones.
+  *by_network, pixel_run = each(
+      [functools.partial(unit, ref.key, seed, functools.partial(network, ref.method))
+       for ref in REFERENCE_NETWORKS for seed in range(seeds)]
+      + [functools.partial(unit, 'pixels', 0, pixels)])
   out = {'networks': {}}
-  for ref in REFERENCE_NETWORKS:
-    got = [unit(ref.key, seed, lambda seed, workdir, m=ref.method: network(m, seed, workdir))
-           for seed in range(seeds)]
+  for i, ref in enumerate(REFERENCE_NETWORKS):
+    got = by_network[i * seeds:(i + 1) * seeds]
     out['networks'][ref.key] = {
         'name': ref.name, 'method': _entry(ref.method).method,
         'rows': [_entry(k).name for k in ref.rows],
         'random': [g['random'] for g in got], 'supervised': [g['supervised'] for g in got]}
-  # Raw pixels draw nothing from a seed (fixed features, a probe solved to
-  # convergence, the same subsets): one run, not three equal ones.
-  out['pixels'] = [unit('pixels', 0, pixels)]
+  out['pixels'] = [pixel_run]
   out['keys'] = [f'references/{k}/seed{seed}' for k in out['networks']
                  for seed in range(seeds)] + ['references/pixels/seed0']
   out['differences'] = recipe_differences(s)
@@ -777,15 +857,14 @@ def script():
         'benchmark': 'compare', 'quick': s.quick, 'images': s.images, 'lrs': list(lrs)})
     console.quiet_library_logs()
     t0 = time.perf_counter()
-    results = {}
     try:
       ledger.check({**{f'{e.key}/': _spec(e) for e in ENTRIES},  # before anything runs
                     **_reference_specs()})
-      for entry in ENTRIES:
-        if entry.key in picked:
-          results[entry.key] = run_entry(entry, root, s, lrs, seeds.value, ledger)
+      jobs = {e.key: functools.partial(run_entry, e, root, s, lrs, seeds.value, ledger)
+              for e in ENTRIES if e.key in picked}
       if 'references' in picked:
-        results['references'] = run_references(root, s, seeds.value, ledger)
+        jobs['references'] = functools.partial(run_references, root, s, seeds.value, ledger)
+      results = share_out(jobs)
     except LedgerError as e:
       raise app.UsageError(str(e)) from None
     for entry in ENTRIES:  # timed back to back, in this one process

@@ -21,12 +21,13 @@ seen, --quick): a ledger of another setting is refused as a whole.
 
 Writes are atomic (a temporary file renamed over the old one), so a run
 killed mid-write leaves the previous ledger intact. Several processes may
-share one ledger (e.g. `--methods` split over machines with a common
+share one ledger (e.g. the same command on machines with a common
 filesystem, or two processes on one): each write holds a lease on the
 file (ssl_jax.locking, a `.lock/` beside it, gone after) and merges its
 entry into the file as it is then, so no process drops another's entries,
 and a unit another process has finished meanwhile is read, not measured
-again.
+again; a unit measured under a lease of its own (`measured(hold=...)`) is
+never measured by two processes at once.
 """
 
 from __future__ import annotations
@@ -103,20 +104,39 @@ class Ledger:
         f.write('\n')
       os.replace(tmp, self.path)
 
-  def measured(self, key: str, spec: Any, measure: Callable[[], Any]) -> Any:
+  def measured(self, key: str, spec: Any, measure: Callable[[], Any],
+               hold: str | None = None) -> Any:
     """The stored value of `key`, or `measure()` stored under it. Before
     measuring, the file is read again: another process sharing it may have
-    finished that unit."""
+    finished that unit. With `hold` (a directory), the unit is measured
+    under a lease on it (ssl_jax.locking), so that processes sharing the
+    ledger never measure one unit at the same time: one that another live
+    process holds raises locking.Busy at once, naming it (the caller may do
+    other work first, see benchmarks/compare.py); one whose holder died is
+    taken over once its heartbeat is stale."""
+    value = self._latest(key, spec)
+    if value is not None:
+      return value
+    if hold is None:
+      return self._measure(key, spec, measure)
+    from ssl_jax import locking  # pylint: disable=g-import-not-at-top
+    with locking.Lease(hold, 'unit'):
+      value = self._latest(key, spec)  # its last holder stored it before this one took it
+      return self._measure(key, spec, measure) if value is None else value
+
+  def _latest(self, key: str, spec: Any) -> Any | None:
+    """`get`, reading the file again when this process has no entry."""
     value = self.get(key, spec)
     if value is None and self.path and key in (stored := self._stored()):
       self.entries = {**self.entries, key: stored[key]}
       value = self.get(key, spec)
-    if value is None:
-      t0 = time.perf_counter()
-      value = measure()
-      self.put(key, spec, value, seconds=time.perf_counter() - t0)
-      value = self.entries[key]['value']
     return value
+
+  def _measure(self, key: str, spec: Any, measure: Callable[[], Any]) -> Any:
+    t0 = time.perf_counter()
+    value = measure()
+    self.put(key, spec, value, seconds=time.perf_counter() - t0)
+    return self.entries[key]['value']
 
   def check(self, specs: dict[str, Any]) -> None:
     """Refuses (LedgerError) any entry under one of `specs`' key prefixes

@@ -67,6 +67,23 @@ def test_processes_sharing_a_ledger_keep_each_others_entries(tmp_path):
   assert sorted(os.listdir(tmp_path / 'results')) == ['bench.json']  # no lock or temporary left
 
 
+def test_a_unit_another_process_holds_is_busy_and_then_read_not_measured(tmp_path):
+  """measured(hold=...): the unit's lease makes a second process sharing
+  the ledger skip it (locking.Busy, measuring nothing) while the first
+  measures it; once the first stored it and let go, it is read back."""
+  from ssl_jax import locking
+  path, hold = str(tmp_path / 'bench.json'), str(tmp_path / 'units' / 'row' / 'seed0')
+  mine, theirs = Ledger(path, {'quick': False}), Ledger(path, {'quick': False})
+  with locking.Lease(hold, 'unit'):  # the other process, measuring it
+    with pytest.raises(locking.Busy, match='in use by another run'):
+      mine.measured('row/seed0', None, lambda: pytest.fail('measured twice at once'),
+                    hold=hold)
+    theirs.put('row/seed0', None, 7)
+  assert mine.measured('row/seed0', None, lambda: pytest.fail('measured again'), hold=hold) == 7
+  assert mine.measured('row/seed1', None, lambda: 8, hold=hold + '1') == 8
+  assert not [f for _, _, files in os.walk(tmp_path / 'units') for f in files]  # no claim left
+
+
 def test_another_setting_or_definition_is_refused_with_what_differs(tmp_path):
   path = str(tmp_path / 'bench.json')
   Ledger(path, {'quick': False}).put('row/seed0', {'overrides': [['a', 1]]}, 0.5)
@@ -196,6 +213,90 @@ def test_compare_chooses_the_lr_on_held_out_and_evaluates_only_the_chosen_one(
           in compare.table(results))
   results[entry.key].update(lr=3e-4, held_out_by_lr={'0.0003': 0.6, '0.001': 0.5})
   assert f'| {entry.name} | 0.0003 (bottom of the grid; 1 of' in compare.table(results)
+
+def test_compare_processes_sharing_a_workdir_measure_each_unit_once(tmp_path, monkeypatch):
+  """Two processes (threads here) run the same comparison on one workdir and
+  ledger: each unit is measured by one of them, both do some of the work
+  (one that meets a unit the other holds does the others first, then
+  waits), and both make the same table from the entries."""
+  import functools
+  import threading
+  from benchmarks import compare
+  measured, put = [], Ledger.put
+
+  class Config:
+    total_steps = 10
+
+  def note(ledger, key, *args, **kwargs):
+    measured.append((key, threading.current_thread().name))
+    put(ledger, key, *args, **kwargs)
+
+  def fake_pretrained(entry, lr, seed, root, s):
+    time.sleep(0.3)
+    return Config(), str(tmp_path / entry.key / f'lr{lr:g}' / f'seed{seed}')
+
+  def fake_probe100(entry, config, seed, init, workdir, s):
+    val = float(os.path.basename(os.path.dirname(workdir))[2:])  # the largest lr is best
+    return {'val100': val, 'probe100': 0.5, 'representation': 'tokens', 'l2': 1e-4,
+            'knn': 0.1, 'ridge10': 0.1}
+
+  monkeypatch.setattr(Ledger, 'put', note)
+  monkeypatch.setattr(compare, 'pretrained', fake_pretrained)
+  monkeypatch.setattr(compare, 'probe100', fake_probe100)
+  monkeypatch.setattr(compare, 'low_label', lambda *a: {'probe10': 0.2, 'finetune10': 0.3})
+  monkeypatch.setattr(compare, 'curve', lambda *a: [])
+  setting = compare.Setting(images=640, quick=False, data_dir=None)
+  path, root = str(tmp_path / 'compare.json'), str(tmp_path / 'w')
+  start, results = threading.Barrier(2), {}
+
+  def process(name):
+    ledger = Ledger(path, {'c': 1})
+    jobs = {e.key: functools.partial(compare.run_entry, e, root, setting, (1e-3, 3e-3), 2,
+                                     ledger) for e in compare.ENTRIES[:2]}
+    start.wait()
+    results[name] = compare.share_out(jobs, poll_s=0.05)
+
+  threads = [threading.Thread(target=process, args=(n,), name=n) for n in 'AB']
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  units = [key for key, _ in measured]
+  assert len(units) == len(set(units)) == 2 * (2 + 2 + 2), measured  # grid, extension, seeds
+  assert {name for _, name in measured} == {'A', 'B'}, measured
+  assert results['A'] == results['B'] and list(results['A']) == [e.key for e in
+                                                                 compare.ENTRIES[:2]]
+  assert [r['lr'] for r in results['A'].values()] == [3e-2, 3e-2]
+
+
+def test_share_out_runs_other_jobs_first_and_comes_back_in_order():
+  from benchmarks import compare
+  from ssl_jax import locking
+  calls, busy = [], {'first': 2}
+
+  def job(name):
+    def run():
+      calls.append(name)
+      if busy.get(name):
+        busy[name] -= 1
+        raise locking.Busy(f'{name} is in use by another run')
+      return name.upper()
+    return run
+
+  got = compare.share_out({n: job(n) for n in ('first', 'second')}, poll_s=0.01)
+  assert got == {'first': 'FIRST', 'second': 'SECOND'} and list(got) == ['first', 'second']
+  assert calls == ['first', 'second', 'first', 'first']
+  tried = []
+
+  def unit(i):
+    tried.append(i)
+    if i == 0:
+      raise locking.Busy('unit 0 is in use')
+    return i
+  with pytest.raises(locking.Busy, match='unit 0'):
+    compare.each([lambda i=i: unit(i) for i in range(3)])
+  assert tried == [0, 1, 2]  # the others were measured meanwhile
+
 
 
 @pytest.mark.parametrize('held_out, tried, chosen, marked', [
