@@ -13,6 +13,22 @@ from test_multihost import _launch, _port, _reap, _why
 SKEW_S = 40  # longer than gloo's 30 s
 
 
+def _two_processes(script: str, timeout: float, *args) -> tuple[list[int], list[str]]:
+  """Runs tests/SCRIPT PORT PROCESS_ID *ARGS as processes 0 and 1 of one
+  run: (their exit statuses, their outputs)."""
+  port = _port()
+  procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', script), str(port),
+                             str(i), *map(str, args)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+           for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    _reap(procs)
+  return [p.returncode for p in procs], outs
+
+
 @pytest.mark.slow
 def test_a_process_arriving_late_does_not_end_the_run():
   """Process 1 reaches the first call of a compiled collective 40 s after
@@ -20,17 +36,8 @@ def test_a_process_arriving_late_does_not_end_the_run():
   a `share`: both wait for each other through the coordination service, the
   watch (10 s) does not mistake the waiting for a death, and the
   collective gives the sum over both processes."""
-  port = _port()
-  procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', '_peers_skew.py'),
-                             str(port), str(i), str(SKEW_S)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-           for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+  statuses, outs = _two_processes('_peers_skew.py', 300, SKEW_S)
+  assert statuses == [0, 0], [o[-2000:] for o in outs]
   for out in outs:  # 4 devices with 1.0 and 4 with 2.0
     assert 'sum 12.0 12.0 | shared from process 0' in out, out[-2000:]
 
@@ -57,17 +64,9 @@ def test_a_bad_dataset_on_two_processes_is_one_line_and_status_2_on_both(tmp_pat
 
 @pytest.mark.slow
 def test_a_process_that_failed_ends_the_others_with_its_status():
-  port = _port()
   start = time.time()
-  procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', '_peers_fail.py'),
-                             str(port), str(i)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-           for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=120)[0] for p in procs]
-  finally:
-    _reap(procs)
-  assert [p.returncode for p in procs] == [3, 3], outs
+  statuses, outs = _two_processes('_peers_fail.py', 120)
+  assert statuses == [3, 3], outs
   assert outs[1].strip().splitlines()[-1] == (
       'error: process 0 of 2 failed with status 3 (its log says why); stopping this one '
       'too: exit status 3'), outs[1][-1000:]
@@ -81,16 +80,8 @@ def test_an_error_process_zero_shared_is_the_last_line_of_the_others(late_s):
   it waits for it; process 1's watch, which sees process 0 fail first (at
   once, or seconds before process 1 reaches the call), leaves the ending
   to it: the last line is the error itself on both, with the same status."""
-  port = _port()
-  procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', '_peers_shared.py'),
-                             str(port), str(i), str(late_s)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-           for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=120)[0] for p in procs]
-  finally:
-    _reap(procs)
-  assert [p.returncode for p in procs] == [2, 2], outs
+  statuses, outs = _two_processes('_peers_shared.py', 120, late_s)
+  assert statuses == [2, 2], outs
   for out in outs:
     assert out.strip().splitlines()[-1] == 'error: the dataset is not prepared', out[-1000:]
 
