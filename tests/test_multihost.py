@@ -11,6 +11,7 @@ as test_golden.py). PatchFormer's run is the preemption test's
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -69,21 +70,55 @@ def _why(out: str) -> str:
                    [-15:] + out.strip().splitlines()[-1:])
 
 
+# The training loop's call of the compiled step (ssl_jax/core/train.py).
+_STEP_CALL = 'state, metrics = compiled(state, next(batches))'
+_GLOO_PEER_GONE = ('IoException', 'Connection reset by peer', 'Connection closed by peer',
+                   'Socket closed', 'Broken pipe')
+
+
+def _step_line() -> int:
+  with open(os.path.join(ROOT, 'ssl_jax', 'core', 'train.py')) as f:
+    return next(n for n, line in enumerate(f, 1) if _STEP_CALL in line)
+
+
+def _aborted_in_the_step(out: str) -> bool:
+  """Whether Python's SIGABRT dump (faulthandler: every thread's frames,
+  innermost first) shows the main thread inside the training step's call:
+  the runtime ended the step whose collectives lost their peer."""
+  if 'Fatal Python error: Aborted' not in out:
+    return False
+  blocks = re.split(r'\n(?=(?:Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):)',
+                    out)
+  for block in blocks:
+    frames = re.findall(r'File "([^"]+)", line (\d+) in (\S+)', block)
+    if frames and frames[-1][0].endswith('main.py') and frames[-1][2] == '<module>':
+      ours = [(path, int(line)) for path, line, _ in frames if f'{os.sep}ssl_jax{os.sep}' in path]
+      return bool(ours) and ours[0] == (os.path.join(ROOT, 'ssl_jax', 'core', 'train.py'),
+                                        _step_line())
+  return False
+
+
+def _abort_message(out: str) -> str:
+  """The lines just before Python's SIGABRT dump: what the runtime said."""
+  lines = out.split('Fatal Python error: Aborted')[0].strip().splitlines()
+  return '\n'.join(line[:300] for line in lines[-12:])
+
+
 def _assert_stopped_for_a_dead_peer(status, out):
   """Status 75 with ssl_jax.peers' one line; or an abort from below
   Python: JAX's own check when process 0 (the coordination service) died,
-  'another task died'; or, on the CPU, gloo's collective failing on the
-  closed socket of its peer."""
+  'another task died'; or, on the CPU, the runtime ending the step whose
+  gloo collective lost its peer's socket (gloo's message, or, without one,
+  an abort raised while the main thread is in the step's call)."""
   if status == 75:
     last = out.strip().splitlines()[-1]
     assert last.startswith('error: ') and 'rerun the same command on every process' in last, (
         _why(out))
   else:
-    said = [s for s in ('another task died', 'IoException', 'Connection reset by peer')
-            if s in out]
-    tail = '\n'.join(line[:300] for line in out.strip().splitlines()[-40:])
-    assert status == -signal.SIGABRT and said, f'status {status}; its last lines:\n{tail}'
-
+    said = [s for s in ('another task died',) + _GLOO_PEER_GONE if s in out]
+    assert status == -signal.SIGABRT and (said or _aborted_in_the_step(out)), (
+        f'status {status}; what it said before stopping:\n{_abort_message(out)}\n'
+        f'its lines that say why:\n{_why(out)}')
 
 
 @pytest.mark.slow
