@@ -512,8 +512,7 @@ def test_paper_settings_build_at_full_size_and_step_on_synthetic_data(variant, b
   assert np.isfinite(float(metrics['loss'])), metrics
 
 
-@pytest.mark.slow
-@pytest.mark.e2e
+@pytest.mark.slow  # not e2e: the README tier runs the tiny config in test_golden
 def test_multitask_vit_resumes_exactly_and_probes(data_dir, tmp_path):
   """A run stopped at a checkpoint and resumed ends with the very
   parameters and diagnostics state of an uninterrupted one; a linear probe

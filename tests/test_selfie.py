@@ -112,8 +112,7 @@ def test_allp_needs_two_copies_and_a_batch_of_whole_images():
 
 
 @pytest.mark.slow
-@pytest.mark.e2e
-@pytest.mark.parametrize('variant', ['tiny', 'allp_tiny'])
+@pytest.mark.parametrize('variant', [pytest.param('tiny', marks=pytest.mark.e2e), 'allp_tiny'])
 def test_selfie_and_allp_train_end_to_end(variant, data_dir, tmp_path):
   from ssl_jax.core import train
   config = small_method_config('selfie', variant, data_dir, batch_size=16)
