@@ -70,14 +70,15 @@ def _why(out: str) -> str:
                    [-15:] + out.strip().splitlines()[-1:])
 
 
-# The training loop's call of the compiled step (ssl_jax/core/train.py).
+# The training loop's call of the compiled step.
+_TRAIN_PY = os.path.join(ROOT, 'ssl_jax', 'core', 'train.py')
 _STEP_CALL = 'state, metrics = compiled(state, next(batches))'
 _GLOO_PEER_GONE = ('IoException', 'Connection reset by peer', 'Connection closed by peer',
                    'Socket closed', 'Broken pipe')
 
 
 def _step_line() -> int:
-  with open(os.path.join(ROOT, 'ssl_jax', 'core', 'train.py')) as f:
+  with open(_TRAIN_PY) as f:
     return next(n for n, line in enumerate(f, 1) if _STEP_CALL in line)
 
 
@@ -91,10 +92,9 @@ def _aborted_in_the_step(out: str) -> bool:
                     out)
   for block in blocks:
     frames = re.findall(r'File "([^"]+)", line (\d+) in (\S+)', block)
-    if frames and frames[-1][0].endswith('main.py') and frames[-1][2] == '<module>':
+    if frames and frames[-1][0] == os.path.join(ROOT, 'main.py') and frames[-1][2] == '<module>':
       ours = [(path, int(line)) for path, line, _ in frames if f'{os.sep}ssl_jax{os.sep}' in path]
-      return bool(ours) and ours[0] == (os.path.join(ROOT, 'ssl_jax', 'core', 'train.py'),
-                                        _step_line())
+      return bool(ours) and ours[0] == (_TRAIN_PY, _step_line())
   return False
 
 
