@@ -13,10 +13,11 @@ made from the entries.
 Each entry records what produced it (ssl_jax.core.provenance: commit,
 requirements.lock, versions, devices, time), how long it took (`seconds`:
 the wall time of the process that finished it, from its last resume, with
-whatever else shared the machine) and the definition it measured
-(`spec`: a row's overrides, a method's config); an entry whose definition no
-longer matches the benchmark's is an error that names it, not a stale number
-in the table. The file also records the benchmark's setting (e.g. the images
+whatever else shared the machine; removed by hand from an entry whose
+process was paused while it ran, a pause being no part of the work) and the
+definition it measured (`spec`: a row's overrides, a method's config); an
+entry whose definition no longer matches the benchmark's is an error that
+names it, not a stale number in the table. The file also records the benchmark's setting (e.g. the images
 seen, --quick): a ledger of another setting is refused as a whole.
 
 Writes are atomic (a temporary file renamed over the old one), so a run
@@ -149,14 +150,16 @@ class Ledger:
 
   def time_line(self, keys) -> str:
     """What the entries `keys` took, in words (entries written before the
-    ledger kept times have none and are counted apart)."""
+    ledger kept times, or whose process was paused while it ran, have none
+    and are counted apart)."""
     keys = list(keys)
     timed = [self.entries[k]['seconds'] for k in keys if 'seconds' in self.entries[k]]
     text = (f'{len(timed)} of its {len(keys)} units took {sum(timed) / 3600:.1f} h in the '
             'processes that finished them (wall time from their last resume, sharing the '
             'machine with whatever else ran)')
     if len(timed) < len(keys):
-      text += f'; {len(keys) - len(timed)} untimed (measured before the ledger kept times)'
+      text += (f'; {len(keys) - len(timed)} untimed (measured before the ledger kept times, '
+               'or by a process paused while it ran)')
     return text
 
   def producers(self, keys) -> list[str]:
