@@ -17,8 +17,9 @@ whatever else shared the machine; removed by hand from an entry whose
 process was paused while it ran, a pause being no part of the work) and the
 definition it measured (`spec`: a row's overrides, a method's config); an
 entry whose definition no longer matches the benchmark's is an error that
-names it, not a stale number in the table. The file also records the benchmark's setting (e.g. the images
-seen, --quick): a ledger of another setting is refused as a whole.
+names it, not a stale number in the table. The file also records the
+benchmark's setting (e.g. the images seen, --quick): a ledger of another
+setting is refused as a whole.
 
 Writes are atomic (a temporary file renamed over the old one), so a run
 killed mid-write leaves the previous ledger intact. Several processes may
