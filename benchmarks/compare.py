@@ -103,11 +103,13 @@ seeds; 40 layer sweeps on all the labels, 24 on 10%, 32 one-representation
 curve probes, 24 fine-tunes; the references' 3 seeds of each of the 5
 networks (random init's two layer sweeps and fine-tune, the upper
 reference) and one run of the pixels' probes.
-On 2 CPU cores the methods' units are about 13 hours, estimated from each
-method's measured tiny run (one pretraining of every method about 100
-minutes, five such sets, iGPT's two nearly half of each; the evaluations
-about 4 hours), and the references come on top; the README's comparison
-section states the measured time once it has run.
+Measured on 2 CPU cores: the 32 of the 72 units that the ledger timed took
+17.4 h of process wall time, most of it two processes sharing the cores;
+of the other 40, 38 methods' units were measured before the ledger kept
+times (all the methods' units were estimated at about 13 hours in one
+process) and 2 references by a process paused while it ran. With every unit in
+the committed ledger a run measures nothing and takes about 6 minutes
+(the timing pass). The README's comparison section has the table.
 
   python benchmarks/compare.py --workdir=/tmp/ssl_jax_compare
 """
@@ -683,7 +685,7 @@ def table(results: dict[str, Any]) -> str:
   keys = ['knn', 'probe100', 'probe10', 'finetune10', 'ridge10']
   head = (['method', 'lr (chosen)', 'parameters', 'ms/step', 'pretraining min',
            'pretraining TFLOPs'] + [f'{c} top-1 %' for c in cols]
-          + ['probe 100%: representation, l2 (x seeds)', 'probe 10%: representation, l2'])
+          + ['probe 100%: representation l2=... (x seeds)', 'probe 10%: representation l2=...'])
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   sweeps = []
   for entry in ENTRIES:
@@ -710,7 +712,7 @@ def table(results: dict[str, Any]) -> str:
       for got, rep, l2 in ((reps, 'representation', 'l2'),
                            (reps10, 'representation10', 'l2_10')):
         if rep in s:
-          chosen_as = f'{s[rep]}, {s[l2]:g}'
+          chosen_as = f'{s[rep]} l2={s[l2]:g}'
           got[chosen_as] = got.get(chosen_as, 0) + 1
     notes = [edge] if (edge := _grid_edge(r['lr'], r['held_out_by_lr'])) else []
     if diverged:
@@ -720,7 +722,7 @@ def table(results: dict[str, Any]) -> str:
         [entry.name, lr, f'{c["params"] / 1e6:.2f}M',
          f'{1e3 * c["seconds_per_step"]:.0f}', f'{minutes:.1f}', tflops]
         + [_spread([s.get(k) for s in r['seeds']]) for k in keys]
-        + [', '.join(f'{k} x{n}' for k, n in sorted(got.items()))
+        + ['; '.join(f'{k} x{n}' for k, n in sorted(got.items()))
            for got in (reps, reps10)]) + ' |')
   refs = results.get('references')
   if refs:
