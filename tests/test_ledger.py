@@ -205,7 +205,7 @@ def test_compare_chooses_the_lr_on_held_out_and_evaluates_only_the_chosen_one(
   assert f'| {entry.name} | 0.003 (1 of 3 seeds diverged) | 1.00M | 500 | 0.1 |' in table
   assert '| 30.0 ± 0.0 (n=2) |' in table  # the diverged seed is left out of the spread
   # What each probe chose (and how many seeds chose it), the 100% one and the 10% one.
-  assert '| tokens, 0.0001 x2 | layer_2, 0.001 x2 |' in table
+  assert '| tokens l2=0.0001 x2 | layer_2 l2=0.001 x2 |' in table
   assert f'| {compare.ENTRIES[1].name} | every lr diverged |' in table
   assert f'{entry.name} 0.0003 40.0, 0.001 50.0, 0.003 60.0, 0.01 diverged' in table
   # Chosen at the grid's edge: the table says so.
@@ -374,7 +374,7 @@ def test_compare_records_a_diverged_fine_tune_and_a_seed_0_rerun_that_diverged(
   table = compare.table({compare.ENTRIES[0].key: {**got, 'cost': {
       'params': 1e6, 'seconds_per_step': 0.5, 'flops_per_step': 2e9}}})
   assert '| 0.001 (1 of 2 seeds diverged) |' in table
-  assert '| - | 10.0 (n=1) | tokens, 0.0001 x1 |' in table  # fine-tune: diverged
+  assert '| - | 10.0 (n=1) | tokens l2=0.0001 x1 |' in table  # fine-tune: diverged
   # No FLOP count from XLA: '-', not 'nan'.
   table = compare.table({compare.ENTRIES[0].key: {**got, 'cost': {
       'params': 1e6, 'seconds_per_step': 0.5, 'flops_per_step': None}}})
@@ -588,3 +588,43 @@ def test_a_layer_sweep_is_read_back_only_for_the_config_that_measured_it(tmp_pat
   assert feature_probe.rows_of(other, workdir) == rows and not measured
   assert feature_probe.rows_of(config, str(tmp_path / 'new')) == [{'fresh': True}]
   assert measured == [(str(tmp_path / 'new'), 'layers')]
+
+
+def test_the_published_comparison_is_the_ledgers():
+  """README's comparison table is benchmarks/results/compare.md's, row for
+  row, and every evaluation cell of it is the mean ± std of the committed
+  ledger's entries for that row (the chosen lr's seeds; each reference
+  network's seeds): the published numbers are the measured ones."""
+  from benchmarks import compare
+  from ssl_jax.core import seeds as seeds_lib
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, 'benchmarks', 'results', 'compare.md'), encoding='utf-8') as f:
+    rows = [line for line in f.read().splitlines() if line.startswith('| ')]
+  with open(os.path.join(root, 'README.md'), encoding='utf-8') as f:
+    readme = f.read()
+  shown = readme.split('<!-- compare-table -->\n')[1].split('<!-- /compare-table -->')[0]
+  assert shown.splitlines() == rows
+  with open(os.path.join(root, 'benchmarks', 'results', 'compare.json'), encoding='utf-8') as f:
+    entries = json.load(f)['entries']
+  keys = ['knn', 'probe100', 'probe10', 'finetune10', 'ridge10']
+
+  def cells(values):
+    return [seeds_lib.format_spread(seeds_lib.spread([v[k] for v in values]), percent=True)
+            if all(v.get(k) is not None for v in values) else '-' for k in keys]
+
+  checked = 0
+  for line in rows[1:]:
+    row = [c.strip() for c in line.strip('|').split('|')]
+    entry = next((e for e in compare.ENTRIES if e.name == row[0]), None)
+    if entry is not None:
+      lr = float(row[1].split()[0])
+      values = [entries[f'{entry.key}/lr{lr}/seed{s}']['value'] for s in range(3)]
+      assert row[6:11] == cells(values), row[0]
+      checked += 1
+    ref = next((r for r in compare.REFERENCE_NETWORKS
+                if row[0].startswith(f'random init: {r.name} ')), None)
+    if ref is not None:
+      values = [entries[f'references/{ref.key}/seed{s}']['value']['random'] for s in range(3)]
+      assert row[6:11] == cells(values), row[0]
+      checked += 1
+  assert checked == len(compare.ENTRIES) + len(compare.REFERENCE_NETWORKS)
