@@ -107,9 +107,9 @@ Measured on 2 CPU cores: the 32 of the 72 units that the ledger timed took
 17.4 h of process wall time, most of it two processes sharing the cores;
 of the other 40, 38 methods' units were measured before the ledger kept
 times (all the methods' units were estimated at about 13 hours in one
-process) and 2 references by a process paused while it ran. With every unit in
-the committed ledger a run measures nothing and takes about 6 minutes
-(the timing pass). The README's comparison section has the table.
+process) and 2 references by a process paused while it ran. With every
+unit in the committed ledger a run measures nothing and takes about 6
+minutes (the timing pass). The README's comparison section has the table.
 
   python benchmarks/compare.py --workdir=/tmp/ssl_jax_compare
 """
@@ -150,6 +150,8 @@ PROTOCOL = {'curve_points': CURVE_POINTS, 'finetune_images': FINETUNE_IMAGES,
             'label_fraction': LABEL_FRACTION, 'ridge_shots': RIDGE_SHOTS,
             'test_split': TEST_SPLIT}
 PIXELS_SIZE = 32
+# The evaluations every row and reference reports, in the table's order.
+EVALUATIONS = ('knn', 'probe100', 'probe10', 'finetune10', 'ridge10')
 # Further lrs tried past an edge of the --lrs grid, each way, while the
 # best is at that edge (run_entry).
 EXTENSIONS = 2
@@ -682,7 +684,7 @@ def _spread(values: list[float | None]) -> str:
 
 def table(results: dict[str, Any]) -> str:
   cols = ['kNN', 'probe 100%', 'probe 10%', 'fine-tune 10%', '10-shot ridge']
-  keys = ['knn', 'probe100', 'probe10', 'finetune10', 'ridge10']
+  keys = EVALUATIONS
   head = (['method', 'lr (chosen)', 'parameters', 'ms/step', 'pretraining min',
            'pretraining TFLOPs'] + [f'{c} top-1 %' for c in cols]
           + ['probe 100%: representation l2=... (x seeds)', 'probe 10%: representation l2=...'])

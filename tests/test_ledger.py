@@ -596,7 +596,6 @@ def test_the_published_comparison_is_the_ledgers():
   ledger's entries for that row (the chosen lr's seeds; each reference
   network's seeds): the published numbers are the measured ones."""
   from benchmarks import compare
-  from ssl_jax.core import seeds as seeds_lib
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   with open(os.path.join(root, 'benchmarks', 'results', 'compare.md'), encoding='utf-8') as f:
     rows = [line for line in f.read().splitlines() if line.startswith('| ')]
@@ -606,11 +605,10 @@ def test_the_published_comparison_is_the_ledgers():
   assert shown.splitlines() == rows
   with open(os.path.join(root, 'benchmarks', 'results', 'compare.json'), encoding='utf-8') as f:
     entries = json.load(f)['entries']
-  keys = ['knn', 'probe100', 'probe10', 'finetune10', 'ridge10']
+  cols = slice(6, 6 + len(compare.EVALUATIONS))  # after method, lr and the four costs
 
   def cells(values):
-    return [seeds_lib.format_spread(seeds_lib.spread([v[k] for v in values]), percent=True)
-            if all(v.get(k) is not None for v in values) else '-' for k in keys]
+    return [compare._spread([v.get(k) for v in values]) for k in compare.EVALUATIONS]
 
   checked = 0
   for line in rows[1:]:
@@ -618,13 +616,13 @@ def test_the_published_comparison_is_the_ledgers():
     entry = next((e for e in compare.ENTRIES if e.name == row[0]), None)
     if entry is not None:
       lr = float(row[1].split()[0])
-      values = [entries[f'{entry.key}/lr{lr}/seed{s}']['value'] for s in range(3)]
-      assert row[6:11] == cells(values), row[0]
+      values = [entries[f'{entry.key}/lr{lr:g}/seed{s}']['value'] for s in range(3)]
+      assert row[cols] == cells(values), row[0]
       checked += 1
     ref = next((r for r in compare.REFERENCE_NETWORKS
                 if row[0].startswith(f'random init: {r.name} ')), None)
     if ref is not None:
       values = [entries[f'references/{ref.key}/seed{s}']['value']['random'] for s in range(3)]
-      assert row[6:11] == cells(values), row[0]
+      assert row[cols] == cells(values), row[0]
       checked += 1
   assert checked == len(compare.ENTRIES) + len(compare.REFERENCE_NETWORKS)
